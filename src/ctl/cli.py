@@ -1,0 +1,115 @@
+"""The ``ctl`` console script: ``train | sweep | eval | data``.
+
+``train``, ``sweep`` and ``data generate`` are Hydra apps (configs ship in ``ctl/conf``); ``eval``,
+``data validate`` and ``data describe`` read paths and take plain flags. The subcommand is kept in
+``CTL_COMMAND`` so a process that Lightning's DDP launcher re-executes with the remaining
+arguments still knows what it is running.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = """usage: ctl <command> [args]
+
+Continual cross-domain CTR prediction: CTNet and the baselines of its paper.
+
+commands:
+  train      train one method under the continual protocol (Hydra overrides, e.g. model=ctnet data.domain=C)
+  sweep      train several methods/seeds in one multirun (e.g. model=base,ctnet seed=0,1,2)
+  eval       read run or sweep directories and print the paper's tables (never re-trains)
+  data       generate | import | validate | describe datasets
+
+`ctl <command> --help` shows each command's options; train/sweep accept Hydra's --cfg job, -m, ...
+"""
+
+DATA_USAGE = """usage: ctl data <generate|import|validate|describe> ...
+
+  generate [overrides]   write a synthetic world (e.g. data=synthetic_tiny) into the cache
+  import [overrides]     convert Parquet/CSV logs with a schema YAML into a dataset
+  validate PATH          check a dataset folder; one clear message on the first problem
+  describe PATH          per-domain/per-period counts, CTR, users, items, new-item share
+"""
+
+COMMANDS = ("train", "sweep", "eval", "data")
+
+
+def _fail(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False)
+    raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = os.environ.get("CTL_COMMAND") if _is_relaunch(argv) else None
+    if command is None:
+        if not argv or argv[0] in ("-h", "--help", "help"):
+            print(USAGE)
+            return
+        command, argv = argv[0], argv[1:]
+    if command not in COMMANDS:
+        _fail(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
+    os.environ["CTL_COMMAND"] = command
+    _run_command(command, argv)
+
+
+def _is_relaunch(argv: list[str]) -> bool:
+    # A DDP child is started as `ctl <hydra overrides>`: its first argument is no subcommand.
+    return "CTL_COMMAND" in os.environ and (not argv or argv[0] not in COMMANDS)
+
+
+def _run_command(command: str, argv: list[str]) -> None:
+    from ctl import errors
+
+    with errors.friendly():
+        if command == "train":
+            _hydra("train", argv, multirun=False)
+        elif command == "sweep":
+            _hydra("train", argv, multirun=True)
+        elif command == "eval":
+            from ctl.report.cli import eval_main
+
+            eval_main(argv)
+        else:
+            _data(argv)
+
+
+def _data(argv: list[str]) -> None:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(DATA_USAGE)
+        return
+    sub, rest = argv[0], argv[1:]
+    if sub == "generate":
+        _hydra("generate", rest, multirun=False)
+    elif sub == "import":
+        _hydra("import", rest, multirun=False)
+    elif sub in ("validate", "describe"):
+        from ctl.data.cli import describe_main, validate_main
+
+        (validate_main if sub == "validate" else describe_main)(rest)
+    else:
+        _fail(f"unknown data command {sub!r}; expected generate, import, validate or describe")
+
+
+def _hydra(config_name: str, argv: list[str], multirun: bool) -> None:
+    import hydra
+
+    from ctl import app
+
+    task = {"train": app.train_task, "generate": app.generate_task, "import": app.import_task}[config_name]
+    if multirun and "-m" not in argv and "--multirun" not in argv:
+        argv = ["--multirun", *argv]
+    entry = hydra.main(version_base="1.3", config_path="conf", config_name=config_name)(task)
+    saved = sys.argv
+    sys.argv = [f"ctl-{config_name}", *argv]
+    try:
+        entry()
+    finally:
+        sys.argv = saved
+
+
+if __name__ == "__main__":
+    main()

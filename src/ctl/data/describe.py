@@ -1,0 +1,147 @@
+"""What a dataset holds, per domain and period: rows, CTR, users, items and the share of new items.
+
+An item is *new* in period ``p`` when its first row (any domain) is in period ``p`` or ``p - 1``;
+by that definition every item of periods 0 and 1 is new.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from ctl.data.dataset import Dataset
+
+#: An item counts as new while its first appearance is at most this many periods back.
+NEW_ITEM_PERIODS = 2
+
+
+def _split_name(ds: Dataset, period: int) -> str:
+    schema = ds.schema
+    if period < schema.t0:
+        return "history"
+    if period < schema.test_period:
+        return "transfer"
+    return "test"
+
+
+def _distinct_per_cell(cell: np.ndarray, ids: np.ndarray, n_cells: int) -> np.ndarray:
+    """Number of distinct ``ids`` in each cell, int64 ``[n_cells]``."""
+    stride = int(ids.max()) + 1
+    pairs = np.unique(cell * stride + ids)
+    return np.bincount(pairs // stride, minlength=n_cells)
+
+
+def describe_dataset(ds: Dataset) -> list[dict]:
+    """One record per (domain, period), every pair of the layout included (``rows`` may be 0).
+
+    Keys: ``domain``, ``period``, ``split`` (history/transfer/test), ``rows``, ``clicks``, ``ctr``
+    (None without rows), ``users``, ``items``, ``new_item_share`` (None without rows).
+    """
+    schema = ds.schema
+    rows = ds.rows
+    n_periods = schema.n_periods
+    domain = rows["domain"].astype(np.int64)
+    period = rows["period"].astype(np.int64)
+    item = rows["item_id"]
+    cell = domain * n_periods + period
+    n_cells = len(schema.domains) * n_periods
+
+    first_period = np.full(schema.feature("item_id").vocab, n_periods, dtype=np.int64)
+    np.minimum.at(first_period, item, period)
+    is_new = first_period[item] > period - NEW_ITEM_PERIODS
+
+    counts = np.bincount(cell, minlength=n_cells)
+    clicks = np.bincount(cell, weights=rows["label"], minlength=n_cells)
+    new = np.bincount(cell, weights=is_new, minlength=n_cells)
+    users = _distinct_per_cell(cell, rows["user_id"], n_cells)
+    items = _distinct_per_cell(cell, item, n_cells)
+
+    records = []
+    for d, name in enumerate(schema.domains):
+        for p in range(n_periods):
+            c = d * n_periods + p
+            n = int(counts[c])
+            records.append(
+                {
+                    "domain": name,
+                    "period": p,
+                    "split": _split_name(ds, p),
+                    "rows": n,
+                    "clicks": int(clicks[c]),
+                    "ctr": float(clicks[c] / n) if n else None,
+                    "users": int(users[c]),
+                    "items": int(items[c]),
+                    "new_item_share": float(new[c] / n) if n else None,
+                }
+            )
+    return records
+
+
+def describe_domains(ds: Dataset) -> list[dict]:
+    """One record per domain: ``domain``, ``role``, ``rows``, ``ctr``, ``users``, ``items``, ``events``."""
+    schema = ds.schema
+    rows = ds.rows
+    n_domains = len(schema.domains)
+    domain = rows["domain"].astype(np.int64)
+    counts = np.bincount(domain, minlength=n_domains)
+    clicks = np.bincount(domain, weights=rows["label"], minlength=n_domains)
+    users = _distinct_per_cell(domain, rows["user_id"], n_domains)
+    items = _distinct_per_cell(domain, rows["item_id"], n_domains)
+    events = np.bincount(ds.history.domain.numpy(), minlength=n_domains)
+    return [
+        {
+            "domain": name,
+            "role": "source" if name == schema.source else "target",
+            "rows": int(counts[d]),
+            "ctr": float(clicks[d] / counts[d]) if counts[d] else None,
+            "users": int(users[d]),
+            "items": int(items[d]),
+            "events": int(events[d]),
+        }
+        for d, name in enumerate(schema.domains)
+    ]
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def print_description(ds: Dataset, console: Console) -> None:
+    """Render the per-(domain, period) table and the per-domain summary."""
+    schema = ds.schema
+    console.print(
+        f"[bold]{ds.path}[/bold]  fingerprint {ds.fingerprint()}  rows {ds.n_rows:,}  "
+        f"history events {ds.history.n_events:,}  periods: history 0..{schema.t0 - 1}, "
+        f"transfer {schema.t0}..{schema.test_period - 1}, test {schema.test_period}",
+        highlight=False,
+    )
+    table = Table(title="Rows per domain and period")
+    for header in ("domain", "period", "split", "rows", "CTR", "users", "items", "new items"):
+        table.add_column(header, justify="left" if header in ("domain", "split") else "right")
+    for record in describe_dataset(ds):
+        table.add_row(
+            record["domain"],
+            str(record["period"]),
+            record["split"],
+            f"{record['rows']:,}",
+            _ratio(record["ctr"]),
+            f"{record['users']:,}",
+            f"{record['items']:,}",
+            _ratio(record["new_item_share"]),
+        )
+    console.print(table)
+    summary = Table(title="Per domain")
+    for header in ("domain", "role", "rows", "CTR", "users", "items", "history events"):
+        summary.add_column(header, justify="left" if header in ("domain", "role") else "right")
+    for record in describe_domains(ds):
+        summary.add_row(
+            record["domain"],
+            record["role"],
+            f"{record['rows']:,}",
+            _ratio(record["ctr"]),
+            f"{record['users']:,}",
+            f"{record['items']:,}",
+            f"{record['events']:,}",
+        )
+    console.print(summary)

@@ -1,0 +1,426 @@
+"""The period loop of the synthetic world: impressions, clicks, behaviour histories.
+
+Per period: user interests random-walk, the category trend moves, and every domain draws its
+impressions (requests of ``items_per_request`` items for one user at one time). Clicks are drawn
+in ``chunks_per_period`` time slices; after each slice every user's *recent-behaviour summary*
+(an exponential moving average of the latents of the items they clicked, in any domain) absorbs
+that slice's clicks, so a click raises the click probability of similar items later on, which a
+model can only see through the behaviour sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import TYPE_CHECKING
+
+import numpy as np
+from rich.progress import Progress
+
+from ctl.data.synthetic.entities import Categories, ItemCohort, Sellers, UserCohort, stack_cohorts
+from ctl.data.synthetic.pools import CategoryPool
+from ctl.data.synthetic.streams import stream
+
+if TYPE_CHECKING:
+    from ctl.data.synthetic.world import SyntheticWorld
+
+SECONDS_PER_HOUR = 3600
+HOURS_PER_DAY = 24
+
+
+@dataclass(frozen=True)
+class WorldSample:
+    """A generated world before it is written.
+
+    ``rows``/``history``: the dataset columns (see :func:`ctl.data.dataset.write_dataset`), rows
+    ordered by (period, domain, ts). ``item_launch [n_items + 1]``/``user_arrival [n_users + 1]``:
+    launch/arrival period per id (:data:`~ctl.data.synthetic.entities.BEFORE_START` for the
+    initial ones). With logits requested, ``oracle_logit [n_rows]`` is each row's true click
+    logit without the click noise, and ``source_view_logit [n_rows]`` the logit the same
+    impression would have under the source domain's click model (its weights, offsets and biases;
+    no source-only feature); both None otherwise.
+    """
+
+    rows: dict[str, np.ndarray]
+    history: dict[str, np.ndarray]
+    item_launch: np.ndarray
+    user_arrival: np.ndarray
+    oracle_logit: np.ndarray | None
+    source_view_logit: np.ndarray | None
+
+
+def _bucketise(z: np.ndarray, n_buckets: int) -> np.ndarray:
+    """Ids 1..n_buckets of standard-normal values ``z``, by equal-probability normal quantiles."""
+    edges = np.array([NormalDist().inv_cdf(q / n_buckets) for q in range(1, n_buckets)])
+    return np.searchsorted(edges, z, side="right").astype(np.int64) + 1
+
+
+def _rowwise_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[N, D] x [N, D] -> [N]``."""
+    return np.einsum("nd,nd->n", a, b)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass
+class _Block:
+    """The impressions of one domain in one period, sorted by ts. Arrays ``[N]``.
+
+    The first group is the block's output; ``static_logit`` .. ``uniform`` are working arrays of
+    the period, dropped by :meth:`finish`.
+    """
+
+    domain: int
+    period: int
+    user: np.ndarray
+    item: np.ndarray
+    ts: np.ndarray
+    hour: np.ndarray
+    scene: np.ndarray
+    label: np.ndarray
+    hist_end: np.ndarray
+    oracle_logit: np.ndarray | None
+    source_view_logit: np.ndarray | None
+    static_logit: np.ndarray | None
+    source_static_logit: np.ndarray | None
+    noise: np.ndarray | None
+    uniform: np.ndarray | None
+
+    def finish(self) -> None:
+        self.static_logit = self.source_static_logit = self.noise = self.uniform = None
+
+
+class Simulation:
+    """Runs one :class:`SyntheticWorld` from period 0 to its test slice."""
+
+    def __init__(self, world: SyntheticWorld) -> None:
+        self.world = w = world
+        self.names = tuple(w.domains)
+        self.specs = tuple(w.domains[name] for name in self.names)
+        self.source = self.names.index(w.source)
+        self.categories = Categories.draw(w.seed, w.n_categories, w.latent_dim, w.popularity_zipf)
+        self.sellers = Sellers.draw(w.seed, w.n_sellers, w.seller_effect_scale, w.popularity_zipf)
+        item_cohorts = [
+            ItemCohort.draw(
+                w.seed,
+                cohort,
+                w.n_items if cohort == 0 else w.new_items_per_period,
+                self.categories,
+                self.sellers,
+                w.item_spread,
+                w.item_popularity_scale,
+                [s.item_share for s in self.specs],
+                [s.item_bias_scale for s in self.specs],
+                self.names,
+            )
+            for cohort in range(w.n_periods + 1)
+        ]
+        self.items = stack_cohorts(item_cohorts, {"in_domain": 1, "domain_bias": 1})
+        user_cohorts = [
+            UserCohort.draw(
+                w.seed,
+                cohort,
+                w.n_users if cohort == 0 else w.new_users_per_period,
+                self.categories,
+                w.interests_per_user,
+                w.user_spread,
+                w.activity_scale,
+                w.activity_click_weight,
+                w.user_bias_scale,
+                [s.user_share for s in self.specs],
+                [s.user_offset_scale for s in self.specs],
+                self.names,
+            )
+            for cohort in range(w.n_periods + 1)
+        ]
+        self.users = stack_cohorts(user_cohorts, {"in_domain": 1, "offset": 1})
+        self.scene_effect = np.concatenate(
+            [[0.0], stream(w.seed, "scenes", 0).normal(0.0, w.scene_effect_scale, size=w.n_scenes)]
+        )
+        hour_phase = 2.0 * np.pi * (np.arange(HOURS_PER_DAY + 1) - 1) / HOURS_PER_DAY
+        self.hour_effect = np.stack(
+            [
+                s.hour_amplitude * np.cos(hour_phase - 2.0 * np.pi * s.hour_peak / HOURS_PER_DAY)
+                for s in self.specs
+            ]
+        )
+        self.price_bucket = _bucketise(self.items.price, w.n_price_buckets)
+        self.activity_bucket = _bucketise(self.users.activity_z, w.n_activity_buckets)
+        # The moving state: drifting interests (and each domain's view of them, interest + offset),
+        # recent-behaviour summaries, category trend, clicks so far per user (for hist_end).
+        self.interest = self.users.latent.copy()
+        self.domain_interest = self.users.offset + self.interest[None]
+        self.recent = np.zeros_like(self.interest)
+        self.trend = np.zeros(w.n_categories + 1)
+        self.clicks_so_far = np.zeros(self.interest.shape[0], dtype=np.int64)
+        # Every ts lies in [0, span): user * span + ts orders events by (user, ts).
+        self.span = np.int64(w.n_periods * w.period_seconds)
+
+    # --- state updates ------------------------------------------------------------------------
+
+    def _advance(self, period: int) -> None:
+        """Move interests and the category trend into ``period``."""
+        w = self.world
+        rng = stream(w.seed, "trend", period)
+        if period == 0:
+            stationary = w.trend_scale / np.sqrt(1.0 - w.trend_persistence**2)
+            self.trend[1:] = rng.normal(0.0, stationary, size=w.n_categories)
+            return
+        self.trend[1:] = w.trend_persistence * self.trend[1:] + rng.normal(0.0, w.trend_scale, w.n_categories)
+        # Users who arrived before this period drift; their count does not depend on later periods.
+        present = w.n_users + w.new_users_per_period * period
+        step = stream(w.seed, "drift", period).normal(
+            0.0, w.interest_drift / np.sqrt(w.latent_dim), size=(present, w.latent_dim)
+        )
+        self.interest[1 : present + 1] += step.astype(np.float32)
+        self.domain_interest = self.users.offset + self.interest[None]
+
+    def _absorb_clicks(self, user: np.ndarray, item: np.ndarray) -> None:
+        """Fold clicked items into their users' recent-behaviour summaries (EMA, one step per click)."""
+        if user.size == 0:
+            return
+        order = np.argsort(user, kind="stable")
+        user, item = user[order], item[order]
+        clicked_users, first, count = np.unique(user, return_index=True, return_counts=True)
+        mean_latent = np.add.reduceat(self.items.latent[item], first, axis=0) / count[:, None]
+        keep = (self.world.recent_decay**count)[:, None]
+        self.recent[clicked_users] = keep * self.recent[clicked_users] + (1.0 - keep) * mean_latent
+
+    def _count_visible_events(
+        self, slices: list[tuple[_Block, int, int]], click_user: np.ndarray, click_ts: np.ndarray
+    ) -> None:
+        """Set ``hist_end`` of one time slice's rows: the user's clicks before the slice plus their
+        clicks inside it strictly before the row's ts; then count the slice's clicks in."""
+        keys = np.sort(click_user * self.span + click_ts)
+        clicked_users, first = np.unique(keys // self.span, return_index=True)
+        first_in_slice = np.full(self.clicks_so_far.size, -1, dtype=np.int64)
+        first_in_slice[clicked_users] = first
+        for block, lo, hi in slices:
+            user = block.user[lo:hi]
+            hist_end = self.clicks_so_far[user]
+            # Only rows of users who clicked in this slice need a search.
+            start = first_in_slice[user]
+            busy = np.flatnonzero(start >= 0)
+            query = user[busy] * self.span + block.ts[lo:hi][busy]
+            hist_end[busy] += np.searchsorted(keys, query, side="left") - start[busy]
+            block.hist_end[lo:hi] = hist_end
+        self.clicks_so_far[clicked_users] += np.diff(np.append(first, keys.size))
+
+    # --- impressions --------------------------------------------------------------------------
+
+    def _pools(self, domain: int, period: int) -> tuple[CategoryPool | None, CategoryPool | None]:
+        """(old, recent) item pools of ``domain`` in ``period``; None where a pool is empty."""
+        launch = self.items.launch
+        available = self.items.in_domain[domain] & (launch <= period)
+        is_recent = launch > period - self.world.recent_periods
+        pools = []
+        for mask in (available & ~is_recent, available & is_recent):
+            ids = np.flatnonzero(mask)
+            pools.append(
+                CategoryPool(
+                    ids, self.items.category[ids], self.items.popularity[ids], self.world.n_categories
+                )
+                if ids.size
+                else None
+            )
+        return pools[0], pools[1]
+
+    def _draw_block(self, domain: int, period: int, n_rows: int, with_logits: bool) -> _Block:
+        w = self.world
+        spec, name = self.specs[domain], self.names[domain]
+        rng = stream(w.seed, f"impressions/{name}", period)
+        n_requests = n_rows // w.items_per_request
+
+        eligible = np.flatnonzero(self.users.in_domain[domain] & (self.users.arrival <= period))
+        if eligible.size == 0:
+            raise ValueError(
+                f"domain {name!r} has no users in period {period}; raise its user_share or n_users"
+            )
+        cum_activity = np.cumsum(self.users.activity[eligible])
+        pick = np.searchsorted(cum_activity, rng.random(n_requests) * cum_activity[-1], side="right")
+        request_user = eligible[np.minimum(pick, eligible.size - 1)]
+        request_ts = period * w.period_seconds + rng.integers(0, w.period_seconds, size=n_requests)
+        request_scene = (
+            rng.integers(1, w.n_scenes + 1, size=n_requests)
+            if domain == self.source
+            else np.zeros(n_requests, np.int64)
+        )
+        order = np.argsort(request_ts, kind="stable")
+        user = np.repeat(request_user[order], w.items_per_request)
+        ts = np.repeat(request_ts[order], w.items_per_request)
+        scene = np.repeat(request_scene[order], w.items_per_request)
+        hour = (ts // SECONDS_PER_HOUR) % HOURS_PER_DAY + 1
+
+        # Candidate retrieval: a category from the user's interests or from overall popularity,
+        # then an item of it from the recent or the old pool.
+        old_pool, recent_pool = self._pools(domain, period)
+        if old_pool is None and recent_pool is None:
+            raise ValueError(
+                f"domain {name!r} has no items in period {period}; raise its item_share or n_items"
+            )
+        wants_recent = rng.random(n_rows) < spec.recent_item_share
+        if recent_pool is None:
+            wants_recent[:] = False
+        elif old_pool is None:
+            wants_recent[:] = True
+        from_interest = rng.random(n_rows) < w.interest_share
+        slot = (rng.random(n_rows)[:, None] >= self.users.interest_cum[user]).sum(axis=1)
+        interest_category = self.users.interest[user, np.minimum(slot, w.interests_per_user - 1)]
+        popular_category = self.categories.popularity.sample(rng.random(n_rows))
+        category = np.where(from_interest, interest_category, popular_category)
+        item_uniform = rng.random(n_rows)
+        item = np.empty(n_rows, dtype=np.int64)
+        for pool, mask in ((recent_pool, wants_recent), (old_pool, ~wants_recent)):
+            if mask.any():
+                item[mask] = pool.sample(category[mask], item_uniform[mask])
+
+        click_rng = stream(w.seed, f"clicks/{name}", period)
+        return _Block(
+            domain=domain,
+            period=period,
+            user=user,
+            item=item,
+            ts=ts,
+            hour=hour,
+            scene=scene,
+            label=np.zeros(n_rows, dtype=np.int8),
+            hist_end=np.zeros(n_rows, dtype=np.int32),
+            oracle_logit=np.zeros(n_rows) if with_logits else None,
+            source_view_logit=np.zeros(n_rows) if with_logits else None,
+            static_logit=self._static_logit(domain, user, item, hour, scene),
+            source_static_logit=self._static_logit(self.source, user, item, hour, None)
+            if with_logits
+            else None,
+            noise=click_rng.normal(0.0, w.click_noise, size=n_rows),
+            uniform=click_rng.random(n_rows),
+        )
+
+    def _item_logit(self, domain: int) -> np.ndarray:
+        """The item-only logit terms of ``domain`` this period, for every item. ``[n_items + 1]``"""
+        spec, items = self.specs[domain], self.items
+        return (
+            spec.trend_weight * self.trend[items.category]
+            + spec.quality_weight * items.quality
+            + spec.price_weight * items.price
+            + items.domain_bias[domain]
+            + self.sellers.effect[items.seller]
+        )
+
+    def _static_logit(
+        self, domain: int, user: np.ndarray, item: np.ndarray, hour: np.ndarray, scene: np.ndarray | None
+    ) -> np.ndarray:
+        """Every logit term of ``domain``'s click model except recent behaviour and noise. ``[N]``
+
+        ``scene`` None leaves out the source-only feature's effect.
+        """
+        spec = self.specs[domain]
+        # Item terms are summed per item first: one gather per row instead of five.
+        logit = (
+            spec.intercept
+            + spec.affinity_weight * _rowwise_dot(self.domain_interest[domain][user], self.items.latent[item])
+            + self._item_logit(domain)[item]
+            + self.users.bias[user]
+            + self.hour_effect[domain][hour]
+        )
+        if scene is not None and domain == self.source:
+            logit += self.scene_effect[scene]
+        return logit
+
+    def _click_slice(self, block: _Block, lo: int, hi: int) -> np.ndarray:
+        """Draw the labels of ``block[lo:hi]`` under the current recent-behaviour summaries;
+        returns the click mask ``[hi - lo]``."""
+        user, item = block.user[lo:hi], block.item[lo:hi]
+        recent_affinity = _rowwise_dot(self.recent[user], self.items.latent[item])
+        logit = block.static_logit[lo:hi] + self.specs[block.domain].recent_weight * recent_affinity
+        if block.oracle_logit is not None:
+            block.oracle_logit[lo:hi] = logit
+            block.source_view_logit[lo:hi] = (
+                block.source_static_logit[lo:hi] + self.specs[self.source].recent_weight * recent_affinity
+            )
+        clicked = block.uniform[lo:hi] < _sigmoid(logit + block.noise[lo:hi])
+        block.label[lo:hi] = clicked
+        return clicked
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def _run_period(self, period: int, with_logits: bool) -> list[_Block]:
+        w = self.world
+        self._advance(period)
+        is_test = period == w.n_periods - 1
+        blocks = [
+            self._draw_block(d, period, spec.test_rows if is_test else spec.rows_per_period, with_logits)
+            for d, spec in enumerate(self.specs)
+        ]
+        edges = (
+            period * w.period_seconds
+            + (np.arange(w.chunks_per_period + 1) * w.period_seconds) // w.chunks_per_period
+        )
+        for chunk in range(w.chunks_per_period):
+            slices, clicked_user, clicked_item, clicked_ts = [], [], [], []
+            for block in blocks:
+                lo, hi = (int(x) for x in np.searchsorted(block.ts, edges[chunk : chunk + 2], side="left"))
+                clicked = self._click_slice(block, lo, hi)
+                slices.append((block, lo, hi))
+                clicked_user.append(block.user[lo:hi][clicked])
+                clicked_item.append(block.item[lo:hi][clicked])
+                clicked_ts.append(block.ts[lo:hi][clicked])
+            click_user = np.concatenate(clicked_user)
+            self._count_visible_events(slices, click_user, np.concatenate(clicked_ts))
+            self._absorb_clicks(click_user, np.concatenate(clicked_item))
+        for block in blocks:
+            block.finish()
+        return blocks
+
+    def run(self, progress: bool, with_logits: bool) -> WorldSample:
+        blocks: list[_Block] = []
+        with Progress(disable=not progress) as bar:
+            task = bar.add_task("synthetic world: periods", total=self.world.n_periods)
+            for period in range(self.world.n_periods):
+                blocks.extend(self._run_period(period, with_logits))
+                bar.advance(task)
+        return self._assemble(blocks, with_logits)
+
+    def _assemble(self, blocks: list[_Block], with_logits: bool) -> WorldSample:
+        items = self.items
+
+        def joined(field: str) -> np.ndarray:
+            return np.concatenate([getattr(b, field) for b in blocks])
+
+        user, item, ts, label = joined("user"), joined("item"), joined("ts"), joined("label")
+        domain = np.concatenate([np.full(b.user.size, b.domain, dtype=np.int8) for b in blocks])
+        period = np.concatenate([np.full(b.user.size, b.period, dtype=np.int16) for b in blocks])
+        clicked = np.flatnonzero(label)
+        # Stable: simultaneous events of a user keep the (period, domain, ts) order of the rows.
+        events = clicked[np.argsort(user[clicked] * self.span + ts[clicked], kind="stable")]
+        history = {
+            "user_id": user[events],
+            "item_id": item[events],
+            "category_id": items.category[item[events]],
+            "domain": domain[events],
+            "ts": ts[events],
+        }
+        rows = {
+            "user_id": user,
+            "item_id": item,
+            "category_id": items.category[item],
+            "seller_id": items.seller[item],
+            "price_bucket": self.price_bucket[item],
+            "activity_bucket": self.activity_bucket[user],
+            "hour": joined("hour"),
+            "scene_id": joined("scene"),
+            "domain": domain,
+            "period": period,
+            "ts": ts,
+            "label": label,
+            "hist_end": joined("hist_end"),
+        }
+        return WorldSample(
+            rows=rows,
+            history=history,
+            item_launch=items.launch,
+            user_arrival=self.users.arrival,
+            oracle_logit=joined("oracle_logit") if with_logits else None,
+            source_view_logit=joined("source_view_logit") if with_logits else None,
+        )

@@ -1,0 +1,365 @@
+"""The built-in synthetic continual cross-domain world: its knobs, its schema, and `generate`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from ctl.data.dataset import write_dataset
+from ctl.data.schema import Feature, Schema
+from ctl.data.synthetic.simulation import HOURS_PER_DAY, Simulation, WorldSample
+from ctl.data.synthetic.spec import DomainSpec
+
+GENERATOR_VERSION = 1
+
+
+def default_domains() -> dict[str, DomainSpec]:
+    """A (source), B, C with the paper's traffic ratios (A:B:C = 60:1:0.3), C rich in new items."""
+    return {
+        "A": DomainSpec(
+            rows_per_period=72_000,
+            test_rows=72_000,
+            user_share=1.0,
+            item_share=1.0,
+            recent_item_share=0.1,
+            intercept=-3.5,
+            affinity_weight=1.5,
+            recent_weight=0.8,
+            quality_weight=0.5,
+            trend_weight=1.0,
+            price_weight=-0.1,
+            user_offset_scale=0.0,
+            item_bias_scale=0.3,
+            hour_amplitude=0.2,
+            hour_peak=20.0,
+        ),
+        "B": DomainSpec(
+            rows_per_period=1_200,
+            test_rows=6_000,
+            user_share=0.3,
+            item_share=0.4,
+            recent_item_share=0.02,
+            intercept=-3.2,
+            affinity_weight=1.4,
+            recent_weight=0.5,
+            quality_weight=0.3,
+            trend_weight=0.8,
+            price_weight=-0.3,
+            user_offset_scale=0.7,
+            item_bias_scale=0.3,
+            hour_amplitude=0.2,
+            hour_peak=12.0,
+        ),
+        "C": DomainSpec(
+            rows_per_period=360,
+            test_rows=3_000,
+            user_share=0.2,
+            item_share=0.4,
+            recent_item_share=0.4,
+            intercept=-3.7,
+            affinity_weight=1.4,
+            recent_weight=1.1,
+            quality_weight=0.8,
+            trend_weight=1.2,
+            price_weight=0.1,
+            user_offset_scale=0.8,
+            item_bias_scale=0.3,
+            hour_amplitude=0.3,
+            hour_peak=22.0,
+        ),
+    }
+
+
+def _as_domain_spec(name: str, spec: DomainSpec | Mapping[str, float]) -> DomainSpec:
+    if isinstance(spec, DomainSpec):
+        return spec
+    if not isinstance(spec, Mapping):
+        raise TypeError(
+            f"SyntheticWorld: domains.{name} must be a DomainSpec or a mapping, got {type(spec).__name__}"
+        )
+    expected = set(DomainSpec.__dataclass_fields__)
+    unknown, missing = sorted(set(spec) - expected), sorted(expected - set(spec))
+    if unknown or missing:
+        raise ValueError(
+            f"SyntheticWorld: domains.{name} has unknown keys {unknown} and lacks keys {missing}"
+        )
+    return DomainSpec(**{key: spec[key] for key in expected})
+
+
+class SyntheticWorld:
+    """Users, items and three domains that drift over ``H + T + 1`` periods; clicks from mechanisms.
+
+    Users (each interested in a few categories) and items (near their category's centroid, with a
+    seller, a quality and a price) are shared by every domain; each domain adds its own per-user
+    latent offset, per-item bias and click-driver weights (:class:`DomainSpec`). Interests
+    random-walk between periods, a category trend moves (AR(1)), new items launch and new users
+    arrive every period. A click is ``Bernoulli(sigmoid(logit + noise))`` with the logit of
+    :class:`DomainSpec` plus the user's affinity to their own recent clicks; the behaviour history
+    is every user's clicks across domains. Only the source domain carries ``scene_id``.
+
+    Every part draws from its own seeded stream (:mod:`ctl.data.synthetic.streams`), so the same
+    arguments give byte-identical datasets and changing one part's size leaves the others' draws.
+
+    Args:
+        seed: world seed (>= 0).
+        n_history, n_transfer: ``H`` history and ``T`` transfer periods; the test slice is ``H+T``.
+        domains: name -> :class:`DomainSpec` (or a mapping of its fields, as a YAML config gives
+            it), in domain-index order; None for :func:`default_domains`.
+        source: the source domain's name.
+        n_users, n_items: users and catalogue items that exist before period 0.
+        new_users_per_period, new_items_per_period: arrivals and launches in every period.
+        n_categories, n_sellers: vocabulary of the two grouping ids.
+        latent_dim: dimension D of user and item latents.
+        interests_per_user: categories mixed into a user's interest.
+        interest_share: fraction of impressions retrieved from the user's interest categories
+            (the rest follow category popularity).
+        user_spread, item_spread: norm of a user's (item's) deviation from its categories' mix
+            (category centroid); centroids have norm about 1.
+        item_popularity_scale: sigma of the log-normal item popularity (impression share).
+        popularity_zipf: Zipf exponent of category and seller popularity.
+        activity_scale: sigma of the log-normal user activity (share of requests).
+        activity_click_weight: logit per standard deviation of log activity (active users click more).
+        user_bias_scale, seller_effect_scale: std of the shared per-user and per-seller logit shifts.
+        interest_drift: norm of a user's interest step between periods.
+        trend_persistence, trend_scale: AR(1) coefficient and innovation std of the category trend.
+        recent_decay: weight the recent-behaviour summary keeps per new click.
+        recent_periods: items launched in the last this-many periods count as recent.
+        items_per_request: impressions shown together (one user, one ts); every domain's
+            ``rows_per_period`` and ``test_rows`` must be a multiple of it.
+        chunks_per_period: time slices per period after which recent-behaviour summaries update.
+        click_noise: std of the per-impression logit noise (unobservable).
+        n_scenes, scene_effect_scale: values and effect std of the source-only ``scene_id``.
+        n_price_buckets, n_activity_buckets: buckets of the two bucketised numericals.
+        period_seconds: length of a period (ts is in seconds from the start of period 0).
+        short_len, long_len: schema sequence lengths (L in the row's domain, M across domains).
+        id_embedding_dim, side_embedding_dim: schema embedding dims of the id features and of the rest.
+
+    Example::
+
+        world = SyntheticWorld(seed=0, n_history=4, n_transfer=2)
+        path = world.generate(Path("/tmp/world"), progress=False)
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        n_history: int = 24,
+        n_transfer: int = 5,
+        domains: Mapping[str, DomainSpec | Mapping[str, float]] | None = None,
+        source: str = "A",
+        n_users: int = 12_000,
+        new_users_per_period: int = 200,
+        n_items: int = 8_000,
+        new_items_per_period: int = 300,
+        n_categories: int = 100,
+        n_sellers: int = 1_000,
+        latent_dim: int = 16,
+        interests_per_user: int = 3,
+        interest_share: float = 0.6,
+        user_spread: float = 0.5,
+        item_spread: float = 0.6,
+        item_popularity_scale: float = 1.0,
+        popularity_zipf: float = 0.8,
+        activity_scale: float = 1.0,
+        activity_click_weight: float = 0.15,
+        user_bias_scale: float = 0.3,
+        seller_effect_scale: float = 0.2,
+        interest_drift: float = 0.1,
+        trend_persistence: float = 0.7,
+        trend_scale: float = 0.3,
+        recent_decay: float = 0.7,
+        recent_periods: int = 2,
+        items_per_request: int = 6,
+        chunks_per_period: int = 6,
+        click_noise: float = 0.3,
+        n_scenes: int = 8,
+        scene_effect_scale: float = 0.3,
+        n_price_buckets: int = 10,
+        n_activity_buckets: int = 10,
+        period_seconds: int = 6 * 86_400,
+        short_len: int = 10,
+        long_len: int = 64,
+        id_embedding_dim: int = 16,
+        side_embedding_dim: int = 8,
+    ) -> None:
+        self.seed = int(seed)
+        self.n_history = int(n_history)
+        self.n_transfer = int(n_transfer)
+        given = default_domains() if domains is None else domains
+        self.domains: dict[str, DomainSpec] = {
+            str(name): _as_domain_spec(str(name), spec) for name, spec in given.items()
+        }
+        self.source = str(source)
+        self.n_users = int(n_users)
+        self.new_users_per_period = int(new_users_per_period)
+        self.n_items = int(n_items)
+        self.new_items_per_period = int(new_items_per_period)
+        self.n_categories = int(n_categories)
+        self.n_sellers = int(n_sellers)
+        self.latent_dim = int(latent_dim)
+        self.interests_per_user = int(interests_per_user)
+        self.interest_share = float(interest_share)
+        self.user_spread = float(user_spread)
+        self.item_spread = float(item_spread)
+        self.item_popularity_scale = float(item_popularity_scale)
+        self.popularity_zipf = float(popularity_zipf)
+        self.activity_scale = float(activity_scale)
+        self.activity_click_weight = float(activity_click_weight)
+        self.user_bias_scale = float(user_bias_scale)
+        self.seller_effect_scale = float(seller_effect_scale)
+        self.interest_drift = float(interest_drift)
+        self.trend_persistence = float(trend_persistence)
+        self.trend_scale = float(trend_scale)
+        self.recent_decay = float(recent_decay)
+        self.recent_periods = int(recent_periods)
+        self.items_per_request = int(items_per_request)
+        self.chunks_per_period = int(chunks_per_period)
+        self.click_noise = float(click_noise)
+        self.n_scenes = int(n_scenes)
+        self.scene_effect_scale = float(scene_effect_scale)
+        self.n_price_buckets = int(n_price_buckets)
+        self.n_activity_buckets = int(n_activity_buckets)
+        self.period_seconds = int(period_seconds)
+        self.short_len = int(short_len)
+        self.long_len = int(long_len)
+        self.id_embedding_dim = int(id_embedding_dim)
+        self.side_embedding_dim = int(side_embedding_dim)
+        self._check()
+
+    def _check(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"SyntheticWorld: seed must be >= 0, got {self.seed}")
+        if self.source not in self.domains:
+            raise ValueError(
+                f"SyntheticWorld: source {self.source!r} is not one of the domains {list(self.domains)}"
+            )
+        if len(self.domains) < 2:
+            raise ValueError(
+                f"SyntheticWorld: need a source and at least one target domain, got {list(self.domains)}"
+            )
+        at_least = {
+            "n_history": 1,
+            "n_transfer": 1,
+            "n_users": 1,
+            "n_items": 1,
+            "new_users_per_period": 0,
+            "new_items_per_period": 1,
+            "n_categories": 1,
+            "n_sellers": 1,
+            "latent_dim": 1,
+            "interests_per_user": 1,
+            "recent_periods": 1,
+            "items_per_request": 1,
+            "chunks_per_period": 1,
+            "n_scenes": 1,
+            "n_price_buckets": 2,
+            "n_activity_buckets": 2,
+            "period_seconds": 1,
+            "short_len": 1,
+            "long_len": 1,
+            "id_embedding_dim": 1,
+            "side_embedding_dim": 1,
+        }
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"SyntheticWorld: {name} must be >= {low}, got {getattr(self, name)}")
+        for name in ("interest_share", "recent_decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"SyntheticWorld: {name} must lie in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.trend_persistence < 1.0:
+            raise ValueError(
+                f"SyntheticWorld: trend_persistence must lie in [0, 1), got {self.trend_persistence}"
+            )
+        nonnegative = (
+            "user_spread",
+            "item_spread",
+            "item_popularity_scale",
+            "popularity_zipf",
+            "activity_scale",
+            "user_bias_scale",
+            "seller_effect_scale",
+            "interest_drift",
+            "trend_scale",
+            "click_noise",
+            "scene_effect_scale",
+        )
+        for name in nonnegative:
+            if getattr(self, name) < 0.0:
+                raise ValueError(f"SyntheticWorld: {name} must be >= 0, got {getattr(self, name)}")
+        for name, spec in self.domains.items():
+            for field in ("rows_per_period", "test_rows"):
+                value = getattr(spec, field)
+                if value % self.items_per_request:
+                    raise ValueError(
+                        f"SyntheticWorld: domains.{name}.{field}={value} is not a multiple of "
+                        f"items_per_request={self.items_per_request}"
+                    )
+
+    # --- layout --------------------------------------------------------------------------------
+
+    @property
+    def n_periods(self) -> int:
+        """History + transfer periods + the test slice."""
+        return self.n_history + self.n_transfer + 1
+
+    @property
+    def total_users(self) -> int:
+        """Users ever present (the user_id vocabulary is this + 1)."""
+        return self.n_users + self.new_users_per_period * self.n_periods
+
+    @property
+    def total_items(self) -> int:
+        """Items ever launched (the item_id vocabulary is this + 1)."""
+        return self.n_items + self.new_items_per_period * self.n_periods
+
+    def config(self) -> dict:
+        """Every knob as plain values (the dataset's provenance)."""
+        knobs = {name: value for name, value in vars(self).items() if name != "domains"}
+        knobs["domains"] = {name: spec.to_dict() for name, spec in self.domains.items()}
+        return knobs
+
+    def schema(self) -> Schema:
+        """The dataset's features: ids, two bucketised numericals, the hour, the source-only scene."""
+        every = tuple(self.domains)
+        ids, side = self.id_embedding_dim, self.side_embedding_dim
+        features = (
+            Feature("user_id", "categorical", self.total_users + 1, ids, every),
+            Feature("item_id", "categorical", self.total_items + 1, ids, every),
+            Feature("category_id", "categorical", self.n_categories + 1, ids, every),
+            Feature("seller_id", "categorical", self.n_sellers + 1, ids, every),
+            Feature("price_bucket", "bucket", self.n_price_buckets + 1, side, every),
+            Feature("activity_bucket", "bucket", self.n_activity_buckets + 1, side, every),
+            Feature("hour", "categorical", HOURS_PER_DAY + 1, side, every),
+            Feature("scene_id", "categorical", self.n_scenes + 1, side, (self.source,)),
+        )
+        return Schema(
+            features=features,
+            domains=every,
+            source=self.source,
+            n_history=self.n_history,
+            n_transfer=self.n_transfer,
+            short_len=self.short_len,
+            long_len=self.long_len,
+            description=(
+                f"synthetic continual cross-domain world (seed {self.seed}): source {self.source}, "
+                f"targets {[d for d in every if d != self.source]}"
+            ),
+            extra={"period_seconds": self.period_seconds},
+        )
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def simulate(self, progress: bool = False, with_logits: bool = False) -> WorldSample:
+        """Run the world and return its columns unwritten; ``with_logits`` adds the true click
+        logits (for sanity checks of the world itself)."""
+        return Simulation(self).run(progress=progress, with_logits=with_logits)
+
+    def generate(self, out_dir: Path, progress: bool = True) -> Path:
+        """Write the dataset folder ``out_dir`` (which must not exist yet) and return it."""
+        sample = self.simulate(progress=progress)
+        provenance = {
+            "generator": f"{type(self).__module__}.{type(self).__qualname__}",
+            "version": GENERATOR_VERSION,
+            "config": self.config(),
+        }
+        return write_dataset(Path(out_dir), self.schema(), sample.rows, sample.history, provenance)

@@ -1,0 +1,24 @@
+"""Evaluation metrics: exact AUC, impression-weighted GAUC, log loss, and paired significance.
+
+Training logs AUC with torchmetrics' ``BinaryAUROC`` (re-exported here); keep its default
+``thresholds=None``, which is exact with midranks for ties and equals :func:`auc`. A binned
+``thresholds=k`` is an approximation and must not be reported as AUC. GAUC has no torchmetrics
+counterpart: :class:`GAUC` is ours, with the weighting stated on it.
+"""
+
+from torchmetrics.classification import BinaryAUROC
+
+from ctl.metrics.gauc import GAUC, PerUserAUC, auc, gauc, gauc_per_user, logloss
+from ctl.metrics.significance import delong_test, paired_bootstrap
+
+__all__ = [
+    "GAUC",
+    "BinaryAUROC",
+    "PerUserAUC",
+    "auc",
+    "delong_test",
+    "gauc",
+    "gauc_per_user",
+    "logloss",
+    "paired_bootstrap",
+]

@@ -1,0 +1,27 @@
+"""Building blocks shared by every model: embeddings, attention, sequence encoder, SIM, ETA, MLP, adapters."""
+
+from ctl.models.blocks.adapters import ADAPTER_KINDS, GluAdapter, LinearAdapter, build_adapter
+from ctl.models.blocks.attention import DinAttention, TargetAttention, attendable_mask
+from ctl.models.blocks.embeddings import EMBEDDING_INIT_STD, FeatureEmbeddings
+from ctl.models.blocks.eta import EtaRetrieval
+from ctl.models.blocks.mlp import MLP, MlpHead
+from ctl.models.blocks.sequence import SequenceEncoder
+from ctl.models.blocks.sim import SimHardRetrieval, gather_events
+
+__all__ = [
+    "ADAPTER_KINDS",
+    "EMBEDDING_INIT_STD",
+    "MLP",
+    "DinAttention",
+    "EtaRetrieval",
+    "FeatureEmbeddings",
+    "GluAdapter",
+    "LinearAdapter",
+    "MlpHead",
+    "SequenceEncoder",
+    "SimHardRetrieval",
+    "TargetAttention",
+    "attendable_mask",
+    "build_adapter",
+    "gather_events",
+]

@@ -1,0 +1,89 @@
+"""``ctnet``: Continual Transfer Network (paper section 3.3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ctl.data.batch import Batch
+from ctl.data.schema import Schema
+from ctl.models.backbone import BackboneConfig
+from ctl.models.base import BaseModel
+from ctl.models.blocks import build_adapter
+
+
+class CTNet(nn.Module):
+    """A frozen source tower and a trainable target tower, joined by an adapter at every MLP layer.
+
+    Both towers are ``BaseModel``s of the same architecture, so a base model's ``state_dict`` loads
+    into either. The target tower's layers become
+    ``z_t^{l+1} = LeakyReLU(BN(W_l z_t^l) + g_l(z_s^l))`` for l = 0..n-1, where ``z_s^0 = E_s`` is the
+    source tower's MLP input; with adapter weights near zero CTNet starts as the target model.
+
+    The source tower is frozen: no parameter requires grad, it stays in ``eval()`` (its BatchNorm
+    statistics remain the source model's) whatever ``train()`` is called with, and it runs under
+    ``torch.no_grad()``. It reads the same target row; features the source lacks are 0 there.
+
+    Args:
+        schema: the dataset's features.
+        backbone: the sizes of both towers.
+        adapter: ``glu`` (``g(z) = U1 z * sigmoid(U2 z)``) or ``linear`` (``g(z) = U z``).
+        adapter_init_std: std of the adapters' N(0, std) init.
+        share_attention: the target tower uses the source tower's SIM/ETA output (paper 4.7) and
+            its own SIM/ETA attention is frozen, unused.
+
+    Example::
+
+        net = CTNet(schema, backbone)
+        net.target.load_state_dict(target_model.state_dict())
+        net.source.load_state_dict(source_model.state_dict())
+        logits = net(batch)  # [B]
+    """
+
+    def __init__(
+        self,
+        schema: Schema,
+        backbone: BackboneConfig,
+        adapter: str = "glu",
+        adapter_init_std: float = 1e-6,
+        share_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        self.config = backbone
+        self.share_attention = share_attention
+        self.source = BaseModel(schema, backbone)
+        self.target = BaseModel(schema, backbone)
+        source_mlp = self.source.tower.mlp
+        self.adapters = nn.ModuleList(
+            build_adapter(adapter, in_dim, out_dim, adapter_init_std)
+            for in_dim, out_dim in zip(source_mlp.in_dims, self.target.tower.mlp.dims)
+        )
+        if share_attention:
+            self.target.backbone.sim_attention.requires_grad_(False)
+            self.target.backbone.eta_attention.requires_grad_(False)
+        self.freeze_source()
+
+    def freeze_source(self) -> None:
+        """Stop the source tower's gradients and put it in eval mode (call again after replacing its weights)."""
+        self.source.requires_grad_(False)
+        self.source.eval()
+
+    def train(self, mode: bool = True) -> CTNet:
+        """Set the target tower and adapters to ``mode``; the source tower stays in eval mode."""
+        super().train(mode)
+        self.source.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters an optimiser should update: the target tower's and the adapters'."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Logits [B] of the target tower."""
+        with torch.no_grad():
+            shared = self.source.long_attention(batch) if self.share_attention else None
+            _, source_hiddens = self.source.tower.mlp(self.source.features(batch, shared))
+        # g_l reads z_s^l for l = 0..n-1; the source's last hidden z_s^n feeds no target layer
+        adds = [adapter(z) for adapter, z in zip(self.adapters, source_hiddens[:-1], strict=True)]
+        logits, _ = self.target.head(self.target.features(batch, shared), adds)
+        return logits

@@ -1,0 +1,127 @@
+"""Shared test data: a small random dataset that passes validation.
+
+``make_random_dataset`` is a plain function so tests anywhere can call it
+(``from conftest import make_random_dataset``); ``tiny_dataset_path`` is the fixture form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctl.data.dataset import write_dataset
+from ctl.data.schema import Feature, Schema
+
+RANDOM_DOMAINS: tuple[str, ...] = ("A", "B", "C")
+#: Timestamps per period: period p covers ts in [p * PERIOD_TICKS, (p+1) * PERIOD_TICKS).
+PERIOD_TICKS = 1000
+
+
+def random_schema(
+    n_users: int, n_items: int, n_categories: int, n_sellers: int, short_len: int, long_len: int
+) -> Schema:
+    """Domains A (source), B, C; H=3, T=2; one bucket feature everywhere and one source-only feature."""
+    every = RANDOM_DOMAINS
+    features = (
+        Feature("user_id", "categorical", n_users + 1, 8, every),
+        Feature("item_id", "categorical", n_items + 1, 8, every),
+        Feature("category_id", "categorical", n_categories + 1, 4, every),
+        Feature("seller_id", "categorical", n_sellers + 1, 4, every),
+        Feature("price_bucket", "bucket", 6, 4, every),
+        Feature("source_only", "categorical", 5, 4, ("A",)),
+    )
+    return Schema(
+        features=features,
+        domains=RANDOM_DOMAINS,
+        source="A",
+        n_history=3,
+        n_transfer=2,
+        short_len=short_len,
+        long_len=long_len,
+        description="random test dataset",
+    )
+
+
+def random_columns(
+    n_users: int = 50,
+    n_items: int = 80,
+    n_rows: int = 600,
+    seed: int = 0,
+    n_events: int = 1500,
+    short_len: int = 4,
+    long_len: int = 8,
+) -> tuple[Schema, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Schema, row columns and history columns of a valid random dataset (rows in no particular order).
+
+    Users click items in every domain (A most often); a row's ``hist_end`` counts its user's
+    events strictly before the row's ``ts``; every (domain, period) cell has rows.
+    """
+    rng = np.random.default_rng(seed)
+    n_categories, n_sellers = 7, 9
+    schema = random_schema(n_users, n_items, n_categories, n_sellers, short_len, long_len)
+    n_ticks = schema.n_periods * PERIOD_TICKS
+    item_category = rng.integers(1, n_categories + 1, size=n_items + 1)
+    item_seller = rng.integers(1, n_sellers + 1, size=n_items + 1)
+    domain_share = np.array([0.5, 0.3, 0.2])
+
+    event_user = rng.integers(1, n_users + 1, size=n_events)
+    event_ts = rng.integers(0, n_ticks, size=n_events)
+    order = np.lexsort((event_ts, event_user))
+    event_user, event_ts = event_user[order], event_ts[order]
+    event_item = rng.integers(1, n_items + 1, size=n_events)
+    history = {
+        "user_id": event_user,
+        "item_id": event_item,
+        "category_id": item_category[event_item],
+        "domain": rng.choice(3, size=n_events, p=domain_share),
+        "ts": event_ts,
+    }
+
+    # Cover every (domain, period) cell once, then draw the rest at random.
+    cells = np.arange(3 * schema.n_periods)
+    cell_domain = np.concatenate([cells % 3, rng.choice(3, size=n_rows - cells.size, p=domain_share)])
+    cell_period = np.concatenate([cells // 3, rng.integers(0, schema.n_periods, size=n_rows - cells.size)])
+    ts = cell_period * PERIOD_TICKS + rng.integers(0, PERIOD_TICKS, size=n_rows)
+    user = rng.integers(1, n_users + 1, size=n_rows)
+    item = rng.integers(1, n_items + 1, size=n_rows)
+    # Events of user u occupy a contiguous run; those before ts are visible.
+    user_start = np.searchsorted(event_user, user, side="left")
+    hist_end = np.searchsorted(event_user * n_ticks + event_ts, user * n_ticks + ts, side="left") - user_start
+    rows = {
+        "user_id": user,
+        "item_id": item,
+        "category_id": item_category[item],
+        "seller_id": item_seller[item],
+        "price_bucket": rng.integers(1, 6, size=n_rows),
+        "source_only": np.where(cell_domain == 0, rng.integers(1, 5, size=n_rows), 0),
+        "domain": cell_domain,
+        "period": cell_period,
+        "ts": ts,
+        "label": (rng.random(n_rows) < 0.3).astype(np.int64),
+        "hist_end": hist_end,
+    }
+    return schema, rows, history
+
+
+def make_random_dataset(
+    tmp_path: Path,
+    n_users: int = 50,
+    n_items: int = 80,
+    n_rows: int = 600,
+    seed: int = 0,
+    n_events: int = 1500,
+    short_len: int = 4,
+    long_len: int = 8,
+    name: str = "random_dataset",
+) -> Path:
+    """Write the dataset of :func:`random_columns` under ``tmp_path / name`` and return its path."""
+    schema, rows, history = random_columns(n_users, n_items, n_rows, seed, n_events, short_len, long_len)
+    provenance = {"generator": "tests.conftest.make_random_dataset", "seed": seed}
+    return write_dataset(tmp_path / name, schema, rows, history, provenance)
+
+
+@pytest.fixture
+def tiny_dataset_path(tmp_path: Path) -> Path:
+    return make_random_dataset(tmp_path)

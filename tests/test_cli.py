@@ -1,0 +1,73 @@
+"""The installed ``ctl`` script: help, config printing, data generate/describe/validate."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+CTL = [str(Path(sys.executable).with_name("ctl"))]
+
+
+def ctl(*args: str, home: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200")
+    if home is not None:
+        env["CTL_HOME"] = str(home)
+    env.pop("CTL_COMMAND", None)
+    proc = subprocess.run([*CTL, *args], capture_output=True, text=True, env=env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_lists_the_subcommands() -> None:
+    out = ctl("--help").stdout
+    for command in ("train", "sweep", "eval", "data"):
+        assert f"\n  {command}" in out
+
+
+def test_train_help_and_cfg_job() -> None:
+    assert "Powered by Hydra" in ctl("train", "--help").stdout
+    job = ctl("train", "--cfg", "job", "model=base", "data=synthetic_tiny").stdout
+    assert "name: base" in job and "_target_: ctl.models.base.BaseModel" in job
+
+
+def test_unknown_command_is_refused() -> None:
+    proc = ctl("fly", check=False)
+    assert proc.returncode == 2 and "unknown command 'fly'" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("home")
+    out = ctl("data", "generate", "data=synthetic_tiny", "progress=false", home=home).stdout
+    path = Path(out.strip().splitlines()[-1].split("dataset: ", 1)[1])
+    assert path.parent == home / "datasets"
+    return path
+
+
+def test_generate_then_describe(generated: Path) -> None:
+    out = ctl("data", "describe", str(generated)).stdout
+    for domain in ("A", "B", "C"):
+        assert f" {domain} " in out
+    assert "CTR" in out
+
+
+def test_validate_accepts_then_refuses_a_corrupted_label(generated: Path, tmp_path: Path) -> None:
+    assert "ok" in ctl("data", "validate", str(generated)).stdout
+    bad = tmp_path / "bad"
+    shutil.copytree(generated, bad)
+    table = pq.read_table(bad / "rows.parquet")
+    labels = table.column("label").to_numpy().copy()
+    labels[7] = 2
+    table = table.set_column(table.column_names.index("label"), "label", pa.array(labels))
+    pq.write_table(table, bad / "rows.parquet")
+    proc = ctl("data", "validate", str(bad), check=False)
+    assert proc.returncode == 2
+    assert "rows.parquet" in proc.stderr and "'label'" in proc.stderr and "row 7" in proc.stderr

@@ -1,0 +1,97 @@
+"""End-to-end runs of the continual protocol on the tiny synthetic world."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from ctl.training import tracks
+from ctl.training.checkpoints import model_state, read_checkpoint
+from ctl.training.protocol import run_train
+
+
+def make_cfg(home: Path, *overrides: str):
+    with initialize_config_module(config_module="ctl.conf", version_base="1.3"):
+        return compose(
+            config_name="train",
+            overrides=["data=synthetic_tiny", f"home={home}", "progress=false", "print_table=false", *overrides],
+        )
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ctl_home")
+
+
+@pytest.fixture(scope="module")
+def ctnet_run(home, tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("ctnet_run")
+    return run_dir, run_train(make_cfg(home, "model=ctnet"), run_dir)
+
+
+def test_ctnet_run_writes_metrics_for_every_transfer_period(ctnet_run) -> None:
+    run_dir, metrics = ctnet_run
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved == metrics
+    cfg = make_cfg(Path("/unused"), "model=ctnet")
+    assert metrics["method"] == "ctnet"
+    assert [r["period"] for r in metrics["periods"]] == [4, 5]  # tiny world: H=4, T=2
+    for row in metrics["periods"] + [metrics["test"]]:
+        assert 0.0 < row["auc"] < 1.0 and 0.0 < row["gauc"] < 1.0 and row["logloss"] > 0
+    assert metrics["test"]["period"] == 6
+    assert (run_dir / "predictions.parquet").is_file()
+    assert (run_dir / "config.yaml").read_text().startswith("data:")
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"period_4.ckpt", "period_5.ckpt"}
+    assert metrics["baseline"]["method"] == "base" and len(metrics["baseline"]["periods"]) == 2
+    assert cfg.model.refresh_source is True
+
+
+def test_source_refresh_keeps_the_source_tower_equal_to_the_source_track(ctnet_run) -> None:
+    run_dir, metrics = ctnet_run
+    source_track = Path(metrics["tracks"]["source"])
+    target_track = Path(metrics["tracks"]["target"])
+    for period in (4, 5):
+        ctnet = model_state(read_checkpoint(run_dir / "checkpoints" / f"period_{period}.ckpt"))
+        source = model_state(read_checkpoint(source_track / "checkpoints" / f"period_{period}.ckpt"))
+        tower = {k[len("source."):]: v for k, v in ctnet.items() if k.startswith("source.")}
+        assert tower.keys() == source.keys()
+        assert any("running_mean" in k for k in tower)  # BatchNorm statistics are compared too
+        for name, value in source.items():
+            assert torch.equal(tower[name], value), f"source tower {name} differs from the source track"
+    # the target tower and the adapters did learn
+    production = model_state(read_checkpoint(target_track / "checkpoints" / "period_3.ckpt"))
+    final = model_state(read_checkpoint(run_dir / "checkpoints" / "period_5.ckpt"))
+    changed = [k for k, v in production.items() if not torch.equal(final[f"target.{k}"], v)]
+    assert len(changed) > len(production) // 2
+    adapters = [k for k in final if not k.startswith(("source.", "target."))]
+    assert adapters, "CTNet has adapter parameters outside its towers"
+
+
+def test_transfer_once_keeps_the_first_source_model(home, tmp_path) -> None:
+    metrics = run_train(make_cfg(home, "model=ctnet", "model.refresh_source=false"), tmp_path)
+    assert metrics["method"] == "ctnet_once"
+    source_track = Path(metrics["tracks"]["source"])
+    ctnet = model_state(read_checkpoint(tmp_path / "checkpoints" / "period_5.ckpt"))
+    first = model_state(read_checkpoint(source_track / "checkpoints" / "period_4.ckpt"))
+    assert all(torch.equal(ctnet[f"source.{k}"], v) for k, v in first.items())
+
+
+def test_tracks_are_reused_not_rebuilt(home, ctnet_run, tmp_path, monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cached track was rebuilt")
+
+    monkeypatch.setattr(tracks, "_build", refuse)
+    metrics = run_train(make_cfg(home, "model=base", "data.domain=B"), tmp_path)
+    assert metrics["tracks"]["own"] == ctnet_run[1]["tracks"]["target"]
+    assert [r["period"] for r in metrics["periods"]] == list(range(6))
+
+
+def test_ctnet_refuses_the_source_domain_as_target(home, tmp_path) -> None:
+    from ctl.errors import CtlError
+
+    with pytest.raises(CtlError, match="is the source domain"):
+        run_train(make_cfg(home, "model=ctnet", "data.domain=A"), tmp_path)

@@ -1,0 +1,292 @@
+"""The built-in synthetic world: reproducibility, the data contract, and its mechanisms."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from ctl.data.dataset import HISTORY_FILE, META_FILE, ROWS_FILE, load_dataset
+from ctl.data.synthetic import DomainSpec, SyntheticWorld
+from ctl.data.synthetic.pools import CategoryPool, Urn
+from ctl.data.synthetic.streams import stable_hash, stream
+
+CONF = Path(__file__).resolve().parents[1] / "src" / "ctl" / "conf" / "data"
+PRESETS = ("synthetic_tiny", "synthetic", "synthetic_paper")
+
+
+def tiny_world(**changes) -> SyntheticWorld:
+    """The ``synthetic_tiny`` preset's generator, with knobs overridden (dotted keys)."""
+    cfg = OmegaConf.load(CONF / "synthetic_tiny.yaml").generator
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key, value)
+    knobs = OmegaConf.to_container(cfg)
+    assert knobs.pop("_target_") == "ctl.data.synthetic.SyntheticWorld"
+    return SyntheticWorld(**knobs)
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory) -> Path:
+    return tiny_world().generate(tmp_path_factory.mktemp("world") / "tiny", progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_sample():
+    return tiny_world().simulate(with_logits=True)
+
+
+def _auc(score: np.ndarray, label: np.ndarray) -> float:
+    """Rank-sum AUC with tied scores at their average rank."""
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
+    positive = label.astype(bool)
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+# --- configs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_has_the_data_keys_and_builds_a_world(preset):
+    cfg = OmegaConf.load(CONF / f"{preset}.yaml")
+    assert cfg.name == preset
+    assert cfg.domain == "B" and cfg.batch_size == 512 and cfg.eval_batch_size == 4096
+    world = instantiate(cfg.generator)
+    assert isinstance(world, SyntheticWorld)
+    schema = world.schema()
+    assert schema.domains == ("A", "B", "C") and schema.source == "A"
+    assert schema.feature("scene_id").domains == ("A",)
+    # Every knob is spelled out in the YAML: nothing falls back to a constructor default.
+    assert set(OmegaConf.to_container(cfg.generator)) - {"_target_"} == set(world.config())
+
+
+def test_default_preset_matches_constructor_defaults():
+    from_yaml = instantiate(OmegaConf.load(CONF / "synthetic.yaml").generator)
+    assert from_yaml.config() == SyntheticWorld().config()
+
+
+def test_default_preset_traffic_follows_the_paper_ratios():
+    world = SyntheticWorld()
+    rows = {name: spec.rows_per_period for name, spec in world.domains.items()}
+    assert rows["A"] / rows["B"] == pytest.approx(60, rel=0.05)
+    assert rows["A"] / rows["C"] == pytest.approx(200, rel=0.05)
+    a_training_rows = rows["A"] * (world.n_history + world.n_transfer)
+    assert 1_500_000 <= a_training_rows <= 2_500_000
+    assert world.domains["B"].test_rows >= 5_000 and world.domains["C"].test_rows >= 2_000
+
+
+def test_refuses_rows_that_do_not_fill_whole_requests():
+    with pytest.raises(
+        ValueError, match=r"domains\.B\.rows_per_period=61 is not a multiple of items_per_request=6"
+    ):
+        tiny_world(**{"domains.B.rows_per_period": 61})
+
+
+def test_refuses_unknown_and_missing_domain_keys():
+    with pytest.raises(
+        ValueError, match=r"domains\.C has unknown keys \['qualty_weight'\] and lacks keys \[\]"
+    ):
+        tiny_world(**{"domains.C.qualty_weight": 0.1})
+    spec = SyntheticWorld().domains["B"]
+    with pytest.raises(ValueError, match=r"source 'X' is not one of the domains \['A', 'B'\]"):
+        SyntheticWorld(domains={"A": spec, "B": spec}, source="X")
+    with pytest.raises(ValueError, match=r"DomainSpec.recent_item_share must lie in \[0, 1\], got 1.5"):
+        replace(spec, recent_item_share=1.5)
+
+
+# --- reproducibility ---------------------------------------------------------------------------
+
+
+def test_same_config_gives_identical_files(tiny_path, tmp_path):
+    again = tiny_world().generate(tmp_path / "again", progress=False)
+    for name in (ROWS_FILE, HISTORY_FILE, META_FILE):
+        assert (again / name).read_bytes() == (tiny_path / name).read_bytes(), name
+
+
+def test_another_seed_gives_another_world(tiny_path, tmp_path):
+    other = tiny_world(seed=1).generate(tmp_path / "other", progress=False)
+    assert (other / ROWS_FILE).read_bytes() != (tiny_path / ROWS_FILE).read_bytes()
+    assert (other / HISTORY_FILE).read_bytes() != (tiny_path / HISTORY_FILE).read_bytes()
+
+
+def test_more_transfer_periods_leave_period_zero_unchanged(tiny_sample):
+    longer = tiny_world(n_transfer=3).simulate()
+    short_rows, long_rows = tiny_sample.rows, longer.rows
+    short_first, long_first = short_rows["period"] == 0, long_rows["period"] == 0
+    for column in short_rows:
+        np.testing.assert_array_equal(
+            short_rows[column][short_first], long_rows[column][long_first], err_msg=column
+        )
+
+
+def test_a_target_domain_size_does_not_move_the_source_impressions(tiny_sample):
+    bigger_c = tiny_world(**{"domains.C.rows_per_period": 60}).simulate()
+    source = tiny_sample.rows["domain"] == 0
+    source_bigger = bigger_c.rows["domain"] == 0
+    for column in ("user_id", "item_id", "ts", "scene_id"):
+        np.testing.assert_array_equal(tiny_sample.rows[column][source], bigger_c.rows[column][source_bigger])
+    # The click labels of A still react to C's clicks (shared recent behaviour), but stay close.
+    changed = np.mean(tiny_sample.rows["label"][source] != bigger_c.rows["label"][source_bigger])
+    assert changed < 0.05
+
+
+def test_streams_are_stable_and_independent():
+    assert stable_hash("impressions/A") == stable_hash("impressions/A")
+    assert stable_hash("impressions/A") != stable_hash("impressions/B")
+    first = stream(7, "clicks/B", 3).random(4)
+    np.testing.assert_array_equal(first, stream(7, "clicks/B", 3).random(4))
+    assert not np.allclose(first, stream(7, "clicks/B", 4).random(4))
+    assert not np.allclose(first, stream(7, "clicks/C", 3).random(4))
+    with pytest.raises(ValueError, match="seed and index must be >= 0"):
+        stream(-1, "x", 0)
+
+
+# --- the data contract -------------------------------------------------------------------------
+
+
+def test_dataset_loads_validated_with_the_worlds_schema(tiny_path):
+    world = tiny_world()
+    ds = load_dataset(tiny_path)
+    assert ds.schema == world.schema()
+    assert ds.meta["provenance"]["config"] == world.config()
+    expected = sum(
+        spec.rows_per_period * world.n_history + spec.rows_per_period * world.n_transfer + spec.test_rows
+        for spec in world.domains.values()
+    )
+    assert ds.n_rows == expected
+
+
+def test_rows_per_domain_and_period_follow_the_config(tiny_sample):
+    world = tiny_world()
+    rows = tiny_sample.rows
+    for d, spec in enumerate(world.domains.values()):
+        counts = np.bincount(rows["period"][rows["domain"] == d], minlength=world.n_periods)
+        expected = [spec.rows_per_period] * (world.n_periods - 1) + [spec.test_rows]
+        assert counts.tolist() == expected
+
+
+def test_source_only_feature_is_present_on_source_rows_only(tiny_sample):
+    rows = tiny_sample.rows
+    on_source = rows["domain"] == 0
+    assert (rows["scene_id"][on_source] >= 1).all()
+    assert (rows["scene_id"][~on_source] == 0).all()
+
+
+def test_ids_are_real_and_within_the_vocabulary(tiny_sample):
+    schema = tiny_world().schema()
+    for feature in schema.features:
+        values = tiny_sample.rows[feature.name][
+            np.isin(tiny_sample.rows["domain"], [schema.domain_index(d) for d in feature.domains])
+        ]
+        assert values.min() >= 1 and values.max() < feature.vocab, feature.name
+
+
+def test_history_is_exactly_the_clicks_in_user_time_order(tiny_sample):
+    rows, history = tiny_sample.rows, tiny_sample.history
+    clicked = rows["label"] == 1
+    as_events = np.stack([rows[c][clicked] for c in ("user_id", "item_id", "domain", "ts")], axis=1)
+    in_history = np.stack([history[c] for c in ("user_id", "item_id", "domain", "ts")], axis=1)
+    np.testing.assert_array_equal(np.unique(as_events, axis=0), np.unique(in_history, axis=0))
+    assert in_history.shape == as_events.shape
+    key = history["user_id"] * 10**12 + history["ts"]
+    assert (np.diff(key) >= 0).all()
+
+
+def test_hist_end_counts_exactly_the_events_before_the_impression(tiny_sample):
+    rows, history = tiny_sample.rows, tiny_sample.history
+    # Naive reference: per row, count its user's events with an earlier ts.
+    reference = np.array(
+        [np.sum((history["user_id"] == u) & (history["ts"] < t)) for u, t in zip(rows["user_id"], rows["ts"])]
+    )
+    np.testing.assert_array_equal(rows["hist_end"], reference)
+    assert rows["hist_end"].max() > 0
+    # The boundary: the last visible event is earlier, the next one (of the same user) is not.
+    start = np.searchsorted(history["user_id"], rows["user_id"], side="left")
+    stop = np.searchsorted(history["user_id"], rows["user_id"], side="right")
+    last = start + rows["hist_end"] - 1
+    has_last = rows["hist_end"] > 0
+    assert (history["ts"][last[has_last]] < rows["ts"][has_last]).all()
+    has_next = start + rows["hist_end"] < stop
+    assert (history["ts"][(start + rows["hist_end"])[has_next]] >= rows["ts"][has_next]).all()
+
+
+# --- mechanisms --------------------------------------------------------------------------------
+
+
+def test_new_items_and_users_appear_in_every_period(tiny_sample):
+    rows, launch, arrival = tiny_sample.rows, tiny_sample.item_launch, tiny_sample.user_arrival
+    n_periods = tiny_world().n_periods
+    for period in range(n_periods):
+        in_period = rows["period"] == period
+        assert (launch[rows["item_id"][in_period]] == period).any(), period
+        assert rows["item_id"][in_period].max() > rows["item_id"][rows["period"] < period].max(initial=0)
+    late = arrival[rows["user_id"]] >= 0
+    assert np.unique(rows["period"][late]).size == n_periods
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_recent_item_share_sets_the_share_of_recently_launched_items(share):
+    sample = tiny_world(**{"domains.C.recent_item_share": share}).simulate()
+    rows = sample.rows
+    on_c = rows["domain"] == 2
+    age = rows["period"][on_c] - sample.item_launch[rows["item_id"][on_c]]
+    assert np.mean(age < 2) == share
+
+
+def test_clicks_follow_the_true_logits(tiny_sample):
+    rows = tiny_sample.rows
+    on_source = rows["domain"] == 0
+    auc = _auc(tiny_sample.oracle_logit[on_source], rows["label"][on_source])
+    assert 0.65 < auc < 0.95
+    ctr = rows["label"][on_source].mean()
+    predicted = np.mean(1.0 / (1.0 + np.exp(-tiny_sample.oracle_logit[on_source])))
+    assert ctr == pytest.approx(predicted, abs=0.03)
+
+
+def test_source_logits_on_source_rows_are_the_oracle_without_the_scene(tiny_sample):
+    rows = tiny_sample.rows
+    on_source = rows["domain"] == 0
+    difference = tiny_sample.oracle_logit[on_source] - tiny_sample.source_view_logit[on_source]
+    # The only term the source view leaves out is the scene effect, one value per scene.
+    scenes = rows["scene_id"][on_source]
+    for scene in np.unique(scenes):
+        assert np.ptp(difference[scenes == scene]) < 1e-9
+    assert np.unique(np.round(difference, 9)).size > 1
+
+
+# --- samplers ----------------------------------------------------------------------------------
+
+
+def test_urn_draws_in_proportion_to_integer_weights():
+    urn = Urn(np.array([3, 5, 9]), np.array([1, 2, 7]))
+    draws = urn.sample(np.random.default_rng(0).random(100_000))
+    share = np.array([(draws == i).mean() for i in (3, 5, 9)])
+    np.testing.assert_allclose(share, [0.1, 0.2, 0.7], atol=0.01)
+    assert urn.sample(np.array([0.0, np.nextafter(1.0, 0.0)])).tolist() == [3, 9]
+
+
+def test_category_pool_stays_in_the_category_and_falls_back_when_empty():
+    items = np.array([10, 11, 12, 13])
+    pool = CategoryPool(
+        items, categories=np.array([1, 1, 2, 2]), popularity=np.array([1, 3, 1, 1]), n_categories=3
+    )
+    uniforms = np.random.default_rng(0).random(40_000)
+    from_one = pool.sample(np.full(uniforms.size, 1), uniforms)
+    assert set(from_one.tolist()) == {10, 11}
+    assert (from_one == 11).mean() == pytest.approx(0.75, abs=0.01)
+    from_empty = pool.sample(np.full(uniforms.size, 3), uniforms)
+    assert set(from_empty.tolist()) == {10, 11, 12, 13}
+    with pytest.raises(ValueError, match="weights must be integers >= 1"):
+        CategoryPool(items, np.array([1, 1, 2, 2]), np.array([1, 0, 1, 1]), n_categories=3)
+
+
+def test_domain_spec_round_trips_through_a_mapping():
+    spec = SyntheticWorld().domains["C"]
+    world = SyntheticWorld(domains={"A": SyntheticWorld().domains["A"], "C": spec.to_dict()})
+    assert world.domains["C"] == spec
+    assert isinstance(world.domains["C"], DomainSpec)
