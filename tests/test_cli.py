@@ -20,7 +20,7 @@ def ctl(*args: str, home: Path | None = None, check: bool = True) -> subprocess.
     if home is not None:
         env["CTL_HOME"] = str(home)
     env.pop("CTL_COMMAND", None)
-    proc = subprocess.run([*CTL, *args], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([*CTL, *args], check=False, capture_output=True, text=True, env=env, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"ctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -17,7 +17,7 @@ def read_checkpoint(path: Path) -> dict:
         raise CtlError(f"checkpoint {path} does not exist; rebuild the track it belongs to")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file: say which one
+    except Exception as exc:  # noqa: BLE001 (a truncated or foreign file: say which one)
         raise CtlError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc}); "
                        "delete it so the track is rebuilt") from None
 

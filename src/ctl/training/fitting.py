@@ -21,8 +21,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from ctl.data.dataset import Dataset
 from ctl.data.datamodule import ContinualDataModule
+from ctl.data.dataset import Dataset
 from ctl.io import atomic_write_bytes
 from ctl.training.callbacks import PeriodProgressBar
 from ctl.training.task import CTRTask, adagrad
@@ -38,7 +38,7 @@ class FitResult:
     predictions: dict[str, np.ndarray] = field(repr=False)
 
 
-def optimizer_from(cfg: DictConfig):  # noqa: ANN201
+def optimizer_from(cfg: DictConfig):
     optim = cfg.optim
     if optim.name != "adagrad":
         raise ValueError(f"optim.name={optim.name!r} is not supported; use adagrad (the paper's optimiser)")

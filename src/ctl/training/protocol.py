@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from ctl.data.dataset import Dataset
 from ctl.data.registry import load_for
 from ctl.errors import CtlError
-from ctl.models import build_model
 from ctl.io import atomic_write_json, atomic_write_text, derived_seed
+from ctl.models import build_model
 from ctl.training.callbacks import SourceRefresh
 from ctl.training.checkpoints import load_model_state, optimizer_state_by_parameter
 from ctl.training.fitting import fit_periods, make_datamodule, optimizer_from, write_predictions

@@ -113,7 +113,7 @@ class CTRTask(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch["label"].shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # Checking every step would sync; every 50 steps and at the end of a period is enough to
         # stop a diverged run close to where it happened.
         if batch_idx % 50 == 0:

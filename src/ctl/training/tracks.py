@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctl.data.dataset import Dataset
 from ctl.errors import CtlError
-from ctl.models import build_model
 from ctl.io import atomic_write_json, derived_seed, file_lock, stable_hash
+from ctl.models import build_model
 from ctl.training.fitting import fit_periods, make_datamodule, optimizer_from, write_predictions
 from ctl.training.task import CTRTask
 
