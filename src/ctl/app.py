@@ -12,11 +12,12 @@ from ctl import errors
 
 def train_task(cfg: DictConfig) -> float | None:
     from ctl.report.console import print_run
+    from ctl.training.distributed import is_rank_zero
     from ctl.training.protocol import run_train
 
     with errors.friendly():
         metrics = run_train(cfg, Path(HydraConfig.get().runtime.output_dir))
-        if cfg.print_table:
+        if cfg.print_table and is_rank_zero():
             print_run(metrics)
         return metrics["test"].get("auc")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 USAGE = """usage: ctl <command> [args]
 
@@ -97,14 +98,17 @@ def _data(argv: list[str]) -> None:
 def _hydra(config_name: str, argv: list[str], multirun: bool) -> None:
     import hydra
 
-    from ctl import app
+    from ctl import app, errors
 
     task = {"train": app.train_task, "generate": app.generate_task, "import": app.import_task}[config_name]
+    output_key = ("hydra.sweep.dir" if multirun else "hydra.run.dir") if config_name == "train" else None
+    errors.check_overrides(argv, Path(app.__file__).parent / "conf", output_key)
     if multirun and "-m" not in argv and "--multirun" not in argv:
         argv = ["--multirun", *argv]
     entry = hydra.main(version_base="1.3", config_path="conf", config_name=config_name)(task)
     saved = sys.argv
-    sys.argv = [f"ctl-{config_name}", *argv]
+    # keep the script's own path first: Lightning's DDP launcher re-executes it with these arguments
+    sys.argv = [saved[0], *argv]
     try:
         entry()
     finally:

@@ -1,21 +1,58 @@
-"""Atomic artifact writes and the cache's file locks.
+"""Artifact I/O: atomic writes, integrity manifests, file locks, output checks, cache keys.
 
-Every artifact is written under a temporary name in the same folder, fsynced, then renamed over
-its final name, so a crash never leaves a half file that a later run would trust.
+Every artifact is written under a temporary name in the same folder, fsynced, renamed over its
+final name, and the folder is fsynced, so a crash never leaves a half file under a name a later
+run trusts. A folder of several artifacts (a track) carries a ``manifest.json`` written last,
+with every file's size and sha256, so that a truncated or missing file is detected before use.
+
+Test hook: ``CTL_TEST_KILL_AT=<point>[#<n>]`` makes the process SIGKILL itself the n-th time (1
+by default) it reaches the named point; :func:`crash_point` is the only reader of the variable.
+Points: ``write:<file name>`` (data written and fsynced, not yet renamed), ``train-batch`` (after
+a training batch, before its checkpoint), ``period-end`` (a period validated, before its
+checkpoint). The tests of resumption use it; it is inert when the variable is unset.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import shutil
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+from ctl.errors import CtlError
+
+KILL_AT_ENV = "CTL_TEST_KILL_AT"
+MANIFEST_FILE = "manifest.json"
+#: errno values that mean "this output location cannot take the artifact": refused in one line.
+_OUTPUT_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                  errno.EPERM: "operation not permitted"}
+
+_crash_counts: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process if ``CTL_TEST_KILL_AT`` names ``name`` and its count is reached (test hook)."""
+    spec = os.environ.get(KILL_AT_ENV)
+    if not spec:
+        return
+    point, _, count = spec.partition("#")
+    if point != name:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes the renames inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -23,16 +60,42 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
+def output_error(exc: OSError, path: Path) -> CtlError | None:
+    """A one-line refusal for an OSError that says the output location cannot be written, else None."""
+    reason = _OUTPUT_ERRNOS.get(exc.errno)
+    if reason is None:
+        return None
+    return CtlError(f"cannot write {path}: {reason}; free space or choose a writable folder "
+                    "(hydra.run.dir for runs, home= or CTL_HOME for the dataset and track cache)")
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write ``path`` atomically: ``write(handle)`` fills a temporary sibling, then it is synced and renamed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        crash_point(f"write:{path.name}")
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        refusal = output_error(exc, path)
+        if refusal is None:
+            raise
+        raise refusal from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda handle: handle.write(data))
 
 
 def atomic_write_json(path: Path, obj: object) -> Path:
@@ -43,9 +106,118 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
+def atomic_copy(source: Path, path: Path) -> Path:
+    """Copy the finished file ``source`` to ``path`` atomically."""
+    with open(source, "rb") as data:
+        return atomic_write(path, lambda handle: shutil.copyfileobj(data, handle, 1 << 20))
+
+
+def atomic_link(source: Path, path: Path) -> Path:
+    """Make ``path`` another name of the finished file ``source`` (a hard link, renamed into place)."""
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # a file system without hard links: copy instead
+        shutil.copyfile(source, tmp)
+        fsync_path(tmp)
+    crash_point(f"write:{path.name}")
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+    return path
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporary files that a killed writer left in ``folder`` (never read by anyone)."""
+    if folder.is_dir():
+        for stale in folder.glob(".*.tmp-*"):
+            stale.unlink(missing_ok=True)
+
+
+# --- integrity manifests ------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest_files(folder: Path, skip: tuple[str, ...]) -> list[str]:
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*")
+        if p.is_file() and p.name != MANIFEST_FILE and not p.name.startswith(".")
+        and p.relative_to(folder).parts[0] not in skip
+    )
+
+
+def write_manifest(folder: Path, skip: tuple[str, ...] = ()) -> Path:
+    """Record every file of ``folder`` (except top-level entries in ``skip``) with its size and sha256, last."""
+    folder = Path(folder)
+    files = {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+             for name in _manifest_files(folder, skip)}
+    return atomic_write_json(folder / MANIFEST_FILE, {"files": files})
+
+
+def manifest_problem(folder: Path) -> str | None:
+    """What is wrong with ``folder`` against its manifest (missing, truncated, altered file), or None."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        return f"{MANIFEST_FILE} is missing (the folder was never finished)"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"{MANIFEST_FILE} cannot be read ({exc})"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            return f"{name} has {size} bytes, the manifest says {expected['bytes']}"
+        if file_sha256(path) != expected["sha256"]:
+            return f"{name} differs from the file the manifest recorded (sha256 mismatch)"
+    return None
+
+
+# --- output locations ---------------------------------------------------------------------------
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse up front a folder that cannot be created or written (read-only, no permission, full)."""
+    folder = Path(folder).expanduser()
+    probe = folder / f".ctl-write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as handle:
+            handle.write(b"ok")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        reason = _OUTPUT_ERRNOS.get(exc.errno, exc.strerror or str(exc))
+        raise CtlError(f"{what} {folder} is not writable ({reason}); choose another folder or fix it") from None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def check_free_space(folder: Path, needed_bytes: int, what: str) -> None:
+    """Refuse up front when the file system of ``folder`` has less free space than ``needed_bytes``."""
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise CtlError(f"{what} needs about {needed_bytes / 2**20:.1f} MiB in {folder} but only "
+                       f"{free / 2**20:.1f} MiB are free; free space or choose another folder")
+
+
+# --- locks and keys -----------------------------------------------------------------------------
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock held while the block runs (other processes wait)."""
+    """An exclusive advisory lock held while the block runs (other processes wait; a killed holder releases it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:

@@ -8,7 +8,13 @@ dataloaders every epoch; this module reads ``trainer.current_epoch`` to serve
 * test and predict: ``eval_domain``'s rows in the test period.
 
 Every slice is checked when the module is built, so a run never starts on an empty or unknown one.
-Under DDP each rank serves its shard of every slice (see :mod:`ctl.data.batcher`).
+Under DDP each rank serves its shard of every slice, reading its rank and the world size from the
+attached trainer: training shards are padded to equal sizes (equal step counts), evaluation shards
+serve every row exactly once (see :mod:`ctl.data.batcher`).
+
+With ``in_memory=False`` the training rows are streamed from the dataset's Parquet file one row
+group at a time (:mod:`ctl.data.streaming`; the dataset may be index-only, from
+``load_row_index``) and evaluation slices are read from it when asked for.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytorch_lightning as pl
+from torch.utils.data import DataLoader
 
-from ctl.data.batcher import RowBatcher
+from ctl.data.batcher import BatchAssembler, RowBatcher
 from ctl.data.dataset import Dataset
+from ctl.data.streaming import ParquetRowStream
 
 
 class ContinualDataModule(pl.LightningDataModule):
@@ -34,6 +42,8 @@ class ContinualDataModule(pl.LightningDataModule):
         batch_size, eval_batch_size: rows per training / evaluation batch.
         seed: base seed of the per-epoch shuffles.
         domain_sequences: domains whose own sequences every batch carries (``seq_<domain>_*``).
+        in_memory: batch from the loaded rows (True) or stream training rows from Parquet (False).
+        num_workers: DataLoader workers that build streamed batches (0: in this process).
 
     Example::
 
@@ -51,9 +61,15 @@ class ContinualDataModule(pl.LightningDataModule):
         eval_batch_size: int = 4096,
         seed: int = 0,
         domain_sequences: Sequence[str] = (),
+        in_memory: bool = True,
+        num_workers: int = 0,
     ) -> None:
         super().__init__()
         schema = dataset.schema
+        if num_workers < 0:
+            raise ValueError(f"ContinualDataModule: num_workers must be >= 0, got {num_workers}")
+        self.in_memory = in_memory
+        self.num_workers = num_workers
         self.dataset = dataset
         self.train_domains = tuple(train_domains)
         self.periods = tuple(int(p) for p in periods)
@@ -109,6 +125,7 @@ class ContinualDataModule(pl.LightningDataModule):
         return self.trainer.global_rank, self.trainer.world_size
 
     def _batcher(self, rows: np.ndarray, batch_size: int, shuffle: bool, epoch: int) -> RowBatcher:
+        """A training batcher (equal shards) of ``rows`` from the loaded dataset."""
         rank, world_size = self._shard()
         batcher = RowBatcher(
             self.dataset,
@@ -123,21 +140,48 @@ class ContinualDataModule(pl.LightningDataModule):
         batcher.set_epoch(epoch)
         return batcher
 
-    def train_dataloader(self) -> RowBatcher:
+    def _eval_batcher(self, rows: np.ndarray) -> RowBatcher:
+        """An evaluation batcher: each row served once over all ranks, in ``rows`` order."""
+        rank, world_size = self._shard()
+        assembler = BatchAssembler.from_dataset(self.dataset, rows, self.domain_sequences)
+        return RowBatcher.from_assembler(assembler, self.eval_batch_size, shuffle=False, seed=self.seed,
+                                         rank=rank, world_size=world_size, equal_shards=False)
+
+    def _stream(self, rows: np.ndarray, epoch: int) -> ParquetRowStream | DataLoader:
+        rank, world_size = self._shard()
+        stream = ParquetRowStream(self.dataset, rows, self.batch_size, shuffle=True, seed=self.seed,
+                                  domain_sequences=self.domain_sequences, rank=rank, world_size=world_size)
+        stream.set_epoch(epoch)
+        stream.start_at(self._batches_done_before_restart())
+        if self.num_workers == 0:
+            return stream
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> RowBatcher | ParquetRowStream | DataLoader:
         epoch = self.current_epoch
         rows = self._rows(self.train_domains, self.period_of_epoch(epoch), "train")
-        return self._batcher(rows, self.batch_size, shuffle=True, epoch=epoch)
+        if not self.in_memory:
+            return self._stream(rows, epoch)
+        batcher = self._batcher(rows, self.batch_size, shuffle=True, epoch=epoch)
+        batcher.start_at(self._batches_done_before_restart())
+        return batcher
+
+    def _batches_done_before_restart(self) -> int:
+        # Lightning restores its batch counter from a mid-epoch checkpoint but does not skip the
+        # batches already trained: the permutation is a function of (seed, epoch), so starting at
+        # that counter serves exactly the rest of the epoch.
+        loop = self.trainer.fit_loop if self.trainer is not None else None
+        if loop is None or not loop.restarting:
+            return 0
+        return loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self) -> RowBatcher:
         # Lightning's sanity check runs before epoch 0's training; both validate epoch 0's next slice.
         period = self.period_of_epoch(min(self.current_epoch, len(self.periods) - 1)) + 1
-        return self._batcher(
-            self._rows((self.eval_domain,), period, "validation"), self.eval_batch_size, False, 0
-        )
+        return self._eval_batcher(self._rows((self.eval_domain,), period, "validation"))
 
     def test_dataloader(self) -> RowBatcher:
-        rows = self._rows((self.eval_domain,), self.dataset.schema.test_period, "test")
-        return self._batcher(rows, self.eval_batch_size, shuffle=False, epoch=0)
+        return self._eval_batcher(self._rows((self.eval_domain,), self.dataset.schema.test_period, "test"))
 
     def predict_dataloader(self) -> RowBatcher:
         return self.test_dataloader()

@@ -1,9 +1,10 @@
 """Find (or make) the dataset a config asks for.
 
 A data config either points at a dataset folder (``path: ...``) or describes how to make one
-(``generator: {_target_: ...}``); made datasets live in ``<home>/datasets/<name>-<key>``, keyed
-by the generator config, and are made once (under a file lock, so concurrent jobs of a sweep wait
-for the first instead of generating twice).
+(``generator: {_target_: ...}``, or ``importer: {schema, inputs, ...}`` for real logs); made
+datasets live in ``<home>/datasets/<name>-<key>``, keyed by the generator config (or the import
+schema and the input files' sizes and times), and are made once (under a file lock, so
+concurrent jobs of a sweep wait for the first instead of generating twice).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ctl.data.dataset import Dataset, load_dataset
+from ctl.data.dataset import Dataset, DatasetError, load_dataset
 from ctl.errors import CtlError
-from ctl.io import file_lock, stable_hash
+from ctl.io import check_writable, file_lock, stable_hash
 
 _LOADED: dict[Path, Dataset] = {}
 
@@ -24,8 +25,12 @@ def dataset_dir(data_cfg: DictConfig, home: str | Path) -> Path:
     """Where the dataset of ``data_cfg`` lives (it may not exist yet)."""
     if data_cfg.get("path"):
         return Path(str(data_cfg.path)).expanduser()
+    if data_cfg.get("importer") is not None:
+        from ctl.data.importer import import_key
+
+        return Path(str(home)).expanduser() / "datasets" / f"{data_cfg.name}-{import_key(data_cfg)}"
     if data_cfg.get("generator") is None:
-        raise CtlError(f"data config {data_cfg.get('name')!r} has neither 'path' nor 'generator'")
+        raise CtlError(f"data config {data_cfg.get('name')!r} has none of 'path', 'generator' or 'importer'")
     key = stable_hash(OmegaConf.to_container(data_cfg.generator, resolve=True))
     return Path(str(home)).expanduser() / "datasets" / f"{data_cfg.name}-{key}"
 
@@ -40,15 +45,34 @@ def ensure_dataset(data_cfg: DictConfig, home: str | Path, progress: bool = True
         return path
     if (path / "meta.yaml").exists():
         return path
+    check_writable(path.parent, "the dataset cache (home= or CTL_HOME)")
     with file_lock(path.parent / f".{path.name}.lock"):
         if not (path / "meta.yaml").exists():
-            instantiate(data_cfg.generator).generate(path, progress=progress)
+            if data_cfg.get("importer") is not None:
+                from ctl.data.importer import import_preset
+
+                import_preset(data_cfg, path, progress=progress)
+            else:
+                instantiate(data_cfg.generator).generate(path, progress=progress)
     return path
 
 
 def load_for(data_cfg: DictConfig, home: str | Path, progress: bool = True) -> Dataset:
-    """Load (once per process) the dataset of ``data_cfg``, validated."""
+    """Load (once per process) the dataset of ``data_cfg``, validated.
+
+    With ``data.in_memory=false`` only the row index and the histories are loaded; training rows
+    are streamed from Parquet (:mod:`ctl.data.streaming`).
+    """
     path = ensure_dataset(data_cfg, home, progress).resolve()
+    if not data_cfg.get("in_memory", True):
+        from ctl.data.streaming import load_row_index
+
+        return load_row_index(path)
     if path not in _LOADED:
-        _LOADED[path] = load_dataset(path)
+        try:
+            _LOADED[path] = load_dataset(path)
+        except DatasetError as exc:
+            if data_cfg.get("path"):
+                raise
+            raise CtlError(f"the cached dataset {path} is damaged ({exc}); delete that folder so it is made again") from exc
     return _LOADED[path]

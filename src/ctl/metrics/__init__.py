@@ -8,17 +8,22 @@ counterpart: :class:`GAUC` is ours, with the weighting stated on it.
 
 from torchmetrics.classification import BinaryAUROC
 
+from ctl.metrics.coldstart import COLD_START_SLICES, cold_start_gains, cold_start_slices, slice_metrics
 from ctl.metrics.gauc import GAUC, PerUserAUC, auc, gauc, gauc_per_user, logloss
 from ctl.metrics.significance import delong_test, paired_bootstrap
 
 __all__ = [
+    "COLD_START_SLICES",
     "GAUC",
     "BinaryAUROC",
     "PerUserAUC",
     "auc",
+    "cold_start_gains",
+    "cold_start_slices",
     "delong_test",
     "gauc",
     "gauc_per_user",
     "logloss",
     "paired_bootstrap",
+    "slice_metrics",
 ]

@@ -130,17 +130,28 @@ class Backbone(nn.Module):
         if candidate is None:
             candidate = self.candidate(batch)
         item, category, mask = batch["long_item"], batch["long_category"], batch["long_mask"]
+        # Target attention ignores the order of its events, so a retrieval that keeps every event
+        # it may pick (k >= M) equals attention over the whole sequence under the retrieval's mask:
+        # no top-k, no gathers, one lookup shared by SIM and ETA.
+        length = mask.shape[1]
+        whole = self.embeddings.embed_sequence(item, category) if length <= max(self.sim.k, self.eta.k) else None
 
-        index, picked = self.sim(batch["category_id"], category, mask)
-        events = self.embeddings.embed_sequence(gather_events(item, index), gather_events(category, index))
-        sim_out = self.sim_attention(candidate, events, picked)
+        if length <= self.sim.k:
+            sim_out = self.sim_attention(candidate, whole, self.sim.matches(batch["category_id"], category, mask))
+        else:
+            index, picked = self.sim(batch["category_id"], category, mask)
+            events = self.embeddings.embed_sequence(gather_events(item, index), gather_events(category, index))
+            sim_out = self.sim_attention(candidate, events, picked)
 
-        with torch.no_grad():
-            long_items = self.embeddings.lookup("item_id", item)
-        candidate_item = candidate[:, : self.embeddings.dim("item_id")]
-        index, picked = self.eta(candidate_item, long_items, mask)
-        events = self.embeddings.embed_sequence(gather_events(item, index), gather_events(category, index))
-        eta_out = self.eta_attention(candidate, events, picked)
+        if length <= self.eta.k:
+            eta_out = self.eta_attention(candidate, whole, mask)
+        else:
+            with torch.no_grad():
+                long_items = self.embeddings.lookup("item_id", item)
+            candidate_item = candidate[:, : self.embeddings.dim("item_id")]
+            index, picked = self.eta(candidate_item, long_items, mask)
+            events = self.embeddings.embed_sequence(gather_events(item, index), gather_events(category, index))
+            eta_out = self.eta_attention(candidate, events, picked)
         return torch.cat([sim_out, eta_out], dim=-1)
 
     def forward(self, batch: Batch, long_attention: torch.Tensor | None = None) -> torch.Tensor:

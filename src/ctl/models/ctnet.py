@@ -82,8 +82,8 @@ class CTNet(nn.Module):
         """Logits [B] of the target tower."""
         with torch.no_grad():
             shared = self.source.long_attention(batch) if self.share_attention else None
-            _, source_hiddens = self.source.tower.mlp(self.source.features(batch, shared))
-        # g_l reads z_s^l for l = 0..n-1; the source's last hidden z_s^n feeds no target layer
-        adds = [adapter(z) for adapter, z in zip(self.adapters, source_hiddens[:-1], strict=True)]
+            # g_l reads z_s^l for l = 0..n-1: the source's last layer and logit are never run
+            source_inputs = self.source.tower.mlp.layer_inputs(self.source.features(batch, shared))
+        adds = [adapter(z) for adapter, z in zip(self.adapters, source_inputs, strict=True)]
         logits, _ = self.target.head(self.target.features(batch, shared), adds)
         return logits

@@ -1,9 +1,202 @@
-"""``ctl eval``: read run and sweep directories, print the paper's tables."""
+"""``ctl eval``: read run and sweep directories, print the paper's tables (never re-trains).
+
+``evaluate(paths, table_names, bootstrap)`` computes every requested table per dataset as records
+(the JSON rows) and views (the printed tables); ``eval_main`` is the command line around it.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
 from ctl.errors import CtlError
+from ctl.report import render, tables, views
+from ctl.report.runs import Run, by_dataset, find_runs
+
+TABLES: tuple[str, ...] = ("overall", "periods", "finetune", "coldstart", "cost")
+FORMATS: tuple[str, ...] = ("table", "json", "csv", "markdown")
+DEFAULT_BOOTSTRAP = 1000
+
+DESCRIPTION = """Read run folders and sweep folders (searched recursively for metrics.json) and print
+the paper's tables: rows = methods, mean ± std over seeds, deltas vs the base row. Nothing is
+re-trained; the cold-start table also reads the dataset each run names (dataset_path)."""
+
+EPILOG = """tables:
+  overall    Table 2: test AUC / GAUC per target domain, own training rows, significance vs base
+  periods    Table 3: AUC / GAUC after each transfer period (continual vs transfer-once vs base)
+  finetune   Table 4: fine-tuning runs by model.finetune_periods, beside base and CTNet
+  coldstart  Table 5: gains over base on new vs old users and items of the target domain
+  cost       training rows and seconds (own and total) beside AUC / GAUC gains
+  all        every table the runs allow
+
+examples:
+  ctl eval multirun/2024-05-01/10-00-00
+  ctl eval outputs/ --table periods --table coldstart
+  ctl eval multirun/ --format json > results.json
+  ctl eval multirun/ --table all --out report/     # CSV, Markdown and PNG files
+
+Runs of different datasets (metrics.json "dataset") are never mixed: each dataset gets its own
+tables. See docs/eval.md for the JSON schema."""
+
+
+@dataclass
+class Report:
+    """Per table name: the records (JSON rows) and the views of every dataset; plus notes."""
+
+    records: dict[str, list[dict]] = field(default_factory=dict)
+    views: dict[str, list[views.View]] = field(default_factory=dict)
+    by_dataset: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+Built = tuple[list[dict], list[views.View]]
+
+
+def _overall(runs: Sequence[Run], bootstrap: int) -> Built:
+    significance = None
+    if bootstrap > 0:
+        # imported here: it loads torch (through ctl.metrics), which --help and --bootstrap 0 do not need
+        from ctl.report.significance import significance_by_row
+
+        significance = significance_by_row(runs, bootstrap)
+    records = tables.overall_records(runs, significance)
+    shown = [views.overall_view(records)]
+    if significance:
+        shown.append(views.significance_view(records))
+    return records, shown
+
+
+def _periods(runs: Sequence[Run], bootstrap: int) -> Built:
+    records = tables.period_records(runs)
+    return records, views.period_views(records)
+
+
+def _finetune(runs: Sequence[Run], bootstrap: int) -> Built:
+    records = tables.finetune_records(runs)
+    return records, [views.finetune_view(records)]
+
+
+def _coldstart(runs: Sequence[Run], bootstrap: int) -> Built:
+    # imported here for the same reason as the significance module
+    from ctl.report.coldstart import coldstart_records
+
+    records = coldstart_records(runs)
+    return records, views.coldstart_views(records)
+
+
+def _cost(runs: Sequence[Run], bootstrap: int) -> Built:
+    records = tables.cost_records(runs)
+    return records, [views.cost_view(records)]
+
+
+BUILDERS: dict[str, Callable[[Sequence[Run], int], Built]] = {
+    "overall": _overall, "periods": _periods, "finetune": _finetune, "coldstart": _coldstart, "cost": _cost,
+}
+
+
+def evaluate(paths: Sequence[Path], table_names: Sequence[str], bootstrap: int = DEFAULT_BOOTSTRAP) -> Report:
+    """Every table of ``table_names`` ("all" = each one the runs allow) for the runs under ``paths``.
+
+    A table asked for by name that no dataset's runs allow is refused (``CtlError``); with
+    "all" it is skipped with a note. ``bootstrap``: resamples for the significance columns of
+    ``overall`` (0 = none).
+    """
+    if bootstrap < 0:
+        raise CtlError(f"--bootstrap must be >= 0 (0 turns significance off), got {bootstrap}")
+    wanted = list(TABLES) if "all" in table_names else list(dict.fromkeys(table_names))
+    found = find_runs([Path(p) for p in paths])
+    report = Report(notes=list(found.notes))
+    groups = by_dataset(found.runs)
+    if len(groups) > 1:
+        report.notes.append(f"these runs come from {len(groups)} datasets ({', '.join(groups)}); "
+                            "each dataset gets its own tables")
+    for table in wanted:
+        refusals = []
+        for dataset, runs in groups.items():
+            try:
+                records, shown = BUILDERS[table](runs, bootstrap)
+            except CtlError as exc:
+                refusals.append(str(exc) if len(groups) == 1 else f"dataset {dataset}: {exc}")
+                continue
+            report.records.setdefault(table, []).extend(records)
+            report.views.setdefault(table, []).extend(shown)
+            report.by_dataset.setdefault(table, {})[dataset] = records
+        if not refusals:
+            continue
+        if table not in report.records and "all" not in table_names:
+            raise CtlError(refusals[0])
+        report.notes.extend(f"no {table} table{'' if len(groups) == 1 else ' for one dataset'}: {r}"
+                            for r in refusals)
+    return report
+
+
+def all_views(report: Report) -> list[views.View]:
+    return [v for table in report.views for v in report.views[table]]
+
+
+def all_records(report: Report) -> list[dict]:
+    return [r for table in report.records for r in report.records[table]]
+
+
+def write_files(report: Report, out: Path) -> list[Path]:
+    """``<table>.csv`` and ``<table>.md`` per table, and the PNG figures of the tables shown."""
+    from ctl.io import atomic_write_text
+    from ctl.report import plots
+
+    written = []
+    for table, records in report.records.items():
+        written.append(atomic_write_text(out / f"{table}.csv", render.records_csv(records)))
+        written.append(atomic_write_text(out / f"{table}.md", render.markdown(report.views[table])))
+    several = max((len(d) for d in report.by_dataset.values()), default=0) > 1
+    for table, datasets in report.by_dataset.items():
+        for dataset, records in datasets.items():
+            suffix = f"-{dataset}" if several else ""
+            if table == "overall":
+                written.append(plots.plot_overall(records, out / f"table2{suffix}.png"))
+            if table in ("overall", "cost"):
+                written.append(plots.plot_cost_gain(records, out / f"cost_gain{suffix}.png"))
+            if table == "periods":
+                written.append(plots.plot_periods(records, out / f"periods{suffix}.png"))
+    return list(dict.fromkeys(written))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctl eval", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH", type=Path,
+                        help="run folders, sweep folders (searched recursively) or metrics.json files")
+    parser.add_argument("--table", action="append", choices=(*TABLES, "all"), metavar="NAME",
+                        help="which table: overall (default), periods, finetune, coldstart, cost or all; repeatable")
+    parser.add_argument("--format", choices=FORMATS, default="table",
+                        help="stdout format: rich tables (default), json (the records, see docs/eval.md), "
+                             "csv (the records, one per line) or markdown")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="also write <table>.csv, <table>.md and PNG figures into DIR")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
+                        help=f"paired user-bootstrap resamples for significance vs base (default {DEFAULT_BOOTSTRAP}; "
+                             "0 = off)")
+    return parser
 
 
 def eval_main(argv: list[str]) -> None:
-    raise CtlError("ctl eval is not built yet; each run folder holds metrics.json and predictions.parquet")
+    args = build_parser().parse_args(argv)
+    report = evaluate(args.paths, args.table or ["overall"], args.bootstrap)
+    err = Console(stderr=True)
+    for note in report.notes:
+        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    if args.format == "table":
+        render.print_views(all_views(report), Console())
+    elif args.format == "markdown":
+        sys.stdout.write(render.markdown(all_views(report)))
+    elif args.format == "json":
+        sys.stdout.write(render.records_json(all_records(report)))
+    else:
+        sys.stdout.write(render.records_csv(all_records(report)))
+    if args.out:
+        for path in write_files(report, args.out):
+            err.print(f"wrote {path}", highlight=False)

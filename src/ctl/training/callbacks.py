@@ -1,14 +1,103 @@
-"""Callbacks of the continual protocol: the source refresh and the period-aware progress bar."""
+"""Callbacks of the continual protocol: period checkpoints, the source refresh, the progress bar."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import RichProgressBar
+import torch
+from pytorch_lightning.callbacks import Checkpoint, RichProgressBar
 
+from ctl.io import atomic_link, crash_point
 from ctl.training.checkpoints import load_model_state
+
+#: the checkpoint a killed fit resumes from
+LAST_CHECKPOINT = "last.ckpt"
+#: checkpoint key of the fit's own record (see :class:`PeriodCheckpoints`)
+FIT_KEY = "ctl_fit"
+
+
+def period_checkpoint_name(period: int) -> str:
+    return f"period_{period}.ckpt"
+
+
+class PeriodCheckpoints(Checkpoint):
+    """The checkpoints of a continual fit: ``period_<p>.ckpt`` after each period, ``last.ckpt`` to resume from.
+
+    ``last.ckpt`` is written every ``every_n_steps`` optimiser steps inside a period and at every
+    period end (there as a hard link to the period's checkpoint), so a killed fit loses at most
+    ``every_n_steps`` steps; a finished fit removes it, and the last period's checkpoint takes
+    its place (periods are trained in ascending order). The step that ends a period is not
+    saved on its own: the period's checkpoint follows right after its validation, and Lightning
+    cannot resume a fit between the two (it would skip that validation). Files go through the
+    trainer's checkpoint IO (atomic: see :class:`ctl.training.checkpoints.AtomicCheckpointIO`).
+
+    Every checkpoint carries ``checkpoint[FIT_KEY] = {"identity", "spent", "threads"}``: what the
+    fit is (so that a resumed fit can refuse another fit's checkpoint), the wall/CPU seconds spent
+    on it so far, including earlier, interrupted processes (``spent_before`` after a resume), and
+    torch's intra-op thread count (CPU results depend on it in the last digits).
+
+    Args:
+        dirpath: the ``checkpoints`` folder.
+        period_of_epoch: the period trained at each epoch.
+        every_n_steps: optimiser steps between two ``last.ckpt`` inside a period; 0 = period ends only.
+        identity: a JSON-able description of the fit.
+    """
+
+    def __init__(self, dirpath: Path, period_of_epoch: Callable[[int], int], every_n_steps: int,
+                 identity: dict) -> None:
+        if every_n_steps < 0:
+            raise ValueError(f"PeriodCheckpoints: every_n_steps must be >= 0, got {every_n_steps}")
+        self.dirpath = Path(dirpath)
+        self.period_of_epoch = period_of_epoch
+        self.every_n_steps = every_n_steps
+        self.identity = identity
+        self.spent_before = {"wall_s": 0.0, "cpu_s": 0.0}
+        self._clock = (time.perf_counter(), time.process_time())
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / LAST_CHECKPOINT
+
+    def latest(self) -> Path:
+        """The checkpoint a resumed fit starts from: ``last.ckpt``, or the latest period's once the fit finished."""
+        if self.last_path.is_file():
+            return self.last_path
+        periods = sorted(self.dirpath.glob("period_*.ckpt"), key=lambda p: int(p.stem.removeprefix("period_")))
+        return periods[-1] if periods else self.last_path
+
+    def spent(self) -> dict[str, float]:
+        """Seconds spent on this fit: earlier processes' share plus this process's since ``fit`` started."""
+        wall0, cpu0 = self._clock
+        return {"wall_s": self.spent_before["wall_s"] + time.perf_counter() - wall0,
+                "cpu_s": self.spent_before["cpu_s"] + time.process_time() - cpu0}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._clock = (time.perf_counter(), time.process_time())
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        crash_point("train-batch")
+        ends_period = batch_idx + 1 >= trainer.num_training_batches
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and not ends_period:
+            trainer.save_checkpoint(self.last_path)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        crash_point("period-end")
+        path = self.dirpath / period_checkpoint_name(self.period_of_epoch(trainer.current_epoch))
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            atomic_link(path, self.last_path)
+        trainer.strategy.barrier("PeriodCheckpoints.last")
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        # CPU results depend on the intra-op thread count: a resume warns when it differs.
+        checkpoint[FIT_KEY] = {"identity": self.identity, "spent": self.spent(), "threads": torch.get_num_threads()}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.spent_before = dict(checkpoint.get(FIT_KEY, {}).get("spent", self.spent_before))
 
 
 class SourceRefresh(pl.Callback):

@@ -1,14 +1,32 @@
-"""Reading model weights and optimiser state out of Lightning checkpoints."""
+"""Lightning checkpoints: written atomically, read with clear refusals, model weights and optimiser state."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
+from pytorch_lightning.plugins import TorchCheckpointIO
 
 from ctl.errors import CtlError
+from ctl.io import atomic_write
 
 MODEL_PREFIX = "model."
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but fsynced and renamed into place (see :func:`ctl.io.atomic_write`).
+
+    Lightning's own writer renames too but never fsyncs, so after a power loss a checkpoint name
+    can point at missing data; a killed process leaves only a hidden temporary file here.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
+        atomic_write(Path(path), lambda handle: torch.save(checkpoint, handle))
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -62,3 +80,69 @@ def optimizer_state_by_parameter(checkpoint: dict, parameters: list[torch.nn.Par
         return {}
     indexed = states[0]["state"]
     return {p: indexed[i] for i, p in enumerate(parameters) if i in indexed}
+
+
+def first_difference(saved: object, current: object, where: str = "") -> str | None:
+    """The first leaf where two JSON-like trees differ, as ``key: saved -> current``, or None."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in sorted(set(saved) | set(current), key=str):
+            path = f"{where}.{key}" if where else str(key)
+            if key not in saved or key not in current:
+                side = "the checkpoint" if key in saved else "this run"
+                return f"{path} is only in {side}"
+            found = first_difference(saved[key], current[key], path)
+            if found:
+                return found
+        return None
+    if saved != current:
+        return f"{where or 'the value'}: {saved!r} in the checkpoint, {current!r} now"
+    return None
+
+
+def resume_point(path: Path, identity: dict, module: torch.nn.Module, fit_key: str, strict: bool) -> Path | None:
+    """The checkpoint at ``path`` if a fit described by ``identity`` can resume from it, else None.
+
+    A checkpoint resumes a fit when it can be read, was written by a fit with the same identity
+    (``checkpoint[fit_key]["identity"]``) and fits ``module``. Otherwise, with ``strict``
+    (``resume=true``) the fit is refused saying why; without, the stale checkpoint is removed and
+    the fit starts over. No checkpoint at all: None (a fresh start).
+    """
+    path = Path(path)
+    if not path.is_file():
+        if strict:
+            log.warning("resume=true but %s does not exist: nothing to resume, starting from the beginning", path)
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        problem = _resume_problem(checkpoint, identity, module, path, fit_key)
+    except Exception as exc:  # noqa: BLE001 (a damaged file: say what the reader said)
+        problem = f"it cannot be read ({exc.__class__.__name__}: {exc})"
+    if problem is None:
+        log.warning("resuming from %s", path)
+        threads = checkpoint[fit_key].get("threads")
+        if threads != torch.get_num_threads():
+            log.warning("%s was written with %s torch threads, this process has %s: the resumed metrics may differ "
+                        "in the last digits from an uninterrupted run (set OMP_NUM_THREADS=%s to match)",
+                        path, threads, torch.get_num_threads(), threads)
+        return path
+    if strict:
+        raise CtlError(f"cannot resume from {path}: {problem}; rerun with the same overrides, or choose a new "
+                       "hydra.run.dir (resume=false starts this folder over)")
+    log.warning("not resuming from %s (%s): starting over", path, problem)
+    path.unlink()
+    return None
+
+
+def _resume_problem(checkpoint: object, identity: dict, module: torch.nn.Module, path: Path,
+                    fit_key: str) -> str | None:
+    saved = checkpoint.get(fit_key, {}).get("identity") if isinstance(checkpoint, dict) else None
+    if saved is None:
+        return "it records no fit identity (not written by ctl)"
+    difference = first_difference(saved, identity)
+    if difference is not None:
+        return f"it was written by another configuration ({difference})"
+    try:
+        check_fits(module, checkpoint.get("state_dict", {}), "its model", path)
+    except CtlError as exc:
+        return str(exc)
+    return None

@@ -1,13 +1,21 @@
 """One Lightning ``fit`` over a list of periods (epoch k = period k), then the test slice.
 
 Shared by tracks and by every transfer method: it builds the trainer from the config, saves one
-checkpoint per period (``period_<p>.ckpt``), and returns what the run measured.
+checkpoint per period (``period_<p>.ckpt``) and a ``last.ckpt`` every
+``checkpoint_every_n_steps`` steps, and returns what the run measured.
+
+A fit resumes from ``<out_dir>/checkpoints/last.ckpt`` when that checkpoint was written by a
+fit of the same identity (the resolved config without its display and resume keys, and the
+dataset's fingerprint): mid-period too, with the data order, the period records and the random
+stream restored, so the resumed fit ends with the metrics of an uninterrupted one. With
+``resume=true`` a checkpoint of another identity is refused instead of replaced.
 """
 
 from __future__ import annotations
 
 import resource
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +27,20 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ctl.data.datamodule import ContinualDataModule
 from ctl.data.dataset import Dataset
-from ctl.io import atomic_write_bytes
-from ctl.training.callbacks import PeriodProgressBar
+from ctl.errors import CtlError
+from ctl.io import atomic_write_bytes, check_free_space, check_writable, remove_stale_temporaries
+from ctl.models import build_model
+from ctl.training.callbacks import FIT_KEY, PeriodCheckpoints, PeriodProgressBar
+from ctl.training.checkpoints import AtomicCheckpointIO, resume_point
+from ctl.training.distributed import is_rank_zero
 from ctl.training.task import CTRTask, adagrad
+
+#: config keys that change how a run is shown or resumed, never what it computes
+RUN_ONLY_KEYS = ("resume", "progress", "print_table", "checkpoint_every_n_steps")
+DEFAULT_CHECKPOINT_EVERY_N_STEPS = 500
 
 
 @dataclass
@@ -46,6 +61,15 @@ def optimizer_from(cfg: DictConfig):
                    eps=float(optim.eps))
 
 
+def build_net(net_cfg: DictConfig, dataset: Dataset, model_name: str) -> torch.nn.Module:
+    """Instantiate ``net_cfg`` for the dataset's schema, refusing a mismatch in one line naming both."""
+    try:
+        return build_model(net_cfg, dataset.schema)
+    except (ValueError, KeyError) as exc:
+        raise CtlError(f"model {model_name} does not fit the schema of the dataset {dataset.path} "
+                       f"({str(exc).strip()}); change model.size or the dataset's meta.yaml") from exc
+
+
 def make_datamodule(cfg: DictConfig, dataset: Dataset, train_domains: Sequence[str], periods: Sequence[int],
                     eval_domain: str, seed: int, domain_sequences: Sequence[str] = ()) -> ContinualDataModule:
     return ContinualDataModule(
@@ -57,7 +81,21 @@ def make_datamodule(cfg: DictConfig, dataset: Dataset, train_domains: Sequence[s
         eval_batch_size=int(cfg.data.eval_batch_size),
         seed=seed,
         domain_sequences=list(domain_sequences),
+        in_memory=bool(cfg.data.get("in_memory", True)),
+        num_workers=int(cfg.data.get("num_workers", 0)),
     )
+
+
+def run_identity(cfg: DictConfig, dataset: Dataset) -> dict:
+    """What a run's fit computes: its resolved config without :data:`RUN_ONLY_KEYS`, and the dataset."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return {"config": {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}, "dataset": dataset.fingerprint()}
+
+
+def checkpoint_bytes(task: CTRTask) -> int:
+    """About how large one checkpoint of ``task`` is: weights, buffers and a same-size optimiser state."""
+    tensors = [*task.parameters(), *task.buffers()]
+    return 2 * sum(t.numel() * t.element_size() for t in tensors)
 
 
 def fit_periods(
@@ -67,19 +105,22 @@ def fit_periods(
     out_dir: Path,
     label: str,
     callbacks: Sequence[pl.Callback] = (),
+    identity: dict | None = None,
+    strict_resume: bool | None = None,
 ) -> FitResult:
-    """Train ``task`` over the datamodule's periods, test it, and write checkpoints under ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Train ``task`` over the datamodule's periods, test it, and write checkpoints under ``out_dir``.
+
+    ``identity`` says what this fit is (default: :func:`run_identity`); a ``last.ckpt`` of the
+    same identity in ``out_dir/checkpoints`` is resumed (see the module docstring). With
+    ``strict_resume`` (default: the config's ``resume``) a ``last.ckpt`` of another identity is
+    refused rather than replaced.
+    """
+    out_dir = Path(out_dir)
+    identity = run_identity(cfg, datamodule.dataset) if identity is None else identity
+    strict = bool(cfg.get("resume", False)) if strict_resume is None else strict_resume
+    saver, resume_from = _checkpoints(cfg, task, datamodule, out_dir, label, identity, strict)
     n_epochs = len(datamodule.periods)
-    checkpoints = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints",
-        filename="period_{period:.0f}",
-        auto_insert_metric_name=False,
-        save_top_k=-1,
-        every_n_epochs=1,
-        enable_version_counter=False,
-    )
-    all_callbacks: list[pl.Callback] = [checkpoints, *callbacks]
+    all_callbacks: list[pl.Callback] = [saver, *callbacks]
     if cfg.progress:
         all_callbacks.append(PeriodProgressBar(datamodule.period_of_epoch, n_epochs, label))
     logger = instantiate(OmegaConf.merge(cfg.logger, {"save_dir": str(out_dir)}))
@@ -90,22 +131,52 @@ def fit_periods(
         num_sanity_val_steps=0,
         callbacks=all_callbacks,
         logger=logger,
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=bool(cfg.progress),
         enable_model_summary=False,
         default_root_dir=str(out_dir),
     )
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    trainer.fit(task, datamodule=datamodule)
+    with warnings.catch_warnings():
+        # Lightning cannot see that the datamodule serves a resumed period from its first untrained batch.
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
+        # our own checkpoints (already read once by resume_point): they hold the config and the RNG state
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
     trainer.test(task, datamodule=datamodule, verbose=False)
+    # Finished: the last period's checkpoint now stands for last.ckpt (PeriodCheckpoints.latest).
+    if is_rank_zero():  # under DDP only rank zero touches the files (ctl.training.distributed)
+        saver.last_path.unlink(missing_ok=True)
     cost = {
         "train_rows": int(sum(r["train_rows"] for r in task.period_results)),
-        "wall_s": round(time.perf_counter() - wall0, 3),
-        "cpu_s": round(time.process_time() - cpu0, 3),
+        "wall_s": round(saver.spent_before["wall_s"] + time.perf_counter() - wall0, 3),
+        "cpu_s": round(saver.spent_before["cpu_s"] + time.process_time() - cpu0, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     predictions = {k: torch.cat([p[k] for p in task.test_predictions]).numpy() for k in task.test_predictions[0]}
     return FitResult(periods=list(task.period_results), test=dict(task.test_result or {}), cost=cost,
                      predictions=predictions)
+
+
+def _checkpoints(cfg: DictConfig, task: CTRTask, datamodule: ContinualDataModule, out_dir: Path, label: str,
+                 identity: dict, strict: bool) -> tuple[PeriodCheckpoints, Path | None]:
+    """The fit's checkpoint writer and the checkpoint to resume from (None: a fresh start), after the checks."""
+    check_writable(out_dir, f"the output folder of {label}")
+    checkpoint_dir = out_dir / "checkpoints"
+    if checkpoint_dir.is_symlink() and is_rank_zero():  # a track run's link into the cache: never write through it
+        checkpoint_dir.unlink()
+    if is_rank_zero():
+        remove_stale_temporaries(checkpoint_dir)
+    needed = checkpoint_bytes(task) * (len(datamodule.periods) + 2)
+    check_free_space(out_dir, needed, f"saving the checkpoints of {label}")
+    every_n_steps = int(cfg.get("checkpoint_every_n_steps", DEFAULT_CHECKPOINT_EVERY_N_STEPS))
+    if every_n_steps < 0:
+        raise CtlError(f"checkpoint_every_n_steps={every_n_steps} must be >= 0 (0 = checkpoints at period ends only)")
+    saver = PeriodCheckpoints(checkpoint_dir, datamodule.period_of_epoch, every_n_steps, identity)
+    resume_from = resume_point(saver.latest(), identity, task, FIT_KEY, strict=strict)
+    if resume_from is None and is_rank_zero():
+        for stale in checkpoint_dir.glob("period_*.ckpt"):
+            stale.unlink()
+    return saver, resume_from
 
 
 def write_predictions(path: Path, predictions: dict[str, np.ndarray]) -> Path:

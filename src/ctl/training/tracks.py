@@ -1,13 +1,17 @@
 """Tracks: one model trained continually on one domain, one checkpoint per period, cached.
 
 A track is keyed by (dataset, domain, model config, optimiser, batch size, seed). It is built in
-a temporary folder and renamed into ``<home>/tracks/<model>-<domain>-<key>`` only when complete
-(checkpoints, ``metrics.json``, ``predictions.parquet``), under a file lock so that concurrent
-jobs of a sweep build it once. A folder that exists is a finished track.
+the folder ``<home>/tracks/.<model>-<domain>-<key>.building`` under a file lock, so concurrent
+jobs of a sweep build it once; a build killed midway resumes there from its ``last.ckpt``. A
+finished build gets ``manifest.json`` (every file's size and sha256, written last) and is renamed
+to ``<home>/tracks/<model>-<domain>-<key>``. A track is used only if its manifest verifies; a
+damaged one (a file truncated, removed or altered) is rebuilt.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -18,12 +22,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctl.data.dataset import Dataset
 from ctl.errors import CtlError
-from ctl.io import atomic_write_json, derived_seed, file_lock, stable_hash
-from ctl.models import build_model
-from ctl.training.fitting import fit_periods, make_datamodule, optimizer_from, write_predictions
+from ctl.io import (
+    atomic_write_json,
+    check_writable,
+    derived_seed,
+    file_lock,
+    fsync_path,
+    manifest_problem,
+    stable_hash,
+    write_manifest,
+)
+from ctl.training.callbacks import period_checkpoint_name
+from ctl.training.distributed import barrier, is_rank_zero
+from ctl.training.fitting import build_net, fit_periods, make_datamodule, optimizer_from, write_predictions
 from ctl.training.task import CTRTask
 
-TRACK_FILES = ("metrics.json", "predictions.parquet")
+log = logging.getLogger(__name__)
+
+#: sub-folders of a track that its manifest leaves out (free-form logs)
+UNCHECKED = ("logs",)
 
 
 @dataclass(frozen=True)
@@ -34,21 +51,19 @@ class Track:
     name: str
 
     def checkpoint(self, period: int) -> Path:
-        path = self.path / "checkpoints" / f"period_{period}.ckpt"
+        path = self.path / "checkpoints" / period_checkpoint_name(period)
         if not path.is_file():
             raise CtlError(f"track {self.path} has no checkpoint for period {period} ({path.name} is missing); "
                            "delete the folder so the track is rebuilt")
         return path
 
     def metrics(self) -> dict:
-        import json
-
         return json.loads((self.path / "metrics.json").read_text())
 
 
 def track_spec(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig, model_name: str) -> dict:
     """Everything that determines a track's weights: the cache key's content."""
-    return {
+    spec = {
         "dataset": dataset.fingerprint(),
         "domain": domain,
         "model": model_name,
@@ -58,43 +73,58 @@ def track_spec(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig, 
         "seed": int(cfg.seed),
         "periods": [0, dataset.schema.test_period - 1],
     }
+    if not cfg.data.get("in_memory", True):
+        spec["rows"] = "streamed"  # another shuffle order, hence other weights
+    return spec
 
 
 def ensure_track(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig, model_name: str) -> Track:
-    """The finished track of ``net`` on ``domain``; built (once, under a lock) if missing."""
+    """The finished track of ``net`` on ``domain``; built (once, under a lock) if missing or damaged."""
     dataset.schema.domain_index(domain)
     spec = track_spec(cfg, dataset, domain, net, model_name)
     name = f"{model_name}-{domain}"
     root = Path(str(cfg.home)).expanduser() / "tracks"
     path = root / f"{name}-{stable_hash(spec)}"
-    if not _complete(path):
+    if manifest_problem(path) is not None:
+        check_writable(root, "the track cache (home= or CTL_HOME)")
+        if not is_rank_zero():  # DDP: rank zero builds under the lock; the other ranks join its fits
+            _build(cfg, dataset, domain, net, name, spec, path)
+            return Track(path=path, name=name)
         with file_lock(root / f".{path.name}.lock"):
-            if not _complete(path):
+            problem = manifest_problem(path)
+            if problem is not None:
+                if path.exists():
+                    log.warning("track %s is damaged (%s): rebuilding it", path, problem)
+                    shutil.rmtree(path)
                 _build(cfg, dataset, domain, net, name, spec, path)
     return Track(path=path, name=name)
 
 
-def _complete(path: Path) -> bool:
-    return path.is_dir() and all((path / f).is_file() for f in TRACK_FILES)
+def building_folder(path: Path) -> Path:
+    """Where the track of ``path`` is built: a stable name, so a killed build resumes there."""
+    return path.with_name(f".{path.name}.building")
 
 
 def _build(cfg: DictConfig, dataset: Dataset, domain: str, net_cfg: DictConfig, name: str, spec: dict,
            path: Path) -> None:
-    if path.exists():  # an incomplete folder left by a crash: never trusted
-        shutil.rmtree(path)
-    tmp = path.with_name(f".{path.name}.building-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = building_folder(path)
     seed = derived_seed(int(cfg.seed), f"track/{name}")
     pl.seed_everything(seed, workers=True, verbose=False)
     schema = dataset.schema
     periods = list(range(schema.test_period))
-    net = build_model(net_cfg, schema)
+    net = build_net(net_cfg, dataset, spec["model"])
     datamodule = make_datamodule(cfg, dataset, [domain], periods, eval_domain=domain, seed=seed)
     task = CTRTask(net, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)
-    result = fit_periods(cfg, task, datamodule, tmp, label=f"track {name}")
-    write_predictions(tmp / "predictions.parquet", result.predictions)
-    atomic_write_json(tmp / "metrics.json", {
-        "kind": "track", "model": spec["model"], "domain": domain, "seed": int(cfg.seed), "spec": spec,
-        "periods": result.periods, "test": result.test, "cost": result.cost,
-    })
-    os.replace(tmp, path)
+    result = fit_periods(cfg, task, datamodule, tmp, label=f"track {name}", identity={"track": spec},
+                         strict_resume=False)
+    if is_rank_zero():
+        write_predictions(tmp / "predictions.parquet", result.predictions)
+        atomic_write_json(tmp / "metrics.json", {
+            "kind": "track", "model": spec["model"], "domain": domain, "seed": int(cfg.seed), "spec": spec,
+            "periods": result.periods, "test": result.test, "cost": result.cost,
+        })
+        write_manifest(tmp, skip=UNCHECKED)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    barrier()  # the other ranks use the track once rank zero has renamed it into place
+

@@ -54,7 +54,7 @@ class MLP(nn.Module):
                 f"MLP: {len(pre_activation_adds)} pre-activation adds for {len(self.dims)} layers"
             )
         hiddens = [x]
-        for layer, (linear, norm) in enumerate(zip(self.linears, self.norms)):
+        for layer, (linear, norm) in enumerate(zip(self.linears, self.norms, strict=True)):
             h = norm(linear(x))
             if pre_activation_adds is not None:
                 add = pre_activation_adds[layer]
@@ -67,6 +67,18 @@ class MLP(nn.Module):
             x = F.leaky_relu(h, LEAKY_SLOPE)
             hiddens.append(x)
         return x, hiddens
+
+    def layer_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x [B, in_dim] -> [z^0 = x, ..., z^{n-1}], every layer's input, without running the last layer.
+
+        What CTNet's adapters read from its frozen source tower, whose last layer feeds nothing.
+        """
+        if x.dim() != 2 or x.shape[-1] != self.in_dims[0]:
+            raise ValueError(f"MLP: input must be [B, {self.in_dims[0]}], got {tuple(x.shape)}")
+        inputs = [x]
+        for linear, norm in zip(self.linears[:-1], self.norms[:-1], strict=True):
+            inputs.append(F.leaky_relu(norm(linear(inputs[-1])), LEAKY_SLOPE))
+        return inputs
 
 
 class MlpHead(nn.Module):

@@ -35,10 +35,8 @@ class SimHardRetrieval(nn.Module):
             raise ValueError(f"SIM k must be >= 1, got {k}")
         self.k = k
 
-    def forward(
-        self, candidate_category: torch.Tensor, category: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """candidate_category [B], category [B, M], mask bool [B, M] -> (index [B, K], mask [B, K]), K = min(k, M)."""
+    def matches(self, candidate_category: torch.Tensor, category: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The events SIM may keep, every one of them: real events of the candidate's category, bool [B, M]."""
         if (
             category.dim() != 2
             or candidate_category.shape != category.shape[:1]
@@ -48,8 +46,14 @@ class SimHardRetrieval(nn.Module):
                 f"SimHardRetrieval: expected candidate [B], category [B, M], mask [B, M]; got "
                 f"{tuple(candidate_category.shape)}, {tuple(category.shape)}, {tuple(mask.shape)}"
             )
+        return (category == candidate_category[:, None]) & mask
+
+    def forward(
+        self, candidate_category: torch.Tensor, category: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """candidate_category [B], category [B, M], mask bool [B, M] -> (index [B, K], mask [B, K]), K = min(k, M)."""
+        match = self.matches(candidate_category, category, mask)
         length = category.shape[1]
-        match = (category == candidate_category[:, None]) & mask
         position = torch.arange(length, device=category.device).expand_as(category)
         score = torch.where(match, position, -1)
         top, index = score.topk(min(self.k, length), dim=1)

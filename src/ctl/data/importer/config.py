@@ -1,0 +1,162 @@
+"""Configs -> imports: ``ctl data import``, and data presets that import on first use.
+
+A data preset with an ``importer:`` node (``conf/data/amazon_food_kitchen.yaml``) names a schema
+(a composed mapping, a packaged schema name or a YAML path), its input files (relative to
+``root``) and an optional ``max_rows``. The registry keys the imported dataset by the schema, the
+inputs' paths, sizes and modification times, and ``max_rows`` (:func:`import_key`), so editing a
+file or the schema imports again, and an unchanged one is reused.
+
+Public data root: ``root`` if set, else ``$CTL_PUBLIC_DATA``, else ``../shared/data`` next to the
+repository (the folder holding ``amazon_food_kitchen_c2dsr/`` etc.).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from ctl.data.importer.convert import IMPORTER_VERSION, import_dataset
+from ctl.data.importer.readers import DEFAULT_BLOCK_BYTES
+from ctl.data.importer.spec import ImportSpec, load_spec, parse_spec
+from ctl.errors import CtlError
+from ctl.io import stable_hash
+
+PUBLIC_DATA_ENV = "CTL_PUBLIC_DATA"
+IMPORTER_KEYS = ("schema", "inputs", "root", "max_rows")
+SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "conf" / "schemas"
+
+
+def repository_root() -> Path:
+    """The checkout holding ``src/ctl`` (meaningful for an editable install)."""
+    return Path(__file__).resolve().parents[4]
+
+
+def public_data_root(root: str | Path | None) -> Path:
+    """Where relative input paths of a preset are found (see the module docstring)."""
+    if root:
+        return Path(str(root)).expanduser()
+    if os.environ.get(PUBLIC_DATA_ENV):
+        return Path(os.environ[PUBLIC_DATA_ENV]).expanduser()
+    return (repository_root().parent / "shared" / "data").resolve()
+
+
+def _plain(node: object) -> object:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def schema_from(value: object, origin: str) -> ImportSpec:
+    """An import schema from a mapping, a packaged schema name (``conf/schemas/<name>.yaml``) or a path."""
+    value = _plain(value)
+    if isinstance(value, Mapping):
+        return parse_spec(value, origin)
+    if not isinstance(value, str) or not value:
+        raise CtlError(f"{origin}: schema must be a mapping, a schema name or a YAML path, got {value!r}")
+    if "/" in value or value.endswith((".yaml", ".yml")):
+        return load_spec(value)
+    packaged = SCHEMAS_DIR / f"{value}.yaml"
+    if not packaged.is_file():
+        known = sorted(p.stem for p in SCHEMAS_DIR.glob("*.yaml"))
+        raise CtlError(f"{origin}: no packaged schema {value!r} (known: {known}); give a path to a YAML file")
+    return load_spec(packaged)
+
+
+def _importer(node: object, origin: str) -> dict:
+    importer = _plain(node)
+    if not isinstance(importer, Mapping):
+        raise CtlError(f"{origin}: must be a mapping with keys {list(IMPORTER_KEYS)}")
+    unknown = sorted(set(importer) - set(IMPORTER_KEYS))
+    if unknown:
+        raise CtlError(f"{origin}: unknown key {unknown[0]!r} (known: {list(IMPORTER_KEYS)})")
+    if not importer.get("inputs"):
+        raise CtlError(f"{origin}.inputs: list the input files")
+    return dict(importer)
+
+
+def resolve_inputs(inputs: list, root: Path, origin: str) -> list[Path]:
+    """Input paths, relative ones under ``root``; refuses missing files with a hint about the root."""
+    paths = [Path(str(p)).expanduser() for p in inputs]
+    paths = [p if p.is_absolute() else root / p for p in paths]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise CtlError(f"{origin}: input file {missing[0]} does not exist; point {origin}.root (or "
+                       f"${PUBLIC_DATA_ENV}) at the folder that holds the inputs")
+    return paths
+
+
+def import_key(data_cfg: DictConfig) -> str:
+    """Cache key of a preset's import: schema, input paths/sizes/mtimes, ``max_rows``, importer version."""
+    origin = f"data {data_cfg.get('name')!r} importer"
+    importer = _importer(data_cfg.importer, origin)
+    spec = schema_from(importer.get("schema"), f"{origin}.schema")
+    inputs = resolve_inputs(importer["inputs"], public_data_root(importer.get("root")), origin)
+    files = [{"path": str(p.resolve()), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in inputs]
+    return stable_hash({"importer": IMPORTER_VERSION, "schema": spec.raw, "inputs": files,
+                        "max_rows": importer.get("max_rows")})
+
+
+def import_preset(data_cfg: DictConfig, out: Path, progress: bool) -> Path:
+    """Import a preset's data into ``out`` (the registry calls this under its lock)."""
+    origin = f"data {data_cfg.get('name')!r} importer"
+    importer = _importer(data_cfg.importer, origin)
+    spec = schema_from(importer.get("schema"), f"{origin}.schema")
+    inputs = resolve_inputs(importer["inputs"], public_data_root(importer.get("root")), origin)
+    log = Console(stderr=True).print if progress else None
+    import_dataset(spec, inputs, out, max_rows=importer.get("max_rows"), log=log)
+    return out
+
+
+def print_import(path: Path, console: Console) -> None:
+    """A summary of an imported dataset from its ``meta.yaml``: layout, periods, rows, what was left out."""
+    meta = yaml.safe_load((Path(path) / "meta.yaml").read_text())
+    schema, provenance = meta["schema"], meta["provenance"]
+    n_history, n_transfer = schema["n_history"], schema["n_transfer"]
+    table = Table(title=f"{path}: {meta['n_rows']:,} rows, {meta['n_events']:,} history events")
+    table.add_column("period", justify="right")
+    table.add_column("split")
+    table.add_column("span")
+    for p, span in enumerate(provenance.get("periods", [])):
+        split = "history" if p < n_history else "transfer" if p < n_history + n_transfer else "test"
+        table.add_row(str(p), split, span)
+    console.print(table)
+    console.print(f"domains {schema['domains']} (source {schema['source']}); "
+                  f"features {[f['name'] for f in schema['features']]}")
+    console.print("counts: " + ", ".join(f"{k} {v:,}" for k, v in provenance.get("counts", {}).items()))
+
+
+def run_import(cfg: DictConfig) -> Path:
+    """``ctl data import``: ``schema=FILE inputs=[...] out=DIR``, or ``data=<preset>`` (cache or ``out``)."""
+    from ctl.data.registry import ensure_dataset
+
+    console = Console()
+    log = Console(stderr=True).print if cfg.progress else None
+    out = Path(str(cfg.out)).expanduser() if cfg.get("out") else None
+    if cfg.get("schema"):
+        if out is None:
+            raise CtlError("out=DIR is required with schema=...: the new dataset folder")
+        spec = schema_from(cfg.schema, "schema")
+        if not cfg.get("inputs"):
+            raise CtlError("inputs=[a.csv,b.parquet] is required with schema=...")
+        root = Path(str(cfg.root)).expanduser() if cfg.get("root") else Path.cwd()
+        inputs = resolve_inputs(list(cfg.inputs), root, "import")
+        import_dataset(spec, inputs, out, max_rows=cfg.get("max_rows"),
+                       block_bytes=int(cfg.get("block_bytes") or DEFAULT_BLOCK_BYTES), log=log)
+        path = out
+    elif cfg.get("data") is not None and cfg.data.get("importer") is not None:
+        if out is not None:
+            if out.exists():
+                raise CtlError(f"out={out} already exists; choose a new folder")
+            path = import_preset(cfg.data, out, progress=bool(cfg.progress))
+        else:
+            path = ensure_dataset(cfg.data, cfg.home, progress=bool(cfg.progress))
+    else:
+        raise CtlError("say what to import: schema=FILE inputs=[a.csv,...] out=DIR, or data=<preset> "
+                       "(amazon_food_kitchen, douban, taobao_tiny)")
+    print_import(path, console)
+    console.print(f"dataset: {path}")
+    return path

@@ -1,0 +1,291 @@
+"""Find the runs under run and sweep folders and read each one into a :class:`Run`.
+
+A run folder holds ``metrics.json`` with ``"kind": "run"`` (written by ``ctl train``, or by each
+job of ``ctl sweep``), ``config.yaml`` and ``predictions.parquet``. Folders are searched
+recursively; hidden folders (``.hydra``, ``.submitit``) and links (a run's ``checkpoints``) are
+not followed. Track folders (``"kind": "track"``) are cached models, not runs, and are skipped.
+
+Transfer methods record their target base track (``baseline`` in ``metrics.json``): where no
+``base`` run of the same dataset, target and seed was found, that record stands in for it, so
+one CTNet run already compares against its base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from ctl.errors import CtlError
+
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+PREDICTIONS_FILE = "predictions.parquet"
+BASE = "base"
+
+#: Row order of the tables: the paper's Table 2, then anything else by name.
+METHOD_ORDER: tuple[str, ...] = (
+    "base", "source", "din", "ft_id_emb", "ft_all_emb", "ft_all", "dual_emb", "mlppp", "share_bottom",
+    "ple", "minet", "ddtcdr", "dasl", "ctnet_linear", "ctnet_once", "ctnet",
+)
+
+# config keys that say where or how verbosely a run ran, not what it computed
+_NEUTRAL_KEYS = ("seed", "home", "progress", "print_table", "resume", "logger", "data.domain")
+_REQUIRED_KEYS = ("model", "method", "target", "seed", "dataset", "periods", "test", "cost")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Training cost of a run.
+
+    ``own_*``: what the method trained itself (its own fit, or its own track for a track method);
+    ``total_*``: everything trained to produce the run, the shared tracks it needed included.
+    """
+
+    own_rows: int
+    own_wall_s: float
+    own_cpu_s: float
+    total_rows: int
+    total_wall_s: float
+    total_cpu_s: float
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run's record as the tables need it.
+
+    ``label`` is the row name (the method, plus the settings that set it apart from other runs of
+    the same method, if any); ``settings`` the run's flattened config without neutral keys;
+    ``base_track_predictions`` the target base track's predictions a transfer run recorded;
+    ``from_baseline`` marks a base row read from another run's ``baseline`` record.
+    """
+
+    path: Path
+    label: str
+    method: str
+    model: str
+    source: str
+    target: str
+    seed: int
+    dataset: str
+    dataset_name: str | None
+    dataset_path: Path | None
+    periods: tuple[dict, ...]
+    test: dict
+    cost: Cost
+    predictions: Path | None
+    base_track_predictions: Path | None
+    finetune_periods: str | None
+    settings: dict
+    from_baseline: bool = False
+
+
+@dataclass(frozen=True)
+class RunSet:
+    """The runs found, and notes on what was skipped or stood in for a missing run."""
+
+    runs: tuple[Run, ...]
+    notes: tuple[str, ...]
+
+
+def method_rank(label: str) -> tuple[int, str]:
+    """Sort key of a row label: the paper's order of methods, variants (``ft_all_k1``,
+    ``ctnet[...]``) next to their method, unknown methods last by name."""
+    method = label.split("[", 1)[0]
+    known = [m for m in METHOD_ORDER if method == m or method.startswith(f"{m}_")]
+    return (METHOD_ORDER.index(max(known, key=len)) if known else len(METHOD_ORDER), label)
+
+
+def _metrics_files(root: Path) -> Iterable[Path]:
+    if root.is_file():
+        if root.name != METRICS_FILE:
+            raise CtlError(f"{root} is a file; pass a run folder, a sweep folder or a {METRICS_FILE}")
+        yield root
+        return
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        if METRICS_FILE in files:
+            yield Path(folder) / METRICS_FILE
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CtlError(f"{path} is not valid JSON ({exc}); a run writes it atomically, so this file is foreign "
+                       "or damaged") from exc
+
+
+def _flatten(tree: object, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return {k.rstrip("."): v for k, v in flat.items()}
+
+
+def _settings(run_dir: Path) -> dict:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    config = yaml.safe_load(path.read_text()) or {}
+    return {k: v for k, v in _flatten(config).items()
+            if not any(k == n or k.startswith(f"{n}.") for n in _NEUTRAL_KEYS)}
+
+
+def _cost_part(part: dict) -> tuple[int, float, float]:
+    return int(part["train_rows"]), float(part["wall_s"]), float(part["cpu_s"])
+
+
+def _cost(metrics: dict, model: str, target: str) -> Cost:
+    cost = metrics["cost"]
+    tracks = cost.get("tracks") or {}
+    own = cost.get("own") or tracks.get(f"{model}-{target}") or cost
+    return Cost(*_cost_part(own), *_cost_part(cost))
+
+
+def _finetune_periods(metrics: dict, settings: dict) -> str | None:
+    value = settings.get("model.finetune_periods", metrics.get("finetune_periods"))
+    return None if value is None else str(value)
+
+
+def read_run(metrics_path: Path, metrics: dict) -> Run:
+    """A :class:`Run` from one run's ``metrics.json`` content; refuses a record missing a key."""
+    missing = [k for k in _REQUIRED_KEYS if k not in metrics]
+    if missing:
+        raise CtlError(f"{metrics_path} lacks {missing}: not a metrics.json written by ctl train")
+    run_dir = metrics_path.parent
+    settings = _settings(run_dir)
+    target, model = str(metrics["target"]), str(metrics["model"])
+    predictions = run_dir / PREDICTIONS_FILE
+    target_track = (metrics.get("tracks") or {}).get("target")
+    dataset_path = metrics.get("dataset_path")
+    return Run(
+        path=run_dir,
+        label=str(metrics["method"]),
+        method=str(metrics["method"]),
+        model=model,
+        source=str(metrics.get("source", "")),
+        target=target,
+        seed=int(metrics["seed"]),
+        dataset=str(metrics["dataset"]),
+        dataset_name=settings.get("data.name"),
+        dataset_path=Path(dataset_path) if dataset_path else None,
+        periods=tuple(metrics["periods"]),
+        test=dict(metrics["test"]),
+        cost=_cost(metrics, model, target),
+        predictions=predictions if predictions.is_file() else None,
+        base_track_predictions=Path(target_track) / PREDICTIONS_FILE if target_track else None,
+        finetune_periods=_finetune_periods(metrics, settings),
+        settings=settings,
+    )
+
+
+def _label_variants(runs: list[Run]) -> list[Run]:
+    """Give runs of one method that differ in config (besides seed) labels that say how."""
+    groups: dict[tuple[str, str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.dataset, run.method, run.target), []).append(run)
+    labelled = []
+    for group in groups.values():
+        keys = sorted({k for run in group for k in run.settings})
+        varying = [k for k in keys if len({json.dumps(run.settings.get(k), sort_keys=True) for run in group}) > 1]
+        for run in group:
+            if varying:
+                detail = ",".join(f"{k}={run.settings.get(k)}" for k in varying)
+                run = replace(run, label=f"{run.method}[{detail}]")
+            labelled.append(run)
+    return labelled
+
+
+def _drop_duplicates(runs: list[Run], notes: list[str]) -> list[Run]:
+    kept: dict[tuple, Run] = {}
+    for run in sorted(runs, key=lambda r: str(r.path)):
+        key = (run.dataset, run.label, run.target, run.seed)
+        if key in kept:
+            notes.append(f"ignoring {run.path}: same dataset, method {run.label}, target {run.target} and seed "
+                         f"{run.seed} as {kept[key].path}")
+            continue
+        kept[key] = run
+    return list(kept.values())
+
+
+def _baseline_runs(runs: list[Run], metrics_by_path: dict[Path, dict], notes: list[str]) -> list[Run]:
+    """Base rows from transfer runs' ``baseline`` records, where no base run covers their seed."""
+    covered = {(r.dataset, r.target, r.seed) for r in runs if r.label == BASE}
+    added: dict[tuple, Run] = {}
+    for run in sorted(runs, key=lambda r: str(r.path)):
+        baseline = metrics_by_path[run.path].get("baseline")
+        key = (run.dataset, run.target, run.seed)
+        if not baseline or key in covered:
+            continue
+        if key in added:
+            if added[key].predictions != run.base_track_predictions:
+                notes.append(f"{run.path} and {added[key].path} recorded different base tracks for target "
+                             f"{run.target}, seed {run.seed}; base is read from the latter's")
+            continue
+        tracks = metrics_by_path[run.path]["cost"].get("tracks") or {}
+        track_cost = tracks.get(f"{BASE}-{run.target}")
+        cost = Cost(*_cost_part(track_cost), *_cost_part(track_cost)) if track_cost else Cost(0, 0.0, 0.0, 0, 0.0, 0.0)
+        predictions = run.base_track_predictions
+        added[key] = replace(
+            run, label=BASE, method=BASE, model=BASE, periods=tuple(baseline.get("periods", ())),
+            test=dict(baseline["test"]), cost=cost,
+            predictions=predictions if predictions is not None and predictions.is_file() else None,
+            finetune_periods=None, settings={}, from_baseline=True,
+        )
+    return list(added.values())
+
+
+def _nothing_found(paths: Sequence[Path], foreign: list[Path], tracks: int) -> CtlError:
+    where = ", ".join(str(p) for p in paths)
+    found = ""
+    if tracks:
+        found += f"; found {tracks} track folder(s) (\"kind\": \"track\": cached models, not runs)"
+    if foreign:
+        found += f"; found {len(foreign)} other metrics.json (e.g. {foreign[0]})"
+    return CtlError(f"no runs under {where}: expected run folders holding {METRICS_FILE} with \"kind\": \"run\" "
+                    f"(written by ctl train or ctl sweep){found}")
+
+
+def find_runs(paths: Sequence[Path]) -> RunSet:
+    """Every run under ``paths`` (run folders, sweep folders, or metrics.json files).
+
+    Refuses (``CtlError``) a path that does not exist and paths that hold no run at all.
+    """
+    metrics_by_path: dict[Path, dict] = {}
+    foreign: list[Path] = []
+    tracks = 0
+    for root in paths:
+        if not root.exists():
+            raise CtlError(f"{root} does not exist; pass run or sweep folders (outputs/..., multirun/...)")
+        for metrics_path in _metrics_files(root):
+            content = _read_json(metrics_path)
+            kind = content.get("kind") if isinstance(content, dict) else None
+            if kind == "run":
+                metrics_by_path[metrics_path.parent] = content
+            elif kind == "track":
+                tracks += 1
+            else:
+                foreign.append(metrics_path)
+    if not metrics_by_path:
+        raise _nothing_found(paths, foreign, tracks)
+    notes: list[str] = []
+    runs = [read_run(path / METRICS_FILE, metrics) for path, metrics in metrics_by_path.items()]
+    runs = _drop_duplicates(_label_variants(runs), notes)
+    runs += _baseline_runs(runs, metrics_by_path, notes)
+    runs.sort(key=lambda r: (r.dataset, method_rank(r.label), r.target, r.seed))
+    return RunSet(runs=tuple(runs), notes=tuple(notes))
+
+
+def by_dataset(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by dataset fingerprint: runs of different datasets are never compared."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.dataset, []).append(run)
+    return groups

@@ -1,0 +1,137 @@
+"""Is a method better than base on the test slice? Paired tests on the saved predictions.
+
+For each run of a method, its ``predictions.parquet`` is joined by ``row`` with base's of the same
+seed and target: the ``base`` run's, or else the target base track's that the run recorded
+(``tracks.target``). On the joined rows: a paired bootstrap over users
+(:func:`ctl.metrics.paired_bootstrap`) gives 95% intervals of the AUC and GAUC deltas, and
+DeLong's test (:func:`ctl.metrics.delong_test`) a p-value for the AUC delta. A delta is called
+significant only where its interval excludes 0.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ctl.errors import CtlError
+from ctl.metrics import delong_test, paired_bootstrap
+from ctl.report.runs import BASE, Run
+from ctl.report.tables import row_groups
+
+PREDICTION_COLUMNS: tuple[str, ...] = ("row", "user_id", "item_id", "label", "pred")
+ALPHA = 0.05
+# one fixed stream: every method is judged on the same user resamples
+BOOTSTRAP_SEED = 0
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A run's test predictions, ascending by dataset ``row``; every array (N,)."""
+
+    row: np.ndarray
+    user_id: np.ndarray
+    item_id: np.ndarray
+    label: np.ndarray
+    pred: np.ndarray
+
+
+@functools.lru_cache(maxsize=256)
+def read_predictions(path: Path) -> Predictions:
+    """Read (once per process) a ``predictions.parquet``; refuses missing columns and repeated rows."""
+    if not path.is_file():
+        raise CtlError(f"{path} is missing; the run's test predictions are needed here")
+    names = pq.read_schema(path).names
+    missing = [c for c in PREDICTION_COLUMNS if c not in names]
+    if missing:
+        raise CtlError(f"{path} lacks the columns {missing} (expected {list(PREDICTION_COLUMNS)})")
+    table = pq.read_table(path, columns=list(PREDICTION_COLUMNS))
+    columns = {c: table.column(c).to_numpy() for c in PREDICTION_COLUMNS}
+    order = np.argsort(columns["row"], kind="stable")
+    columns = {c: v[order] for c, v in columns.items()}
+    repeated = np.flatnonzero(columns["row"][1:] == columns["row"][:-1])
+    if len(repeated):
+        raise CtlError(f"{path} holds row {columns['row'][repeated[0]]} twice; each test row must be predicted once")
+    return Predictions(**columns)
+
+
+def paired_predictions(model: Predictions, base: Predictions, what: str) -> tuple[Predictions, np.ndarray]:
+    """The model's rows that base also predicted, and base's predictions on them (aligned).
+
+    Refuses predictions that disagree on a shared row's label (not the same test slice).
+    """
+    shared, in_model, in_base = np.intersect1d(model.row, base.row, assume_unique=True, return_indices=True)
+    if len(shared) == 0:
+        raise CtlError(f"{what}: no test row in common with base's predictions")
+    disagree = np.flatnonzero(model.label[in_model] != base.label[in_base])
+    if len(disagree):
+        raise CtlError(f"{what}: row {shared[disagree[0]]} has label {model.label[in_model][disagree[0]]} here and "
+                       f"{base.label[in_base][disagree[0]]} in base's predictions; not the same test slice")
+    kept = Predictions(**{c: getattr(model, c)[in_model] for c in PREDICTION_COLUMNS})
+    return kept, base.pred[in_base]
+
+
+def base_predictions_path(run: Run, base_runs: Sequence[Run]) -> Path | None:
+    """Base's predictions for ``run``: the base row of the same seed, else the run's target track."""
+    for base in base_runs:
+        if base.seed == run.seed and base.predictions is not None:
+            return base.predictions
+    return run.base_track_predictions
+
+
+def compare_run(run: Run, base_path: Path, n_resamples: int) -> dict:
+    """Bootstrap intervals (AUC, GAUC) and DeLong's test (AUC) of ``run`` minus base, one seed."""
+    what = f"{run.label} on {run.target}, seed {run.seed}"
+    if run.predictions is None:
+        raise CtlError(f"{run.path} has no predictions.parquet; significance needs the run's test predictions")
+    model, base_pred = paired_predictions(read_predictions(run.predictions), read_predictions(base_path), what)
+    boot = paired_bootstrap(model.label, model.pred, base_pred, model.user_id, n_resamples=n_resamples,
+                            seed=BOOTSTRAP_SEED, alpha=ALPHA)
+    delong = delong_test(model.label, model.pred, base_pred)
+    result = {"seed": run.seed, "rows": len(model.row)}
+    for metric in ("auc", "gauc"):
+        interval = boot[metric]
+        result[metric] = {"delta": interval["delta"], "low": interval["low"], "high": interval["high"],
+                          "significant": bool(interval["low"] > 0 or interval["high"] < 0)}
+    result["auc"].update(p_value=delong["p_value"], z=delong["z"])
+    return result
+
+
+def significance_by_row(runs: Sequence[Run], n_resamples: int) -> dict[tuple[str, str], dict]:
+    """(label, target) -> {"auc": summary, "gauc": summary} for every non-base row.
+
+    A summary: ``resamples``, ``alpha``, ``significant_seeds`` (how many seeds' intervals exclude
+    0), ``tested_seeds`` and ``per_seed`` (each seed's ``delta``, ``low``, ``high``,
+    ``significant``, for AUC also DeLong's ``p_value`` and ``z``). Runs with no base
+    predictions to pair with are left out of ``per_seed``.
+    """
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    groups = row_groups(runs)
+    summaries: dict[tuple[str, str], dict] = {}
+    for (label, target), group in groups.items():
+        if label == BASE:
+            continue
+        base_runs = groups.get((BASE, target), [])
+        compared = []
+        for run in group:
+            base_path = base_predictions_path(run, base_runs)
+            if base_path is not None and base_path.is_file() and run.predictions is not None:
+                compared.append(compare_run(run, base_path, n_resamples))
+        if not compared:
+            continue
+        summaries[(label, target)] = {
+            metric: {
+                "resamples": n_resamples,
+                "alpha": ALPHA,
+                "tested_seeds": len(compared),
+                "significant_seeds": sum(c[metric]["significant"] for c in compared),
+                "per_seed": [{"seed": c["seed"], "rows": c["rows"], **c[metric]} for c in compared],
+            }
+            for metric in ("auc", "gauc")
+        }
+    return summaries

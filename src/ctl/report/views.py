@@ -1,0 +1,292 @@
+"""Records laid out for reading: :class:`View` tables of cells that the rich and Markdown writers
+render alike. Quality cells read ``mean ± std (delta vs base)``; the best mean of each quality
+column (of each section, where a table has sections) is bold.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ctl.report.runs import BASE, method_rank
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: ``text``, an optional signed ``delta`` shown after it, ``bold`` for the best."""
+
+    text: str
+    delta: float | None = None
+    bold: bool = False
+
+
+@dataclass
+class View:
+    """A titled table: ``headers`` (C,), ``rows`` of C cells; ``sections`` = row indices that open a section."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+    sections: list[int] = field(default_factory=list)
+    caption: str = ""
+
+
+HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False}
+METRIC_NAMES = {"auc": "AUC", "gauc": "GAUC", "logloss": "LogLoss"}
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def quality_cell(rec: dict | None) -> Cell:
+    if rec is None or rec["mean"] is None:
+        return Cell("-")
+    text = _number(rec["mean"]) + (f" ± {rec['std']:.4f}" if rec["std"] is not None else "")
+    return Cell(text, delta=rec["delta"] if rec["model"] != BASE else None)
+
+
+def count_cell(value: float | None) -> Cell:
+    return Cell("-" if value is None else f"{value:,.0f}")
+
+
+def seconds_cell(value: float | None) -> Cell:
+    return Cell("-" if value is None else f"{value:,.1f}")
+
+
+def _embolden_best(view: View, columns: Sequence[int], metrics: Sequence[str], values: list[list[float | None]]) -> None:
+    """Bold the best value of each of ``columns`` within each section; ``values`` parallel to rows."""
+    bounds = sorted({0, *view.sections, len(view.rows)})
+    for start, end in itertools.pairwise(bounds):
+        for j, (column, metric) in enumerate(zip(columns, metrics)):
+            candidates = [(values[i][j], i) for i in range(start, end) if values[i][j] is not None]
+            if len(candidates) < 2:
+                continue
+            pick = max if HIGHER_IS_BETTER[metric] else min
+            best = pick(v for v, _ in candidates)
+            for v, i in candidates:
+                if v == best:
+                    cell = view.rows[i][column]
+                    view.rows[i][column] = Cell(cell.text, cell.delta, bold=True)
+
+
+def dataset_title(records: Sequence[dict]) -> str:
+    head = records[0]
+    return f"{head['dataset_name'] or 'dataset'} {head['dataset']}"
+
+
+def _index(records: Sequence[dict], *keys: str) -> dict[tuple, dict]:
+    return {tuple(r[k] for k in keys): r for r in records}
+
+
+def _labels(records: Sequence[dict], order: Callable[[dict], object] | None = None) -> list[str]:
+    seen: dict[str, dict] = {}
+    for rec in records:
+        seen.setdefault(rec["model"], rec)
+    key = order or (lambda rec: method_rank(rec["model"]))
+    return [label for label, _ in sorted(seen.items(), key=lambda item: key(item[1]))]
+
+
+def _targets(records: Sequence[dict]) -> list[str]:
+    return sorted({r["target"] for r in records})
+
+
+def _seeds_text(counts: dict[str, int]) -> str:
+    if len(set(counts.values())) == 1:
+        return str(next(iter(counts.values())))
+    return " · ".join(f"{t} {n}" for t, n in counts.items())
+
+
+def _significance_text(sig_by_metric: dict[str, dict | None]) -> str:
+    parts = [f"{METRIC_NAMES[m]} {s['significant_seeds']}/{s['tested_seeds']}"
+             for m, s in sig_by_metric.items() if s is not None]
+    return " · ".join(parts) if parts else "-"
+
+
+def _own_rows_cell(index: dict[tuple, dict], label: str, targets: Sequence[str]) -> Cell:
+    """Mean own training rows of a row: one number, or one per target where they differ."""
+    own = {t: index[(label, t, "own_rows")]["mean"] for t in targets if (label, t, "own_rows") in index}
+    if len(set(own.values())) <= 1:
+        return count_cell(next(iter(own.values()), None))
+    return Cell(" · ".join(f"{t} {v:,.0f}" for t, v in own.items()))
+
+
+def overall_view(records: Sequence[dict]) -> View:
+    """Table 2: rows = methods; per target AUC and GAUC; own training rows; significance counts."""
+    index = _index(records, "model", "target", "metric")
+    targets = _targets(records)
+    with_sig = any(r["significance"] for r in records)
+    headers = ["method", "seeds"] + [f"{t} {METRIC_NAMES[m]}" for t in targets for m in ("auc", "gauc")]
+    headers.append("own rows")
+    if with_sig:
+        headers += [f"{t} significant" for t in targets]
+    head = records[0]
+    view = View(title=f"Table 2 — test AUC / GAUC, mean ± std over seeds (Δ vs base) — {dataset_title(records)}, "
+                      f"source {head['source']}", headers=headers)
+    values = []
+    for label in _labels(records):
+        cells = [Cell(label)]
+        counts = {t: index[(label, t, "auc")]["n"] for t in targets if (label, t, "auc") in index}
+        cells.append(Cell(_seeds_text(counts)))
+        row_values = []
+        for t in targets:
+            for m in ("auc", "gauc"):
+                rec = index.get((label, t, m))
+                cells.append(quality_cell(rec))
+                row_values.append(rec["mean"] if rec else None)
+        cells.append(_own_rows_cell(index, label, targets))
+        if with_sig:
+            for t in targets:
+                cells.append(Cell(_significance_text({m: (index.get((label, t, m)) or {}).get("significance")
+                                                      for m in ("auc", "gauc")})))
+        view.rows.append(cells)
+        values.append(row_values)
+    _embolden_best(view, range(2, 2 + 2 * len(targets)), ["auc", "gauc"] * len(targets), values)
+    view.caption = ("own rows: rows the method trained on itself (mean over seeds, per target where they differ); "
+                    "significant: seeds whose 95% paired-bootstrap interval of the delta excludes 0")
+    return view
+
+
+def significance_view(records: Sequence[dict]) -> View:
+    """Per method, target and seed: deltas vs base with their 95% intervals and DeLong's p (AUC)."""
+    view = View(title=f"Significance vs base on the test slice — {dataset_title(records)}",
+                headers=["method", "target", "seed", "rows", "ΔAUC", "95% interval", "DeLong p", "ΔGAUC",
+                         "95% interval", "verdict"])
+    index = _index(records, "model", "target", "metric")
+    for label in _labels(records):
+        for t in _targets(records):
+            auc_sig = (index.get((label, t, "auc")) or {}).get("significance")
+            gauc_sig = (index.get((label, t, "gauc")) or {}).get("significance")
+            if not auc_sig:
+                continue
+            for a, g in zip(auc_sig["per_seed"], gauc_sig["per_seed"]):
+                verdict = [f"{name} {'higher' if s['delta'] > 0 else 'lower'}"
+                           for name, s in (("AUC", a), ("GAUC", g)) if s["significant"]]
+                view.rows.append([
+                    Cell(label), Cell(t), Cell(str(a["seed"])), count_cell(a["rows"]),
+                    Cell("", delta=a["delta"]), Cell(f"[{a['low']:+.4f}, {a['high']:+.4f}]"),
+                    Cell(f"{a['p_value']:.3g}"), Cell("", delta=g["delta"]),
+                    Cell(f"[{g['low']:+.4f}, {g['high']:+.4f}]"),
+                    Cell("significant: " + ", ".join(verdict) if verdict else "not significant"),
+                ])
+    resamples = next((r["significance"]["resamples"] for r in records if r["significance"]), 0)
+    view.caption = (f"paired bootstrap over users ({resamples} resamples, rows paired by id with base of the same "
+                    "seed); significant only where the interval excludes 0")
+    return view
+
+
+def period_views(records: Sequence[dict]) -> list[View]:
+    """Table 3, one view per target: per transfer period then the test slice, each method's AUC/GAUC (gain)."""
+    views = []
+    for target in _targets(records):
+        own = [r for r in records if r["target"] == target]
+        index = _index(own, "model", "slice", "metric")
+        slices = sorted({(r["period"] if r["slice"] != "test" else float("inf"), r["slice"]) for r in own})
+        view = View(title=f"Table 3 — AUC / GAUC on the slice after each period, gain over base in brackets — "
+                          f"{dataset_title(records)}, {own[0]['source']} -> {target}",
+                    headers=["trained through", "evaluated on", "method", "seeds", "AUC", "GAUC"])
+        values = []
+        for _, slice_name in slices:
+            view.sections.append(len(view.rows))
+            for label in _labels(own):
+                auc_rec, gauc_rec = index.get((label, slice_name, "auc")), index.get((label, slice_name, "gauc"))
+                if auc_rec is None:
+                    continue
+                trained = f"period {auc_rec['period']}" if slice_name != "test" else "all periods"
+                evaluated = (f"period {auc_rec['eval_period']}" if slice_name != "test"
+                             else f"test (period {auc_rec['period']})")
+                view.rows.append([Cell(trained), Cell(evaluated), Cell(label), Cell(str(auc_rec["n"])),
+                                  quality_cell(auc_rec), quality_cell(gauc_rec)])
+                values.append([auc_rec["mean"], gauc_rec["mean"] if gauc_rec else None])
+        _embolden_best(view, [4, 5], ["auc", "gauc"], values)
+        views.append(view)
+    return views
+
+
+def finetune_view(records: Sequence[dict]) -> View:
+    """Table 4: base, fine-tuning by data size, CTNet; AUC/GAUC per target and the rows trained on."""
+    index = _index(records, "model", "target", "metric")
+    targets = _targets(records)
+    view = View(title=f"Table 4 — pre-train & fine-tune by fine-tuning data (periods before t0) — "
+                      f"{dataset_title(records)}",
+                headers=["method", "fine-tuned from", "seeds"]
+                + [f"{t} {METRIC_NAMES[m]}" for t in targets for m in ("auc", "gauc")] + ["own rows"])
+    order = {label: i for i, label in enumerate(dict.fromkeys(r["model"] for r in records))}
+    values = []
+    for label in _labels(records, order=lambda rec: order[rec["model"]]):
+        first = next(r for r in records if r["model"] == label)
+        k = first["finetune_periods"]
+        start = "-" if k is None else ("all target history" if k == "all" else f"t0 - {k}" if k != "0" else "t0")
+        counts = {t: index[(label, t, "auc")]["n"] for t in targets if (label, t, "auc") in index}
+        cells = [Cell(label), Cell(start), Cell(_seeds_text(counts))]
+        row_values = []
+        for t in targets:
+            for m in ("auc", "gauc"):
+                rec = index.get((label, t, m))
+                cells.append(quality_cell(rec))
+                row_values.append(rec["mean"] if rec else None)
+        cells.append(_own_rows_cell(index, label, targets))
+        view.rows.append(cells)
+        values.append(row_values)
+    _embolden_best(view, range(3, 3 + 2 * len(targets)), ["auc", "gauc"] * len(targets), values)
+    return view
+
+
+def coldstart_views(records: Sequence[dict]) -> list[View]:
+    """Table 5, one view per target: per method and slice, AUC/GAUC beside base's and the gains."""
+    views = []
+    for target in _targets(records):
+        own = [r for r in records if r["target"] == target]
+        index = _index(own, "model", "slice", "metric")
+        view = View(title=f"Table 5 — cold start: gains over base on new/old users and items (new = not in "
+                          f"{target}'s rows before t0) — {dataset_title(records)}, {own[0]['source']} -> {target}",
+                    headers=["method", "slice", "rows", "seeds", "AUC", "base AUC", "AUC gain", "GAUC", "base GAUC",
+                             "GAUC gain"])
+        slices = list(dict.fromkeys(r["slice"] for r in own))
+        for label in _labels(own):
+            view.sections.append(len(view.rows))
+            for name in slices:
+                a, g = index.get((label, name, "auc")), index.get((label, name, "gauc"))
+                if a is None:
+                    continue
+                view.rows.append([
+                    Cell(label), Cell(name), count_cell(a["rows"]), Cell(str(a["n"])),
+                    Cell(_number(a["mean"])), Cell(_number(a["base"])), Cell("-" if a["delta"] is None else "",
+                                                                            delta=a["delta"]),
+                    Cell(_number(g["mean"])), Cell(_number(g["base"])), Cell("-" if g["delta"] is None else "",
+                                                                            delta=g["delta"]),
+                ])
+        view.caption = ("gains are paired by seed on the same rows; AUCs of different slices rank different "
+                        "users/items and are not comparable with each other")
+        views.append(view)
+    return views
+
+
+def cost_view(records: Sequence[dict]) -> View:
+    """Training cost beside quality: own and total rows/seconds, test AUC/GAUC with gains over base."""
+    index = _index(records, "model", "target", "metric")
+    view = View(title=f"Cost beside quality (means over seeds) — {dataset_title(records)}",
+                headers=["method", "target", "seeds", "own rows", "own wall s", "own CPU s", "total rows",
+                         "total wall s", "total CPU s", "AUC", "GAUC"])
+    values = []
+    for t in _targets(records):
+        view.sections.append(len(view.rows))
+        for label in _labels(records):
+            if (label, t, "auc") not in index:
+                continue
+
+            def mean(metric: str, label: str = label, t: str = t) -> float | None:
+                return index[(label, t, metric)]["mean"]
+
+            view.rows.append([
+                Cell(label), Cell(t), Cell(str(index[(label, t, "auc")]["n"])),
+                count_cell(mean("own_rows")), seconds_cell(mean("own_wall_s")), seconds_cell(mean("own_cpu_s")),
+                count_cell(mean("total_rows")), seconds_cell(mean("total_wall_s")), seconds_cell(mean("total_cpu_s")),
+                quality_cell(index[(label, t, "auc")]), quality_cell(index[(label, t, "gauc")]),
+            ])
+            values.append([mean("auc"), mean("gauc")])
+    _embolden_best(view, [9, 10], ["auc", "gauc"], values)
+    view.caption = ("own: what the method trained itself (a track method: its own track); total: everything "
+                    "trained to produce the run, shared production tracks included")
+    return view

@@ -1,0 +1,123 @@
+"""What every protocol shares: the production tracks, the run's seed, and the shape of ``metrics.json``.
+
+A run's ``metrics.json`` holds ``kind``, ``model``, ``method``, ``source``, ``target``, ``seed``,
+``dataset``, ``dataset_path``, ``periods`` (one row per transfer period: ``period``,
+``eval_period``, ``train_rows``, ``rows``, ``auc``, ``gauc``, ``logloss``), ``test``, ``cost``,
+``tracks``, ``inherited`` and, for transfer methods, ``baseline`` (the target base track's rows
+of the same periods and its test row).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ctl.data.dataset import Dataset
+from ctl.data.schema import Schema
+from ctl.errors import CtlError
+from ctl.io import derived_seed
+from ctl.training.tracks import Track, ensure_track
+
+
+def base_net(cfg: DictConfig) -> DictConfig:
+    """The base model's net config at the run's size: the production models of both domains."""
+    return OmegaConf.create({"_target_": "ctl.models.base.BaseModel",
+                             "backbone": OmegaConf.to_container(cfg.model.size, resolve=True)})
+
+
+def method_name(cfg: DictConfig) -> str:
+    """The row label of a run in tables.
+
+    Transfer-once CTNet is its own method (``ctnet_once``), and so is a fine-tuning variant that
+    starts k periods before t0 (``ft_all_k1``, ``ft_all_kall``) or keeps the copied parameters'
+    Adagrad state (``ft_id_emb_warmopt``).
+    """
+    name = str(cfg.model.name)
+    protocol = cfg.model.get("protocol", "track")
+    if protocol == "ctnet" and not cfg.model.get("refresh_source", True):
+        return f"{name}_once"
+    if protocol == "finetune":
+        if str(cfg.model.get("finetune_periods", 0)) != "0":
+            name = f"{name}_k{cfg.model.finetune_periods}"
+        if cfg.model.get("inherit_optimizer", False):
+            name = f"{name}_warmopt"
+    return name
+
+
+def run_seed(cfg: DictConfig, target: str) -> int:
+    """The seed of the run's own random stream (independent of the tracks' streams)."""
+    return derived_seed(int(cfg.seed), f"run/{method_name(cfg)}/{target}")
+
+
+def require_target(schema: Schema, domain: str, method: str) -> None:
+    """Refuse a transfer method whose target is the source domain."""
+    if domain == schema.source:
+        raise CtlError(f"data.domain={domain} is the source domain; {method} transfers from {schema.source} "
+                       f"to a target domain: use one of {list(schema.targets)}")
+
+
+def transfer_periods(schema: Schema) -> list[int]:
+    """The transfer periods t0 .. t0+T-1."""
+    return list(range(schema.t0, schema.test_period))
+
+
+@dataclass(frozen=True)
+class ProductionTracks:
+    """The base tracks every transfer method shares: the source and the target production models."""
+
+    source: Track
+    target: Track
+
+    @classmethod
+    def ensure(cls, cfg: DictConfig, dataset: Dataset, target: str) -> ProductionTracks:
+        net = base_net(cfg)
+        return cls(source=ensure_track(cfg, dataset, dataset.schema.source, net, "base"),
+                   target=ensure_track(cfg, dataset, target, net, "base"))
+
+    def paths(self) -> dict[str, str]:
+        return {"source": str(self.source.path), "target": str(self.target.path)}
+
+    def costs(self, *tracks: Track) -> dict[str, dict]:
+        """The training cost of ``tracks`` (those a method needed), by track name."""
+        return {track.name: track.metrics()["cost"] for track in tracks}
+
+    def baseline(self, periods: list[int]) -> dict:
+        """The target base track's rows of ``periods`` and its test row."""
+        metrics = self.target.metrics()
+        return {"method": "base", "periods": [r for r in metrics["periods"] if r["period"] in periods],
+                "test": metrics["test"]}
+
+
+def common_fields(cfg: DictConfig, dataset: Dataset, domain: str) -> dict:
+    """The identifying head of every run's ``metrics.json``."""
+    return {"kind": "run", "model": str(cfg.model.name), "method": method_name(cfg),
+            "source": dataset.schema.source, "target": domain, "seed": int(cfg.seed),
+            "dataset": dataset.fingerprint(), "dataset_path": str(dataset.path)}
+
+
+def total_cost(own: dict | None, tracks: dict[str, dict]) -> dict:
+    """The run's own cost plus every track it needed, each counted once."""
+    parts = ([own] if own else []) + list(tracks.values())
+    total = {k: round(sum(p[k] for p in parts), 3) for k in ("train_rows", "wall_s", "cpu_s")}
+    return {**total, "own": own, "tracks": tracks}
+
+
+def build_transfer_model(net: DictConfig, schema: Schema, source: str, target: str) -> torch.nn.Module:
+    """Instantiate a cross-domain ``net`` config for the ``source`` -> ``target`` pair.
+
+    The domains come from the run (``data.domain`` and the dataset's source), not from the model
+    config, so one model config serves every target.
+    """
+    return instantiate(net, _partial_=True)(schema=schema, source=source, target=target)
+
+
+def link_folder(target: Path, link: Path) -> None:
+    """Point ``link`` at the folder ``target`` (replacing an older link)."""
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(target, link, target_is_directory=True)

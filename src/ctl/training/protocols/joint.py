@@ -1,0 +1,75 @@
+"""``joint`` protocol (``mlppp``, ``share_bottom``, ``ple``, ``minet``, ``ddtcdr``, ``dasl``).
+
+A joint model learns both domains at once: every batch of a transfer period mixes source and
+target rows (each row's loss comes from its own domain's head), and every batch carries the
+per-domain sequences the model asks for (``domain_sequences()``). It starts from the production
+models of period ``t0-1`` wherever its parameters match them (``init_from``) with a fresh
+optimiser, trains on the transfer periods only (the paper: "the limited 30-days source domain
+training data") and is validated and tested on target rows only.
+
+Its real cost is the source rows it reads: with A ≈ 60x B a joint model trains on ~61x the rows
+of a target-only method; ``cost.own.train_rows_by_domain`` says how many of each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from ctl.data.dataset import Dataset
+from ctl.errors import CtlError
+from ctl.training.checkpoints import model_state, read_checkpoint
+from ctl.training.fitting import fit_periods, make_datamodule, optimizer_from, write_predictions
+from ctl.training.inherit import Inheritance
+from ctl.training.protocols.common import (
+    ProductionTracks,
+    build_transfer_model,
+    common_fields,
+    method_name,
+    require_target,
+    run_seed,
+    total_cost,
+    transfer_periods,
+)
+from ctl.training.task import CTRTask
+
+
+def init_from_production(model: torch.nn.Module, tracks: ProductionTracks, period: int) -> dict:
+    """Call ``model.init_from`` with the production models of ``period``; the ``inherited`` record."""
+    if not callable(getattr(model, "init_from", None)):
+        raise CtlError(f"{type(model).__name__} has no init_from(source_state, target_state); "
+                       "a cross-domain model must say which production parameters it reuses")
+    source, target = tracks.source.checkpoint(period), tracks.target.checkpoint(period)
+    report = model.init_from(model_state(read_checkpoint(source)), model_state(read_checkpoint(target)))
+    return {**Inheritance.from_report(report).as_dict(), "source_state": str(source),
+            "target_state": str(target), "optimizer": "fresh Adagrad"}
+
+
+def run_joint(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> dict:
+    schema = dataset.schema
+    require_target(schema, target, "joint learning")
+    tracks = ProductionTracks.ensure(cfg, dataset, target)
+    seed = run_seed(cfg, target)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model = build_transfer_model(cfg.model.net, schema, schema.source, target)
+    inherited = init_from_production(model, tracks, schema.t0 - 1)
+    periods = transfer_periods(schema)
+    domains = [schema.source, target]
+    datamodule = make_datamodule(cfg, dataset, domains, periods, eval_domain=target, seed=seed,
+                                 domain_sequences=tuple(model.domain_sequences()))
+    task = CTRTask(model, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)
+    result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_name(cfg)} {schema.source}->{target}")
+    write_predictions(run_dir / "predictions.parquet", result.predictions)
+    own = {**result.cost, "train_rows_by_domain": {d: int(dataset.select([d], periods).size) for d in domains}}
+    return {
+        **common_fields(cfg, dataset, target),
+        "periods": result.periods,
+        "test": result.test,
+        "cost": total_cost(own, tracks.costs(tracks.source, tracks.target)),
+        "tracks": tracks.paths(),
+        "inherited": inherited,
+        "baseline": tracks.baseline(periods),
+    }
