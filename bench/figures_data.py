@@ -8,10 +8,12 @@ import time
 
 from bench import Figure
 from bench.workloads import (
+    BATCH_SIZE,
     WARMUP_STEPS,
     BareLoop,
     build_net,
     first_batches,
+    interleaved,
     load_world,
     machine_load,
     period_rows,
@@ -54,22 +56,37 @@ def batch_source() -> tuple:
 def batches(quick: bool) -> Figure:
     """Batches/s of RowBatcher alone (paper world, B=512, L=10, M=64) over the paper base model's steps/s."""
     dataset, rows = batch_source()
-    n_batches = 30 if quick else 100
-    model_steps = 4 if quick else 8
-    consumers = {size: BareLoop(build_net("base", size, dataset)) for size in ("paper", "small")}
+    chunk = 10
+    model_steps = 2
+    rounds = 2 if quick else 4
+    batcher = row_batcher(dataset, rows)
+    stream = iter(())
+    consumers = {}
+    for size in ("paper", "small"):
+        consumers[size] = BareLoop(build_net("base", size, dataset))
+        consumers[size].train(first_batches(batcher, WARMUP_STEPS))
+    fed = first_batches(batcher, model_steps)
     seen: dict[str, list[float]] = {"batcher_per_s": [], "paper_steps_per_s": [], "small_steps_per_s": []}
 
+    def build_chunk() -> float:
+        nonlocal stream
+        built = 0
+        while built < chunk:
+            if next(stream, None) is None:  # a new epoch: a new permutation
+                batcher.set_epoch(batcher.epoch + 1)
+                stream = iter(batcher)
+                continue
+            built += 1
+        return built
+
     def measure() -> float:
-        batcher = row_batcher(dataset, rows)
-        batcher.set_epoch(len(seen["batcher_per_s"]))  # a fresh permutation each repeat
-        started = time.perf_counter()
-        built = first_batches(batcher, n_batches)
-        rate = n_batches / (time.perf_counter() - started)
-        for size, loop in consumers.items():
-            seconds, _ = loop.seconds(built[: model_steps + WARMUP_STEPS], WARMUP_STEPS)
-            seen[f"{size}_steps_per_s"].append(model_steps / seconds)
-        seen["batcher_per_s"].append(rate)
-        return rate / seen["paper_steps_per_s"][-1]
+        rates = interleaved({"batcher": build_chunk,
+                             "paper": lambda: consumers["paper"].train(fed) / BATCH_SIZE,
+                             "small": lambda: consumers["small"].train(fed) / BATCH_SIZE}, rounds)
+        seen["batcher_per_s"].append(rates["batcher"])
+        seen["paper_steps_per_s"].append(rates["paper"])
+        seen["small_steps_per_s"].append(rates["small"])
+        return rates["batcher"] / rates["paper"]
 
     def describe(median: float) -> dict[str, object]:
         medians = {name: statistics.median(values) for name, values in seen.items()}

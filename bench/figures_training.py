@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,9 +30,10 @@ from bench.workloads import (
     build_net,
     ctl_home,
     first_batches,
+    interleaved,
     load_world,
     machine_load,
-    matmul_flops_per_second,
+    matmul_work,
     period_rows,
     row_batcher,
     training_flops_per_row,
@@ -57,46 +58,43 @@ def paper_world() -> Dataset:
 
 @dataclass
 class TimedModel:
-    """A model, its bare loop and the FLOPs of one of its training rows."""
+    """A model's bare training loop (warmed up) and the FLOPs of one of its training rows."""
 
-    name: str
     loop: BareLoop
     flops_per_row: float
-
-    def rows_per_second(self, batches: list[Batch]) -> float:
-        seconds, rows = self.loop.seconds(batches, WARMUP_STEPS)
-        return rows / seconds
 
 
 @functools.lru_cache(maxsize=4)
 def timed_models(size: str, steps: int) -> tuple[list[Batch], TimedModel, TimedModel]:
-    """Base and CTNet at ``size`` on ``steps`` + warm-up batches of source rows of the paper world."""
+    """Base and CTNet at ``size``, and ``steps`` batches of source rows of the paper world to time them on."""
     dataset = paper_world()
     rows = period_rows(dataset, dataset.schema.source, [dataset.schema.t0])
-    batches = first_batches(row_batcher(dataset, rows), steps + WARMUP_STEPS)
+    batches = first_batches(row_batcher(dataset, rows), steps)
     models = []
     for name in ("base", "ctnet"):
         net = build_net(name, size, dataset)
-        models.append(TimedModel(name, BareLoop(net), training_flops_per_row(net, batches[0])))
+        loop = BareLoop(net)
+        loop.train(batches[:WARMUP_STEPS])
+        models.append(TimedModel(loop, training_flops_per_row(net, batches[0])))
     return batches, models[0], models[1]
 
 
 def mfu(quick: bool) -> Figure:
-    """Base model FLOP utilisation (paper sizes): rows/s x FLOPs per row / GEMM FLOP/s of the same repeat."""
-    batches, base, ctnet = timed_models("paper", 8 if quick else 20)
+    """Base model FLOP utilisation (paper sizes): rows/s x FLOPs per row / fp32 GEMM FLOP/s, measured in turns."""
+    batches, base, ctnet = timed_models("paper", 4)
+    rounds = 2 if quick else 4
+    matmul = matmul_work()
     seen: dict[str, list[float]] = {"base_rows_per_s": [], "ctnet_rows_per_s": [], "ctnet_mfu": [],
                                     "matmul_gflops": []}
 
     def measure() -> float:
-        rate = matmul_flops_per_second()
-        base_speed = base.rows_per_second(batches)
-        ctnet_speed = ctnet.rows_per_second(batches)
-        rate = max(rate, matmul_flops_per_second())  # after as well: the quieter moment is the peak
-        seen["base_rows_per_s"].append(base_speed)
-        seen["ctnet_rows_per_s"].append(ctnet_speed)
-        seen["ctnet_mfu"].append(ctnet_speed * ctnet.flops_per_row / rate)
-        seen["matmul_gflops"].append(rate / 1e9)
-        return base_speed * base.flops_per_row / rate
+        rates = interleaved({"matmul": matmul, "base": lambda: base.loop.train(batches),
+                             "ctnet": lambda: ctnet.loop.train(batches)}, rounds)
+        seen["base_rows_per_s"].append(rates["base"])
+        seen["ctnet_rows_per_s"].append(rates["ctnet"])
+        seen["ctnet_mfu"].append(rates["ctnet"] * ctnet.flops_per_row / rates["matmul"])
+        seen["matmul_gflops"].append(rates["matmul"] / 1e9)
+        return rates["base"] * base.flops_per_row / rates["matmul"]
 
     def describe(median: float) -> dict[str, object]:
         return {
@@ -106,6 +104,7 @@ def mfu(quick: bool) -> Figure:
             "base_mflop_per_row": base.flops_per_row / 1e6,
             "ctnet_mflop_per_row": ctnet.flops_per_row / 1e6,
             **{f"{name}_median": statistics.median(values) for name, values in seen.items()},
+            "timed_steps": rounds * len(batches),
             "load": machine_load(),
         }
 
@@ -114,16 +113,17 @@ def mfu(quick: bool) -> Figure:
 
 def ctnet_vs_base(quick: bool) -> Figure:
     """CTNet's training time per row over the base model's, paper sizes (the small sizes as an extra)."""
-    steps = 8 if quick else 20
-    batches, base, ctnet = timed_models("paper", steps)
-    small_batches, small_base, small_ctnet = timed_models("small", 4 * steps)
+    rounds = 2 if quick else 4
+    batches, base, ctnet = timed_models("paper", 4)
+    small_batches, small_base, small_ctnet = timed_models("small", 16)
     small_ratios: list[float] = []
 
     def measure() -> float:
-        base_speed = base.rows_per_second(batches)
-        ratio = base_speed / ctnet.rows_per_second(batches)
-        small_ratios.append(small_base.rows_per_second(small_batches) / small_ctnet.rows_per_second(small_batches))
-        return ratio
+        rates = interleaved({"base": lambda: base.loop.train(batches), "ctnet": lambda: ctnet.loop.train(batches),
+                             "small_base": lambda: small_base.loop.train(small_batches),
+                             "small_ctnet": lambda: small_ctnet.loop.train(small_batches)}, rounds)
+        small_ratios.append(rates["small_base"] / rates["small_ctnet"])
+        return rates["base"] / rates["ctnet"]
 
     def describe(median: float) -> dict[str, object]:
         return {
@@ -178,8 +178,9 @@ def pipeline_vs_bare(quick: bool) -> Figure:
     """Rows/s of CTRTask + ContinualDataModule (RowBatcher) + Trainer over a bare loop on the same batches."""
     dataset = paper_world()
     schema = dataset.schema
-    steps = 12 if quick else 40
-    warmup = WARMUP_STEPS + 2  # Lightning's first steps also build its loop state
+    steps = 10 if quick else 16
+    rounds = 2 if quick else 4
+    warmup = WARMUP_STEPS  # Lightning's first steps also build its loop state
     model = build_net("base", "paper", dataset)
     bare = BareLoop(model)
     log_dir = Path(tempfile.mkdtemp(prefix="ctl-bench-"))
@@ -188,32 +189,40 @@ def pipeline_vs_bare(quick: bool) -> Figure:
     def datamodule() -> ContinualDataModule:
         return ContinualDataModule(dataset, [schema.source], [schema.t0], schema.source, batch_size=BATCH_SIZE)
 
-    def bare_speed() -> float:
+    def bare_run() -> tuple[int, float]:
         # outside a trainer a datamodule serves epoch 0 of rank 0: the batches the pipeline trains on
         batches = iter(datamodule().train_dataloader())
-        seconds, rows = bare.seconds((next(batches) for _ in range(steps)), warmup)
-        return rows / seconds
+        bare.train(next(batches) for _ in range(warmup))
+        started = time.perf_counter()
+        rows = bare.train(next(batches) for _ in range(steps - warmup))
+        return rows, time.perf_counter() - started
 
-    def pipeline_speed() -> float:
+    def pipeline_run() -> tuple[int, float]:
         data = datamodule()
         task = CTRTask(model, adagrad_factory(lr=0.01), data.period_of_epoch, schema.test_period)
         clock = StepClock(warmup, steps - 1)
         trainer = lightning_trainer(log_dir, [clock], steps)
         trainer.fit(task, datamodule=data)
-        return (steps - warmup) * BATCH_SIZE / clock.seconds
+        return (steps - warmup) * BATCH_SIZE, clock.seconds
 
     def measure() -> float:
-        # alternate which loop runs first, so neither always gets the quieter moment
-        first_bare = len(seen["bare_rows_per_s"]) % 2 == 0
-        speeds = [bare_speed(), pipeline_speed()] if first_bare else [pipeline_speed(), bare_speed()][::-1]
-        seen["bare_rows_per_s"].append(speeds[0])
-        seen["pipeline_rows_per_s"].append(speeds[1])
-        return speeds[1] / speeds[0]
+        # in turns, the order reversed every round, so a change of load hits both loops alike
+        rows = {"bare": 0.0, "pipeline": 0.0}
+        seconds = {"bare": 0.0, "pipeline": 0.0}
+        for round_index in range(rounds):
+            for name in ("bare", "pipeline") if round_index % 2 == 0 else ("pipeline", "bare"):
+                done, spent = bare_run() if name == "bare" else pipeline_run()
+                rows[name] += done
+                seconds[name] += spent
+        speeds = {name: rows[name] / seconds[name] for name in rows}
+        seen["bare_rows_per_s"].append(speeds["bare"])
+        seen["pipeline_rows_per_s"].append(speeds["pipeline"])
+        return speeds["pipeline"] / speeds["bare"]
 
     def describe(median: float) -> dict[str, object]:
         return {
             "model": "base, model/size=paper, B=512",
-            "timed_steps": steps - warmup,
+            "timed_steps": rounds * (steps - warmup),
             "budget": PIPELINE_BUDGET,
             "within_budget": median >= PIPELINE_BUDGET,
             **{f"{name}_median": statistics.median(values) for name, values in seen.items()},
@@ -227,27 +236,36 @@ def run_demo(home: Path) -> dict[str, object]:
     """One ``ctl train model=ctnet`` (the demo) in a child process on the cached default world.
 
     The child gets a fresh home whose ``datasets`` is the shared cache: it trains both tracks and
-    CTNet, as on a fresh checkout, minus the data generation (see the ``datagen`` figure).
+    CTNet, as on a fresh checkout, minus the data generation (see the ``datagen`` figure). Its peak
+    RSS comes from ``/usr/bin/time`` (the child alone; ``RUSAGE_CHILDREN`` would also count the
+    moment the child was a fork of this large process) and from the run's own records.
     """
     load_world("synthetic")  # generated into the shared cache if missing
     fresh = Path(tempfile.mkdtemp(prefix="ctl-bench-demo-"))
     (fresh / "home").mkdir()
     os.symlink(ctl_home() / "datasets", fresh / "home" / "datasets", target_is_directory=True)
-    ctl = Path(sys.executable).with_name("ctl")
+    command = [str(Path(sys.executable).with_name("ctl")), "train", "model=ctnet", f"home={fresh / 'home'}",
+               "progress=false", "print_table=false", f"hydra.run.dir={fresh / 'run'}"]
+    timer = shutil.which("time") or "/usr/bin/time"
+    if Path(timer).is_file():
+        command = [timer, "-f", "%M", "-o", str(fresh / "max_rss_kb"), *command]
     started = time.perf_counter()
-    subprocess.run(
-        [str(ctl), "train", "model=ctnet", f"home={fresh / 'home'}", "progress=false", "print_table=false",
-         f"hydra.run.dir={fresh / 'run'}"],
-        check=True, stdout=subprocess.DEVNULL, env={**os.environ, "CTL_HOME": str(fresh / "home")},
-    )
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, "CTL_HOME": str(fresh / "home")})
     wall = time.perf_counter() - started
     metrics = json.loads((fresh / "run" / "metrics.json").read_text())
+    cost = metrics["cost"]
+    recorded = [part.get("peak_rss_mb", 0.0) for part in [cost.get("own") or {}, *cost.get("tracks", {}).values()]]
+    measured = (fresh / "max_rss_kb").read_text().split()[-1] if (fresh / "max_rss_kb").is_file() else None
     return {
-        "demo_command": "ctl train model=ctnet (default world cached)",
+        "demo_command": "ctl train model=ctnet (default world cached, tracks trained)",
         "demo_wall_s": round(wall, 1),
-        "demo_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        "demo_peak_rss_mb": round(int(measured) / 1024, 1) if measured else None,
+        "demo_peak_rss_mb_recorded_by_the_run": max(recorded),
         "demo_test_auc": metrics["test"]["auc"],
         "demo_test_gauc": metrics["test"]["gauc"],
+        "demo_baseline_test_auc": metrics.get("baseline", {}).get("test", {}).get("auc"),
+        "demo_baseline_test_gauc": metrics.get("baseline", {}).get("test", {}).get("gauc"),
     }
 
 
@@ -275,8 +293,11 @@ def scaling(quick: bool) -> Figure:
         trainer.fit(task, train_dataloaders=batcher)
         return time.perf_counter() - started
 
+    epoch_seconds(rows[1][: 8 * BATCH_SIZE])  # untimed: the process's first fit pays one-off costs
+
     def measure() -> float:
-        for k in SCALES:
+        order = SCALES if len(seconds[1]) % 2 == 0 else SCALES[::-1]
+        for k in order:
             seconds[k].append(epoch_seconds(rows[k]))
         return seconds[1][-1]
 

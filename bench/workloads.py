@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -101,18 +101,30 @@ class BareLoop:
         self.optimizer.step()
         return loss
 
-    def seconds(self, batches: Iterator[Batch] | Sequence[Batch], warmup: int) -> tuple[float, int]:
-        """Train on every batch; returns (seconds, rows) of the batches after the first ``warmup``."""
-        started, rows = None, 0
-        for index, batch in enumerate(batches):
-            if index == warmup:
-                started = time.perf_counter()
-            if index >= warmup:
-                rows += int(batch["label"].shape[0])
+    def train(self, batches: Iterable[Batch]) -> int:
+        """One step per batch; returns the rows trained on."""
+        rows = 0
+        for batch in batches:
             self.step(batch)
-        if started is None:
-            raise ValueError(f"only {index + 1} batches for {warmup} warm-up steps")
-        return time.perf_counter() - started, rows
+            rows += int(batch["label"].shape[0])
+        return rows
+
+
+def interleaved(work: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Units per second of each piece of ``work`` (a call returns the units it did), measured in turns.
+
+    Every round runs each piece once, the order reversed every other round, so a change of load on
+    a shared machine hits every piece alike; the rate is total units over total seconds.
+    """
+    seconds = dict.fromkeys(work, 0.0)
+    units = dict.fromkeys(work, 0.0)
+    names = list(work)
+    for round_index in range(rounds):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            started = time.perf_counter()
+            units[name] += work[name]()
+            seconds[name] += time.perf_counter() - started
+    return {name: units[name] / seconds[name] for name in names}
 
 
 def training_flops_per_row(model: torch.nn.Module, batch: Batch) -> float:
@@ -129,19 +141,22 @@ def training_flops_per_row(model: torch.nn.Module, batch: Batch) -> float:
     return counter.get_total_flops() / int(batch["label"].shape[0])
 
 
-def matmul_flops_per_second(seconds: float = 0.5) -> float:
-    """Best observed fp32 GEMM rate (``MATMUL_SIZE``-square, the process's threads) over ``seconds``."""
+def matmul_work(calls: int = 10) -> Callable[[], float]:
+    """``calls`` fp32 GEMMs of ``MATMUL_SIZE`` squared (the process's threads); the work returns its FLOPs.
+
+    Its rate is the denominator of model FLOP utilisation, measured in turns with the model.
+    """
     a = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
     b = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
     out = torch.empty(MATMUL_SIZE, MATMUL_SIZE)
     torch.mm(a, b, out=out)
-    best = float("inf")
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        started = time.perf_counter()
-        torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - started)
-    return 2.0 * MATMUL_SIZE**3 / best
+
+    def work() -> float:
+        for _ in range(calls):
+            torch.mm(a, b, out=out)
+        return 2.0 * MATMUL_SIZE**3 * calls
+
+    return work
 
 
 def machine_load() -> list[float]:

@@ -471,3 +471,29 @@ def test_registry_imports_a_preset_once_and_again_when_an_input_changes(tmp_path
     write_csv(source, make_log(130))
     second = ensure_dataset(data_cfg, tmp_path / "home", progress=False)
     assert second != first and load_dataset(second).meta["provenance"]["counts"]["records"] == 130
+
+
+def test_period_column_month_periods_and_end(tmp_path) -> None:
+    lines = ["u,i,d,y,t,week"]
+    days = ["2024-01-05", "2024-01-20", "2024-02-03", "2024-03-09", "2024-03-30", "2024-04-02"]
+    for n, day in enumerate(days):
+        lines += [f"u{n % 2},i{n},a,{n % 2},{day} 10:00:00,{7 + n // 2}", f"u{n % 2},i{n},b,1,{day} 11:00:00,{7 + n // 2}"]
+    source = tmp_path / "p.csv"
+    source.write_text("\n".join(lines) + "\n")
+    base = {
+        "domains": {"column": "d", "values": ["a", "b"], "source": "a"},
+        "label": {"column": "y"},
+        "features": [{"name": "user_id", "column": "u", "dim": 4}, {"name": "item_id", "column": "i", "dim": 4},
+                     {"name": "category_id", "constant": True, "dim": 4}, {"name": "seller_id", "constant": True, "dim": 4}],
+    }
+    by_column = {**base, "time": {"column": "t", "format": "%Y-%m-%d %H:%M:%S", "period_column": "week", "n_transfer": 1}}
+    ds = load_dataset(import_dataset(parse_spec(by_column, "s"), [source], tmp_path / "weeks").path)
+    line = read_origin(ds.path)["line"]
+    np.testing.assert_array_equal(ds.rows["period"], (line - 2) // 4)  # week 7 + n // 2 -> period n // 2
+    by_month = {**base, "time": {"column": "t", "format": "%Y-%m-%d %H:%M:%S", "period": "month", "end": "2024-04-01",
+                                 "n_transfer": 1}}
+    ds = load_dataset(import_dataset(parse_spec(by_month, "s"), [source], tmp_path / "months").path)
+    assert ds.meta["provenance"]["counts"]["after_end"] == 2
+    assert ds.meta["provenance"]["periods"] == ["2024-01-01 .. 2024-02-01", "2024-02-01 .. 2024-03-01",
+                                                "2024-03-01 .. 2024-04-01"]
+    assert np.bincount(ds.rows["period"]).tolist() == [4, 2, 4]

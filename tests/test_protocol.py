@@ -95,3 +95,13 @@ def test_ctnet_refuses_the_source_domain_as_target(home, tmp_path) -> None:
 
     with pytest.raises(CtlError, match="is the source domain"):
         run_train(make_cfg(home, "model=ctnet", "data.domain=A"), tmp_path)
+
+
+def test_a_slice_without_any_two_label_user_records_gauc_as_nan() -> None:
+    from ctl.training.task import StageMetrics
+
+    metrics = StageMetrics()
+    metrics.update(torch.tensor([0.1, -0.3, 0.5]), torch.tensor([1.0, 0.0, 0.0]), torch.tensor([1, 2, 3]))
+    with pytest.warns(UserWarning, match="GAUC recorded as NaN"):
+        values = metrics.compute()
+    assert values["auc"] == 0.5 and values["gauc"] != values["gauc"]

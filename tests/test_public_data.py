@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from ctl.data.importer import ORIGIN_FILE, public_data_root, read_id_map
@@ -42,6 +43,16 @@ def make_cfg(home: Path, preset: str, *overrides: str):
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("public_home")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: the batches are tiny, and on a busy 2-core machine two threads spent
+    over ten times the wall time of one on these runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def amazon_events(lines: list[str]) -> list[tuple[str, int, int]]:

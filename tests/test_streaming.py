@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_random_dataset
 from torch.utils.data import DataLoader
 
+from conftest import make_random_dataset
 from ctl.data.batcher import BatchAssembler
 from ctl.data.datamodule import ContinualDataModule
 from ctl.data.dataset import ROWS_FILE, Dataset, load_dataset

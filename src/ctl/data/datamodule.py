@@ -144,8 +144,9 @@ class ContinualDataModule(pl.LightningDataModule):
         """An evaluation batcher: each row served once over all ranks, in ``rows`` order."""
         rank, world_size = self._shard()
         assembler = BatchAssembler.from_dataset(self.dataset, rows, self.domain_sequences)
+        # unpadded unless a rank would get no row at all (its metric states must not be empty)
         return RowBatcher.from_assembler(assembler, self.eval_batch_size, shuffle=False, seed=self.seed,
-                                         rank=rank, world_size=world_size, equal_shards=False)
+                                         rank=rank, world_size=world_size, equal_shards=rows.size < world_size)
 
     def _stream(self, rows: np.ndarray, epoch: int) -> ParquetRowStream | DataLoader:
         rank, world_size = self._shard()

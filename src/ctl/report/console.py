@@ -24,16 +24,16 @@ def run_table(metrics: dict) -> Table:
     base = metrics.get("baseline")
     title = f"{method}: {metrics['source']} -> {metrics['target']} (seed {metrics['seed']})"
     table = Table(title=title)
-    table.add_column("slice")
+    table.add_column("period", no_wrap=True)
     table.add_column("rows", justify="right")
     if base:
-        for col in ("base AUC", "base GAUC"):
-            table.add_column(col, justify="right")
-    table.add_column(f"{method} AUC", justify="right", style="bold")
-    table.add_column(f"{method} GAUC", justify="right", style="bold")
+        for col in ("base AUC", "base GAUC"):  # the target track continued over the same periods
+            table.add_column(col, justify="right", min_width=6)
+    table.add_column(f"{method}\nAUC", justify="right", style="bold", min_width=7)
+    table.add_column(f"{method}\nGAUC", justify="right", style="bold", min_width=7)
     if base:
-        table.add_column("ΔAUC", justify="right")
-        table.add_column("ΔGAUC", justify="right")
+        table.add_column("ΔAUC", justify="right", min_width=7)
+        table.add_column("ΔGAUC", justify="right", min_width=7)
     base_by_period = {r["period"]: r for r in (base or {}).get("periods", [])}
 
     def add(label: str, row: dict, ref: dict | None) -> None:
@@ -46,9 +46,9 @@ def run_table(metrics: dict) -> Table:
         table.add_row(*cells)
 
     for row in metrics["periods"]:
-        add(f"period {row['period']} -> {row['eval_period']}", row, base_by_period.get(row["period"]))
+        add(f"{row['period']} → {row['eval_period']}", row, base_by_period.get(row["period"]))
     table.add_section()
-    add(f"test (period {metrics['test'].get('period')})", metrics["test"], (base or {}).get("test"))
+    add(f"test ({metrics['test'].get('period')})", metrics["test"], (base or {}).get("test"))
     cost = metrics.get("cost", {})
     if cost:
         table.caption = (f"trained on {cost['train_rows']:,} rows in all (tracks included), "

@@ -53,7 +53,8 @@ def gather_rows(parts: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Te
     """Every rank's per-row tensors (e.g. test predictions), on CPU, ordered by their ``row`` key.
 
     Each rank passes its list of batch dicts (same keys, 1-d tensors); ranks may hold different
-    numbers of rows. Outside a distributed run the parts are only concatenated and ordered.
+    numbers of rows, and a row served twice (padding) is kept once. Outside a distributed run the
+    parts are only concatenated and ordered.
     """
     if not parts:
         raise ValueError("gather_rows: this rank holds no rows")
@@ -62,4 +63,8 @@ def gather_rows(parts: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Te
         local = {key: torch.cat(gather_all_tensors(value)) for key, value in local.items()}
     local = {key: value.cpu() for key, value in local.items()}
     order = torch.argsort(local["row"], stable=True)
-    return [{key: value[order] for key, value in local.items()}]
+    rows = local["row"][order]
+    first = torch.ones_like(rows, dtype=torch.bool)
+    first[1:] = rows[1:] != rows[:-1]
+    keep = order[first]
+    return [{key: value[keep] for key, value in local.items()}]
