@@ -110,6 +110,27 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(dataset_p
     assert single["test"]["logloss"] != pytest.approx(two_processes["periods"][0]["logloss"], abs=1e-6)
 
 
+def test_ctl_train_with_trainer_ddp_relaunches_itself_and_writes_one_run(tmp_path: Path) -> None:
+    """The console script under Lightning's DDP launcher: rank 1 re-executes `ctl <overrides>`."""
+    import pyarrow.parquet as pq
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "CTL_COMMAND")}
+    run_dir = tmp_path / "run"
+    ctl = Path(sys.executable).with_name("ctl")
+    subprocess.run([str(ctl), "train", "model=base", "data=synthetic_tiny", "trainer=ddp", "progress=false",
+                    "print_table=false", f"home={tmp_path / 'home'}", f"hydra.run.dir={run_dir}"],
+                   check=True, env=env, timeout=DDP_SECONDS, cwd=tmp_path, capture_output=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    dataset = load_dataset(next((tmp_path / "home" / "datasets").glob("synthetic_tiny-*")))
+    for record in metrics["periods"]:  # both ranks' rows counted once
+        assert record["train_rows"] == dataset.select(["B"], [record["period"]]).size
+    test_rows = dataset.select(["B"], [dataset.schema.test_period])
+    assert metrics["test"]["rows"] == test_rows.size
+    predictions = pq.read_table(run_dir / "predictions.parquet").column("row").to_numpy()
+    np.testing.assert_array_equal(predictions, test_rows)
+
+
 def test_evaluation_shards_serve_every_row_exactly_once(dataset_path: Path) -> None:
     from ctl.data.batcher import BatchAssembler, RowBatcher
 
