@@ -71,3 +71,22 @@ def test_validate_accepts_then_refuses_a_corrupted_label(generated: Path, tmp_pa
     proc = ctl("data", "validate", str(bad), check=False)
     assert proc.returncode == 2
     assert "rows.parquet" in proc.stderr and "'label'" in proc.stderr and "row 7" in proc.stderr
+
+
+def test_a_failed_sweep_job_is_reported_at_once_and_at_the_end(generated: Path, tmp_path: Path) -> None:
+    home = generated.parent.parent
+    sweep = tmp_path / "sweep"
+    proc = ctl("sweep", "model=ctnet,base", "data=synthetic_tiny", "data.domain=A", "progress=false",
+               "print_table=false", f"hydra.sweep.dir={sweep}", home=home, check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    refusal = "CtlError: data.domain=A is the source domain"
+    # the next job still ran
+    assert (sweep / "1-base-A-s0" / "metrics.json").is_file()
+    failed = sweep / "0-ctnet-A-s0"
+    assert not (failed / "metrics.json").exists()
+    error = (failed / "error.txt").read_text()
+    assert error.startswith(refusal) and "Traceback" in error and "model=ctnet" in error
+    # logged when it happened (the job's own log too), listed again when the sweep ended
+    assert f"failed: {refusal}" in (failed / "train.log").read_text()
+    summary = proc.stderr[proc.stderr.index("1 of 2 jobs"):]
+    assert f"0-ctnet-A-s0: {refusal}" in summary and "1-base-A-s0" not in summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ctl import errors
@@ -12,14 +13,26 @@ from ctl import errors
 
 def train_task(cfg: DictConfig) -> float | None:
     from ctl.report.console import print_run
+    from ctl.sweep_jobs import clear_failure, record_failure
     from ctl.training.distributed import is_rank_zero
     from ctl.training.protocol import run_train
 
-    with errors.friendly():
-        metrics = run_train(cfg, Path(HydraConfig.get().runtime.output_dir))
-        if cfg.print_table and is_rank_zero():
-            print_run(metrics)
-        return metrics["test"].get("auc")
+    hydra = HydraConfig.get()
+    run_dir = Path(hydra.runtime.output_dir)
+    if hydra.mode == RunMode.MULTIRUN:
+        # One job's failure is recorded and the sweep goes on (ctl.sweep_jobs); `ctl sweep` lists them at its end.
+        clear_failure(run_dir)
+        try:
+            metrics = run_train(cfg, run_dir)
+        except Exception as exc:
+            record_failure(run_dir, exc, list(hydra.overrides.task))
+            return None
+    else:
+        with errors.friendly():
+            metrics = run_train(cfg, run_dir)
+    if cfg.print_table and is_rank_zero():
+        print_run(metrics)
+    return metrics["test"].get("auc")
 
 
 def generate_task(cfg: DictConfig) -> None:

@@ -113,6 +113,28 @@ def _hydra(config_name: str, argv: list[str], multirun: bool) -> None:
         entry()
     finally:
         sys.argv = saved
+    if multirun and config_name == "train":
+        _report_failed_jobs()
+
+
+def _report_failed_jobs() -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from ctl.sweep_jobs import SweepFolder, failed_jobs
+
+    if SweepFolder.last is None:  # e.g. --cfg job: nothing ran
+        return
+    failed = failed_jobs(SweepFolder.last)
+    if not failed:
+        return
+    console = Console(stderr=True)
+    jobs = sum(1 for p in SweepFolder.last.iterdir() if p.is_dir())
+    console.print(f"[red]error:[/red] {len(failed)} of {jobs} jobs of the sweep {escape(str(SweepFolder.last))} "
+                  "failed (traceback in each one's error.txt):", highlight=False, soft_wrap=True)
+    for job in failed:
+        console.print(f"  {escape(job.run_dir.name)}: {escape(job.message)}", highlight=False, soft_wrap=True)
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":
