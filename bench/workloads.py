@@ -49,10 +49,10 @@ def load_world(data: str) -> Dataset:
     return load_for(cfg.data, cfg.home, progress=False)
 
 
-def build_net(model: str, size: str, dataset: Dataset, seed: int = 0) -> torch.nn.Module:
-    """The ``model=<model> model/size=<size>`` network for ``dataset``'s schema, in train mode."""
+def build_net(model: str, size: str, dataset: Dataset, *overrides: str, seed: int = 0) -> torch.nn.Module:
+    """The ``model=<model> model/size=<size> <overrides>`` network for ``dataset``'s schema, in train mode."""
     torch.manual_seed(seed)
-    cfg = train_config(f"model={model}", f"model/size={size}")
+    cfg = train_config(f"model={model}", f"model/size={size}", *overrides)
     return build_model(cfg.model.net, dataset.schema).train()
 
 

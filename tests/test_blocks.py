@@ -386,6 +386,29 @@ def test_adapter_init_std_is_honoured() -> None:
         GluAdapter(5, 3, -1.0)
 
 
+def test_low_rank_adapters_factor_their_matrix_through_the_rank() -> None:
+    torch.manual_seed(9)
+    z = torch.randn(6, 40)
+    glu = GluAdapter(in_dim=40, out_dim=30, init_std=0.5, rank=4)
+    down, up = glu.proj[0].weight, glu.proj[1].weight
+    assert down.shape == (4, 40) and up.shape == (60, 4)
+    u = up @ down  # [U1; U2], rank 4
+    assert torch.linalg.matrix_rank(u).item() == 4
+    torch.testing.assert_close(glu(z), (z @ u[:30].T) * torch.sigmoid(z @ u[30:].T))
+    linear = LinearAdapter(in_dim=40, out_dim=30, init_std=0.5, rank=4)
+    torch.testing.assert_close(linear(z), z @ (linear.proj[1].weight @ linear.proj[0].weight).T)
+    # 40*4 + 4*60 multiply-adds per row instead of 40*60
+    assert sum(p.numel() for p in glu.parameters()) == 40 * 4 + 4 * 60
+    # starts near zero like the full adapter; A keeps the scale of z, so B's gradients are not tiny
+    small = build_adapter("glu", 40, 30, init_std=1e-6, rank=4)
+    assert small(z).abs().max() < 1e-4
+    assert abs(small.proj[0].weight.std().item() - 40**-0.5) < 0.05
+    # a rank that restricts nothing is the full adapter
+    assert isinstance(build_adapter("linear", 40, 30, 1e-6, rank=30).proj, torch.nn.Linear)
+    with pytest.raises(ValueError, match="rank must be >= 1 or null"):
+        build_adapter("glu", 40, 30, 1e-6, rank=0)
+
+
 # --- DIN activation unit -------------------------------------------------------------------------
 
 

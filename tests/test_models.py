@@ -229,13 +229,13 @@ def test_base_model_builds_with_the_paper_sizes() -> None:
 # --- CTNet ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("adapter", ["glu", "linear"])
-def test_ctnet_starts_as_the_target_model(adapter: str) -> None:
+@pytest.mark.parametrize(("adapter", "rank"), [("glu", None), ("linear", None), ("glu", 8), ("linear", 8)])
+def test_ctnet_starts_as_the_target_model(adapter: str, rank: int | None) -> None:
     torch.manual_seed(0)
     schema = make_schema()
     source = make_trained_looking(BaseModel(schema, small_backbone()), seed=10)
     target = make_trained_looking(BaseModel(schema, small_backbone()), seed=11)
-    net = ctnet_from(source, target, adapter=adapter, adapter_init_std=1e-6)
+    net = ctnet_from(source, target, adapter=adapter, adapter_init_std=1e-6, adapter_rank=rank)
     batch = make_batch(schema, batch_size=16)
 
     net.eval()

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_module
 
 from ctl.training import tracks
 from ctl.training.checkpoints import model_state, read_checkpoint
-from ctl.training.protocol import run_train
+from ctl.training.protocol import method_name, run_train
 
 
 def make_cfg(home: Path, *overrides: str):
@@ -78,6 +78,24 @@ def test_transfer_once_keeps_the_first_source_model(home, tmp_path) -> None:
     ctnet = model_state(read_checkpoint(tmp_path / "checkpoints" / "period_5.ckpt"))
     first = model_state(read_checkpoint(source_track / "checkpoints" / "period_4.ckpt"))
     assert all(torch.equal(ctnet[f"source.{k}"], v) for k, v in first.items())
+
+
+def test_low_rank_ctnet_is_its_own_method_with_factored_adapters(home, ctnet_run, tmp_path) -> None:
+    metrics = run_train(make_cfg(home, "model=ctnet", "model.net.adapter_rank=4"), tmp_path)
+    assert metrics["method"] == "ctnet_r4"
+    assert metrics["tracks"] == ctnet_run[1]["tracks"]  # the same production models
+    low = model_state(read_checkpoint(tmp_path / "checkpoints" / "period_5.ckpt"))
+    full = model_state(read_checkpoint(ctnet_run[0] / "checkpoints" / "period_5.ckpt"))
+    adapters = sorted(k for k in low if k.startswith("adapters."))
+    assert adapters and all(low[k].shape[0] == 4 or low[k].shape[1] == 4 for k in adapters)
+    assert sum(low[k].numel() for k in adapters) < sum(v.numel() for k, v in full.items() if k.startswith("adapters."))
+    assert 0.0 < metrics["test"]["auc"] < 1.0
+    # each CTNet variant is its own row in the tables
+    named = {"model.net.share_attention=true": "ctnet_shared", "model.refresh_source=false": "ctnet_once"}
+    for override, name in named.items():
+        assert method_name(make_cfg(home, "model=ctnet", override)) == name
+    cheap = make_cfg(home, "model=ctnet_linear", "model.net.adapter_rank=64", "model.net.share_attention=true")
+    assert method_name(cheap) == "ctnet_linear_r64_shared"
 
 
 def test_tracks_are_reused_not_rebuilt(home, ctnet_run, tmp_path, monkeypatch) -> None:

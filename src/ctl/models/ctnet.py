@@ -29,6 +29,9 @@ class CTNet(nn.Module):
         backbone: the sizes of both towers.
         adapter: ``glu`` (``g(z) = U1 z * sigmoid(U2 z)``) or ``linear`` (``g(z) = U z``).
         adapter_init_std: std of the adapters' N(0, std) init.
+        adapter_rank: None (the paper's full-width adapters) or a rank r: each adapter's matrix
+            is a product through r dimensions, which cuts the adapters' FLOPs (they are about
+            twice the target MLP's at full width) at some cost in capacity.
         share_attention: the target tower uses the source tower's SIM/ETA output (paper 4.7) and
             its own SIM/ETA attention is frozen, unused.
 
@@ -47,6 +50,7 @@ class CTNet(nn.Module):
         adapter: str = "glu",
         adapter_init_std: float = 1e-6,
         share_attention: bool = False,
+        adapter_rank: int | None = None,
     ) -> None:
         super().__init__()
         self.config = backbone
@@ -55,7 +59,7 @@ class CTNet(nn.Module):
         self.target = BaseModel(schema, backbone)
         source_mlp = self.source.tower.mlp
         self.adapters = nn.ModuleList(
-            build_adapter(adapter, in_dim, out_dim, adapter_init_std)
+            build_adapter(adapter, in_dim, out_dim, adapter_init_std, adapter_rank)
             for in_dim, out_dim in zip(source_mlp.in_dims, self.target.tower.mlp.dims)
         )
         if share_attention:

@@ -33,14 +33,22 @@ def base_net(cfg: DictConfig) -> DictConfig:
 def method_name(cfg: DictConfig) -> str:
     """The row label of a run in tables.
 
-    Transfer-once CTNet is its own method (``ctnet_once``), and so is a fine-tuning variant that
+    Transfer-once CTNet is its own method (``ctnet_once``), and so are CTNet with low-rank adapters
+    or shared attention (``ctnet_r64``, ``ctnet_shared``, ``ctnet_r64_shared``) and a fine-tuning variant that
     starts k periods before t0 (``ft_all_k1``, ``ft_all_kall``) or keeps the copied parameters'
     Adagrad state (``ft_id_emb_warmopt``).
     """
     name = str(cfg.model.name)
     protocol = cfg.model.get("protocol", "track")
-    if protocol == "ctnet" and not cfg.model.get("refresh_source", True):
-        return f"{name}_once"
+    if protocol == "ctnet":
+        rank = cfg.model.net.get("adapter_rank")
+        if rank is not None:
+            name = f"{name}_r{rank}"
+        if cfg.model.net.get("share_attention", False):
+            name = f"{name}_shared"
+        if not cfg.model.get("refresh_source", True):
+            name = f"{name}_once"
+        return name
     if protocol == "finetune":
         if str(cfg.model.get("finetune_periods", 0)) != "0":
             name = f"{name}_k{cfg.model.finetune_periods}"
