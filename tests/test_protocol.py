@@ -91,11 +91,23 @@ def test_low_rank_ctnet_is_its_own_method_with_factored_adapters(home, ctnet_run
     assert sum(low[k].numel() for k in adapters) < sum(v.numel() for k, v in full.items() if k.startswith("adapters."))
     assert 0.0 < metrics["test"]["auc"] < 1.0
     # each CTNet variant is its own row in the tables
-    named = {"model.net.share_attention=true": "ctnet_shared", "model.refresh_source=false": "ctnet_once"}
-    for override, name in named.items():
-        assert method_name(make_cfg(home, "model=ctnet", override)) == name
+    assert method_name(make_cfg(home, "model=ctnet", "model.refresh_source=false")) == "ctnet_once"
     cheap = make_cfg(home, "model=ctnet_linear", "model.net.adapter_rank=64", "model.net.share_attention=true")
     assert method_name(cheap) == "ctnet_linear_r64_shared"
+
+
+def test_shared_attention_ctnet_trains_and_keeps_the_target_attention_frozen(home, ctnet_run, tmp_path) -> None:
+    metrics = run_train(make_cfg(home, "model=ctnet", "model.net.share_attention=true"), tmp_path)
+    assert metrics["method"] == "ctnet_shared"
+    production = model_state(read_checkpoint(Path(metrics["tracks"]["target"]) / "checkpoints" / "period_3.ckpt"))
+    checkpoint = read_checkpoint(tmp_path / "checkpoints" / "period_5.ckpt")
+    final = model_state(checkpoint)
+    frozen = [k for k in production if k.startswith(("backbone.sim_attention.", "backbone.eta_attention."))]
+    assert frozen and all(torch.equal(final[f"target.{k}"], production[k]) for k in frozen)
+    assert not torch.equal(final["target.tower.mlp.linears.0.weight"], production["tower.mlp.linears.0.weight"])
+    # the inherited Adagrad state went to the trained parameters only
+    trainable = sum(1 for k in final if k.startswith("adapters.")) + len(production) - len(frozen)
+    assert 0 < len(checkpoint["optimizer_states"][0]["state"]) <= trainable
 
 
 def test_tracks_are_reused_not_rebuilt(home, ctnet_run, tmp_path, monkeypatch) -> None:

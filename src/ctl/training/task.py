@@ -242,6 +242,9 @@ class CTRTask(pl.LightningModule):
         groups = getattr(self.model, "parameter_groups", None)
         groups = groups() if callable(groups) else [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         optimizer = self.optimizer_factory(groups)
+        # only parameters the optimiser updates: a frozen one's state would break its state_dict
+        updated = {param for group in optimizer.param_groups for param in group["params"]}
         for param, state in self.inherited_optimizer_state.items():
-            optimizer.state[param] = {k: v.clone() for k, v in state.items()}
+            if param in updated:
+                optimizer.state[param] = {k: v.clone() for k, v in state.items()}
         return optimizer
