@@ -343,7 +343,34 @@ def scaling(quick: bool) -> Figure:
     return Figure(measure=measure, unit="s", describe=describe)
 
 
+def step_ms(quick: bool) -> Figure:
+    """Milliseconds per training step (B = 512) of the paper-sized base model; the small one as an extra.
+
+    The plain step time, for comparing process settings such as ``OMP_WAIT_POLICY`` or the
+    thread count: run it once per setting.
+    """
+    paper = paper_batches(4)
+    small = paper_batches(16)
+    base, small_base = timed_model(paper, "base", "paper"), timed_model(small, "base", "small")
+    small_ms: list[float] = []
+
+    def measure() -> float:
+        started = time.perf_counter()
+        small_base.loop.train(small)
+        small_ms.append((time.perf_counter() - started) * 1000 / len(small))
+        started = time.perf_counter()
+        base.loop.train(paper)
+        return (time.perf_counter() - started) * 1000 / len(paper)
+
+    def describe(median: float) -> dict[str, object]:
+        return {"model": "base, model/size=paper, B=512", "small_size_ms_median": statistics.median(small_ms),
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"), "load": machine_load()}
+
+    return Figure(measure=measure, unit="ms", describe=describe)
+
+
 FIGURES = {
+    "step_ms": step_ms,
     "mfu": mfu,
     "ctnet_vs_base": ctnet_vs_base,
     "pipeline_vs_bare": pipeline_vs_bare,

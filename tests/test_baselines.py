@@ -163,6 +163,15 @@ def test_joint_models_train_on_both_domains_and_count_the_source_rows(runs, home
         assert sorted(metrics["cost"]["tracks"]) == ["base-A", "base-B"], model
 
 
+def test_a_joint_model_without_source_rows_trains_on_the_target_rows_only(runs, home) -> None:
+    dataset = load_for(make_cfg(home).data, home, progress=False)
+    target_rows = int(dataset.select(["B"], TRANSFER).size)
+    metrics = runs("ple", "model.source_rows=false").metrics
+    assert metrics["method"] == "ple_targetonly"
+    assert metrics["cost"]["own"]["train_rows_by_domain"] == {"B": target_rows}
+    assert sum(r["train_rows"] for r in metrics["periods"]) == target_rows
+
+
 def test_joint_models_start_from_the_production_models_of_the_period_before_t0(runs) -> None:
     for model in JOINT:
         run = runs(model)

@@ -34,7 +34,8 @@ def method_name(cfg: DictConfig) -> str:
     """The row label of a run in tables.
 
     Transfer-once CTNet is its own method (``ctnet_once``), and so are CTNet with low-rank adapters
-    or shared attention (``ctnet_r64``, ``ctnet_shared``, ``ctnet_r64_shared``) and a fine-tuning variant that
+    or shared attention (``ctnet_r64``, ``ctnet_shared``, ``ctnet_r64_shared``), a joint model without the source rows
+    (``ple_targetonly``) and a fine-tuning variant that
     starts k periods before t0 (``ft_all_k1``, ``ft_all_kall``) or keeps the copied parameters'
     Adagrad state (``ft_id_emb_warmopt``).
     """
@@ -49,6 +50,8 @@ def method_name(cfg: DictConfig) -> str:
         if not cfg.model.get("refresh_source", True):
             name = f"{name}_once"
         return name
+    if protocol == "joint" and not cfg.model.get("source_rows", True):
+        return f"{name}_targetonly"
     if protocol == "finetune":
         if str(cfg.model.get("finetune_periods", 0)) != "0":
             name = f"{name}_k{cfg.model.finetune_periods}"

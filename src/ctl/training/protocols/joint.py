@@ -7,6 +7,9 @@ models of period ``t0-1`` wherever its parameters match them (``init_from``) wit
 optimiser, trains on the transfer periods only (the paper: "the limited 30-days source domain
 training data") and is validated and tested on target rows only.
 
+``model.source_rows=false`` drops the source rows (the ablation that says how much of a joint
+model's gain comes from reading them; method ``<name>_targetonly``).
+
 Its real cost is the source rows it reads: with A ≈ 60x B a joint model trains on ~61x the rows
 of a target-only method; ``cost.own.train_rows_by_domain`` says how many of each.
 """
@@ -57,7 +60,7 @@ def run_joint(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     model = build_transfer_model(cfg.model.net, schema, schema.source, target)
     inherited = init_from_production(model, tracks, schema.t0 - 1)
     periods = transfer_periods(schema)
-    domains = [schema.source, target]
+    domains = [schema.source, target] if cfg.model.get("source_rows", True) else [target]
     datamodule = make_datamodule(cfg, dataset, domains, periods, eval_domain=target, seed=seed,
                                  domain_sequences=tuple(model.domain_sequences()))
     task = CTRTask(model, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)
