@@ -8,7 +8,8 @@ optimiser, trains on the transfer periods only (the paper: "the limited 30-days 
 training data") and is validated and tested on target rows only.
 
 ``model.source_rows=false`` drops the source rows (the ablation that says how much of a joint
-model's gain comes from reading them; method ``<name>_targetonly``).
+model's gain comes from reading them; method ``<name>_targetonly``). In a sweep over models write
+``++model.source_rows=false``: Hydra checks the override against the default model first.
 
 Its real cost is the source rows it reads: with A ≈ 60x B a joint model trains on ~61x the rows
 of a target-only method; ``cost.own.train_rows_by_domain`` says how many of each.
