@@ -110,6 +110,28 @@ def test_significance_is_the_paired_bootstrap_and_delong_on_rows_paired_by_id(sw
                 assert entry["p_value"] == delong_test(model["label"], model["pred"], base["pred"])["p_value"]
 
 
+def test_versus_pairs_every_method_with_the_chosen_one(sweep: Path) -> None:
+    rows = evaluate([sweep], ["overall"], bootstrap=200, versus="ctnet").records["overall"]
+    assert only(rows, model="ctnet", metric="auc")["significance"] is None
+    for name in ("base", "ctnet_once"):
+        sig = only(rows, model=name, metric="auc")["significance"]
+        assert sig["versus"] == "ctnet" and sig["tested_seeds"] == 2
+        for entry in sig["per_seed"]:
+            model, ctnet = predictions(sweep / f"{name}-s{entry['seed']}"), predictions(sweep / f"ctnet-s{entry['seed']}")
+            assert entry["delta"] == pytest.approx(auc(model["pred"], model["label"]) - auc(ctnet["pred"], ctnet["label"]))
+            assert entry["p_value"] == delong_test(model["label"], model["pred"], ctnet["pred"])["p_value"]
+    # the Δ columns stay against base, as in the paper's tables
+    base = [reference(sweep / f"base-s{s}", "auc") for s in SEEDS]
+    once = [reference(sweep / f"ctnet_once-s{s}", "auc") for s in SEEDS]
+    assert only(rows, model="ctnet_once", metric="auc")["delta"] == pytest.approx(np.mean(np.subtract(once, base)),
+                                                                                  abs=TOL)
+    shown = views.significance_view(rows)
+    assert shown.title.startswith("Significance vs ctnet") and "with ctnet of the same seed" in shown.caption
+    assert "B vs ctnet" in views.overall_view(rows).headers
+    with pytest.raises(CtlError, match=r"--versus ple: no run of that method here; the methods are: base, ctnet"):
+        evaluate([sweep], ["overall"], bootstrap=10, versus="ple")
+
+
 def test_a_ctnet_run_alone_compares_against_its_recorded_base_track(sweep: Path) -> None:
     rows = evaluate([sweep / "ctnet-s0", sweep / "ctnet-s1"], ["overall"], bootstrap=1000).records["overall"]
     # the recorded base track is the very model the base runs of the same seeds report

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from ctl.errors import CtlError
 from ctl.report import render, tables, views
-from ctl.report.runs import Run, by_dataset, find_runs
+from ctl.report.runs import BASE, Run, by_dataset, find_runs
 
 TABLES: tuple[str, ...] = ("overall", "periods", "finetune", "coldstart", "cost")
 FORMATS: tuple[str, ...] = ("table", "json", "csv", "markdown")
@@ -39,6 +39,7 @@ examples:
   ctl eval outputs/ --table periods --table coldstart
   ctl eval multirun/ --format json > results.json
   ctl eval multirun/ --table all --out report/     # CSV, Markdown and PNG files
+  ctl eval multirun/ --versus ctnet                # every method paired against CTNet
 
 Runs of different datasets (metrics.json "dataset") are never mixed: each dataset gets its own
 tables. See docs/eval.md for the JSON schema."""
@@ -57,13 +58,21 @@ class Report:
 Built = tuple[list[dict], list[views.View]]
 
 
-def _overall(runs: Sequence[Run], bootstrap: int) -> Built:
+@dataclass(frozen=True)
+class Options:
+    """How the tables are computed: ``bootstrap`` resamples (0 = no significance), paired ``versus`` which method."""
+
+    bootstrap: int = DEFAULT_BOOTSTRAP
+    versus: str = BASE
+
+
+def _overall(runs: Sequence[Run], options: Options) -> Built:
     significance = None
-    if bootstrap > 0:
+    if options.bootstrap > 0:
         # imported here: it loads torch (through ctl.metrics), which --help and --bootstrap 0 do not need
         from ctl.report.significance import significance_by_row
 
-        significance = significance_by_row(runs, bootstrap)
+        significance = significance_by_row(runs, options.bootstrap, options.versus)
     records = tables.overall_records(runs, significance)
     shown = [views.overall_view(records)]
     if significance:
@@ -71,17 +80,17 @@ def _overall(runs: Sequence[Run], bootstrap: int) -> Built:
     return records, shown
 
 
-def _periods(runs: Sequence[Run], bootstrap: int) -> Built:
+def _periods(runs: Sequence[Run], options: Options) -> Built:
     records = tables.period_records(runs)
     return records, views.period_views(records)
 
 
-def _finetune(runs: Sequence[Run], bootstrap: int) -> Built:
+def _finetune(runs: Sequence[Run], options: Options) -> Built:
     records = tables.finetune_records(runs)
     return records, [views.finetune_view(records)]
 
 
-def _coldstart(runs: Sequence[Run], bootstrap: int) -> Built:
+def _coldstart(runs: Sequence[Run], options: Options) -> Built:
     # imported here for the same reason as the significance module
     from ctl.report.coldstart import coldstart_records
 
@@ -89,22 +98,23 @@ def _coldstart(runs: Sequence[Run], bootstrap: int) -> Built:
     return records, views.coldstart_views(records)
 
 
-def _cost(runs: Sequence[Run], bootstrap: int) -> Built:
+def _cost(runs: Sequence[Run], options: Options) -> Built:
     records = tables.cost_records(runs)
     return records, [views.cost_view(records)]
 
 
-BUILDERS: dict[str, Callable[[Sequence[Run], int], Built]] = {
+BUILDERS: dict[str, Callable[[Sequence[Run], Options], Built]] = {
     "overall": _overall, "periods": _periods, "finetune": _finetune, "coldstart": _coldstart, "cost": _cost,
 }
 
 
-def evaluate(paths: Sequence[Path], table_names: Sequence[str], bootstrap: int = DEFAULT_BOOTSTRAP) -> Report:
+def evaluate(paths: Sequence[Path], table_names: Sequence[str], bootstrap: int = DEFAULT_BOOTSTRAP,
+             versus: str = BASE) -> Report:
     """Every table of ``table_names`` ("all" = each one the runs allow) for the runs under ``paths``.
 
     A table asked for by name that no dataset's runs allow is refused (``CtlError``); with
     "all" it is skipped with a note. ``bootstrap``: resamples for the significance columns of
-    ``overall`` (0 = none).
+    ``overall`` (0 = none); ``versus``: the method every row is paired with there (default base).
     """
     if bootstrap < 0:
         raise CtlError(f"--bootstrap must be >= 0 (0 turns significance off), got {bootstrap}")
@@ -119,7 +129,7 @@ def evaluate(paths: Sequence[Path], table_names: Sequence[str], bootstrap: int =
         refusals = []
         for dataset, runs in groups.items():
             try:
-                records, shown = BUILDERS[table](runs, bootstrap)
+                records, shown = BUILDERS[table](runs, Options(bootstrap, versus))
             except CtlError as exc:
                 refusals.append(str(exc) if len(groups) == 1 else f"dataset {dataset}: {exc}")
                 continue
@@ -180,12 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
                         help=f"paired user-bootstrap resamples for significance vs base (default {DEFAULT_BOOTSTRAP}; "
                              "0 = off)")
+    parser.add_argument("--versus", default=BASE, metavar="METHOD",
+                        help="the method the significance columns pair every other method with, seed by seed "
+                             "(default base; e.g. ctnet to ask whether a baseline really beats it)")
     return parser
 
 
 def eval_main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
-    report = evaluate(args.paths, args.table or ["overall"], args.bootstrap)
+    report = evaluate(args.paths, args.table or ["overall"], args.bootstrap, args.versus)
     err = Console(stderr=True)
     for note in report.notes:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)

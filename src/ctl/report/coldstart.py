@@ -20,7 +20,7 @@ from ctl.errors import CtlError
 from ctl.metrics import COLD_START_SLICES, cold_start_gains, cold_start_slices
 from ctl.report.records import record
 from ctl.report.runs import BASE, Run
-from ctl.report.significance import base_predictions_path, paired_predictions, read_predictions
+from ctl.report.significance import paired_predictions, read_predictions, reference_predictions_path
 from ctl.report.tables import QUALITY_METRICS, row_groups
 
 
@@ -68,7 +68,7 @@ def coldstart_records(runs: Sequence[Run]) -> list[dict]:
         base_runs = groups.get((BASE, target), [])
         gains_by_seed = {}
         for run in group:
-            base_path = base_predictions_path(run, base_runs)
+            base_path = reference_predictions_path(run, base_runs)
             if run.predictions is None or base_path is None or not base_path.is_file():
                 continue
             model, base_pred = paired_predictions(read_predictions(run.predictions), read_predictions(base_path),

@@ -14,9 +14,9 @@ from rich.text import Text
 from ctl.report.records import RECORD_KEYS
 from ctl.report.views import Cell, View
 
-#: CSV columns: every record key, lists joined by ";", significance spread over four columns.
+#: CSV columns: every record key, lists joined by ";", significance spread over five columns.
 CSV_COLUMNS: tuple[str, ...] = tuple(k for k in RECORD_KEYS if k != "significance") + (
-    "sig_resamples", "sig_tested_seeds", "sig_significant_seeds", "sig_intervals",
+    "sig_versus", "sig_resamples", "sig_tested_seeds", "sig_significant_seeds", "sig_intervals",
 )
 
 
@@ -75,7 +75,7 @@ def _csv_row(rec: dict) -> dict:
     row["values"] = ";".join(repr(v) for v in rec["values"])
     sig = rec["significance"]
     if sig:
-        row.update(sig_resamples=sig["resamples"], sig_tested_seeds=sig["tested_seeds"],
+        row.update(sig_versus=sig["versus"], sig_resamples=sig["resamples"], sig_tested_seeds=sig["tested_seeds"],
                    sig_significant_seeds=sig["significant_seeds"],
                    sig_intervals=";".join(f"{s['seed']}:[{s['low']!r},{s['high']!r}]" for s in sig["per_seed"]))
     return row

@@ -59,39 +59,42 @@ def read_predictions(path: Path) -> Predictions:
     return Predictions(**columns)
 
 
-def paired_predictions(model: Predictions, base: Predictions, what: str) -> tuple[Predictions, np.ndarray]:
-    """The model's rows that base also predicted, and base's predictions on them (aligned).
+def paired_predictions(model: Predictions, reference: Predictions, what: str,
+                       reference_name: str = BASE) -> tuple[Predictions, np.ndarray]:
+    """The model's rows that the reference also predicted, and the reference's predictions on them (aligned).
 
     Refuses predictions that disagree on a shared row's label (not the same test slice).
     """
-    shared, in_model, in_base = np.intersect1d(model.row, base.row, assume_unique=True, return_indices=True)
+    shared, in_model, in_ref = np.intersect1d(model.row, reference.row, assume_unique=True, return_indices=True)
     if len(shared) == 0:
-        raise CtlError(f"{what}: no test row in common with base's predictions")
-    disagree = np.flatnonzero(model.label[in_model] != base.label[in_base])
+        raise CtlError(f"{what}: no test row in common with {reference_name}'s predictions")
+    disagree = np.flatnonzero(model.label[in_model] != reference.label[in_ref])
     if len(disagree):
         raise CtlError(f"{what}: row {shared[disagree[0]]} has label {model.label[in_model][disagree[0]]} here and "
-                       f"{base.label[in_base][disagree[0]]} in base's predictions; not the same test slice")
+                       f"{reference.label[in_ref][disagree[0]]} in {reference_name}'s predictions; "
+                       "not the same test slice")
     kept = Predictions(**{c: getattr(model, c)[in_model] for c in PREDICTION_COLUMNS})
-    return kept, base.pred[in_base]
+    return kept, reference.pred[in_ref]
 
 
-def base_predictions_path(run: Run, base_runs: Sequence[Run]) -> Path | None:
-    """Base's predictions for ``run``: the base row of the same seed, else the run's target track."""
-    for base in base_runs:
-        if base.seed == run.seed and base.predictions is not None:
-            return base.predictions
-    return run.base_track_predictions
+def reference_predictions_path(run: Run, reference_runs: Sequence[Run], versus: str = BASE) -> Path | None:
+    """The reference's predictions for ``run``: its row of the same seed; for base, else the run's target track."""
+    for reference in reference_runs:
+        if reference.seed == run.seed and reference.predictions is not None:
+            return reference.predictions
+    return run.base_track_predictions if versus == BASE else None
 
 
-def compare_run(run: Run, base_path: Path, n_resamples: int) -> dict:
-    """Bootstrap intervals (AUC, GAUC) and DeLong's test (AUC) of ``run`` minus base, one seed."""
+def compare_run(run: Run, reference_path: Path, n_resamples: int, versus: str = BASE) -> dict:
+    """Bootstrap intervals (AUC, GAUC) and DeLong's test (AUC) of ``run`` minus the reference, one seed."""
     what = f"{run.label} on {run.target}, seed {run.seed}"
     if run.predictions is None:
         raise CtlError(f"{run.path} has no predictions.parquet; significance needs the run's test predictions")
-    model, base_pred = paired_predictions(read_predictions(run.predictions), read_predictions(base_path), what)
-    boot = paired_bootstrap(model.label, model.pred, base_pred, model.user_id, n_resamples=n_resamples,
+    model, reference = paired_predictions(read_predictions(run.predictions), read_predictions(reference_path),
+                                          what, versus)
+    boot = paired_bootstrap(model.label, model.pred, reference, model.user_id, n_resamples=n_resamples,
                             seed=BOOTSTRAP_SEED, alpha=ALPHA)
-    delong = delong_test(model.label, model.pred, base_pred)
+    delong = delong_test(model.label, model.pred, reference)
     result = {"seed": run.seed, "rows": len(model.row)}
     for metric in ("auc", "gauc"):
         interval = boot[metric]
@@ -101,31 +104,36 @@ def compare_run(run: Run, base_path: Path, n_resamples: int) -> dict:
     return result
 
 
-def significance_by_row(runs: Sequence[Run], n_resamples: int) -> dict[tuple[str, str], dict]:
-    """(label, target) -> {"auc": summary, "gauc": summary} for every non-base row.
+def significance_by_row(runs: Sequence[Run], n_resamples: int, versus: str = BASE) -> dict[tuple[str, str], dict]:
+    """(label, target) -> {"auc": summary, "gauc": summary} for every row but ``versus``'s.
 
-    A summary: ``resamples``, ``alpha``, ``significant_seeds`` (how many seeds' intervals exclude
-    0), ``tested_seeds`` and ``per_seed`` (each seed's ``delta``, ``low``, ``high``,
-    ``significant``, for AUC also DeLong's ``p_value`` and ``z``). Runs with no base
-    predictions to pair with are left out of ``per_seed``.
+    Each row is paired, seed by seed, with the ``versus`` row (default: base) of the same target.
+    A summary: ``versus``, ``resamples``, ``alpha``, ``significant_seeds`` (how many seeds'
+    intervals exclude 0), ``tested_seeds`` and ``per_seed`` (each seed's ``delta``, ``low``,
+    ``high``, ``significant``, for AUC also DeLong's ``p_value`` and ``z``). Runs with no
+    reference predictions to pair with are left out of ``per_seed``.
     """
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     groups = row_groups(runs)
+    labels = sorted({label for label, _ in groups})
+    if versus not in labels:
+        raise CtlError(f"--versus {versus}: no run of that method here; the methods are: {', '.join(labels)}")
     summaries: dict[tuple[str, str], dict] = {}
     for (label, target), group in groups.items():
-        if label == BASE:
+        if label == versus:
             continue
-        base_runs = groups.get((BASE, target), [])
+        reference_runs = groups.get((versus, target), [])
         compared = []
         for run in group:
-            base_path = base_predictions_path(run, base_runs)
-            if base_path is not None and base_path.is_file() and run.predictions is not None:
-                compared.append(compare_run(run, base_path, n_resamples))
+            reference_path = reference_predictions_path(run, reference_runs, versus)
+            if reference_path is not None and reference_path.is_file() and run.predictions is not None:
+                compared.append(compare_run(run, reference_path, n_resamples, versus))
         if not compared:
             continue
         summaries[(label, target)] = {
             metric: {
+                "versus": versus,
                 "resamples": n_resamples,
                 "alpha": ALPHA,
                 "tested_seeds": len(compared),

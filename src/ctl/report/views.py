@@ -112,15 +112,21 @@ def _own_rows_cell(index: dict[tuple, dict], label: str, targets: Sequence[str])
     return Cell(" · ".join(f"{t} {v:,.0f}" for t, v in own.items()))
 
 
+def _versus(records: Sequence[dict]) -> str:
+    """The method the significance of ``records`` was paired with."""
+    return next((r["significance"].get("versus", BASE) for r in records if r["significance"]), BASE)
+
+
 def overall_view(records: Sequence[dict]) -> View:
     """Table 2: rows = methods; per target AUC and GAUC; own training rows; significance counts."""
     index = _index(records, "model", "target", "metric")
     targets = _targets(records)
     with_sig = any(r["significance"] for r in records)
+    versus = _versus(records)
     headers = ["method", "seeds"] + [f"{t} {METRIC_NAMES[m]}" for t in targets for m in ("auc", "gauc")]
     headers.append("own rows")
     if with_sig:
-        headers += [f"{t} significant" for t in targets]
+        headers += [f"{t} significant" if versus == BASE else f"{t} vs {versus}" for t in targets]
     head = records[0]
     view = View(title=f"Table 2 — test AUC / GAUC, mean ± std over seeds (Δ vs base) — {dataset_title(records)}, "
                       f"source {head['source']}", headers=headers)
@@ -144,13 +150,14 @@ def overall_view(records: Sequence[dict]) -> View:
         values.append(row_values)
     _embolden_best(view, range(2, 2 + 2 * len(targets)), ["auc", "gauc"] * len(targets), values)
     view.caption = ("own rows: rows the method trained on itself (mean over seeds, per target where they differ); "
-                    "significant: seeds whose 95% paired-bootstrap interval of the delta excludes 0")
+                    f"significant: seeds whose 95% paired-bootstrap interval of the delta vs {versus} excludes 0")
     return view
 
 
 def significance_view(records: Sequence[dict]) -> View:
-    """Per method, target and seed: deltas vs base with their 95% intervals and DeLong's p (AUC)."""
-    view = View(title=f"Significance vs base on the test slice — {dataset_title(records)}",
+    """Per method, target and seed: deltas vs base (or the chosen method) with their 95% intervals and DeLong's p."""
+    versus = _versus(records)
+    view = View(title=f"Significance vs {versus} on the test slice — {dataset_title(records)}",
                 headers=["method", "target", "seed", "rows", "ΔAUC", "95% interval", "DeLong p", "ΔGAUC",
                          "95% interval", "verdict"])
     index = _index(records, "model", "target", "metric")
@@ -171,8 +178,8 @@ def significance_view(records: Sequence[dict]) -> View:
                     Cell("significant: " + ", ".join(verdict) if verdict else "not significant"),
                 ])
     resamples = next((r["significance"]["resamples"] for r in records if r["significance"]), 0)
-    view.caption = (f"paired bootstrap over users ({resamples} resamples, rows paired by id with base of the same "
-                    "seed); significant only where the interval excludes 0")
+    view.caption = (f"paired bootstrap over users ({resamples} resamples, rows paired by id with {versus} of the "
+                    "same seed); significant only where the interval excludes 0")
     return view
 
 
