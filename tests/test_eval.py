@@ -366,11 +366,15 @@ def test_experiments_compose_with_their_sweeps(experiment: str, job: list[str]) 
     assert cfg.progress is False
 
 
+def plugin_name(conf_class: str) -> str:
+    return {"JobLibLauncherConf": "joblib", "SlurmQueueConf": "submitit_slurm"}[conf_class]
+
+
 @pytest.mark.parametrize(
     ("launcher", "module", "conf_class"),
     [
-        ("joblib", "hydra_plugins.hydra_joblib_launcher.config", "JobLibLauncherConf"),
-        ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.config", "SlurmQueueConf"),
+        ("parallel", "hydra_plugins.hydra_joblib_launcher.config", "JobLibLauncherConf"),
+        ("slurm", "hydra_plugins.hydra_submitit_launcher.config", "SlurmQueueConf"),
     ],
 )
 def test_launcher_configs_set_every_field_of_their_plugin(launcher: str, module: str, conf_class: str) -> None:
@@ -380,3 +384,6 @@ def test_launcher_configs_set_every_field_of_their_plugin(launcher: str, module:
         cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert set(cfg.hydra.launcher) == fields
     assert cfg.hydra.launcher._target_ == getattr(plugin, conf_class)._target_
+    # our presets extend the plugin's config instead of shadowing it (Hydra warns about shadowing)
+    assert (conf_dir := Path(sys.modules["ctl.conf"].__file__).parent / "hydra" / "launcher").is_dir()
+    assert not (conf_dir / f"{plugin_name(conf_class)}.yaml").exists()
