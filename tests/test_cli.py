@@ -90,3 +90,14 @@ def test_a_failed_sweep_job_is_reported_at_once_and_at_the_end(generated: Path, 
     assert f"failed: {refusal}" in (failed / "train.log").read_text()
     summary = proc.stderr[proc.stderr.index("1 of 2 jobs"):]
     assert f"0-ctnet-A-s0: {refusal}" in summary and "1-base-A-s0" not in summary
+
+
+def test_failed_jobs_are_listed_in_job_order(tmp_path: Path) -> None:
+    from ctl.sweep_jobs import ERROR_FILE, failed_jobs
+
+    for name, message in (("10-ple-B-s0", "KeyError: 3"), ("2-base-B-s0", "ValueError: x"), ("3-din-B-s0", None)):
+        (tmp_path / name).mkdir()
+        if message:
+            (tmp_path / name / ERROR_FILE).write_text(f"{message}\noverrides: model=...\n\nTraceback ...")
+    jobs = failed_jobs(tmp_path)
+    assert [(j.run_dir.name, j.message) for j in jobs] == [("2-base-B-s0", "ValueError: x"), ("10-ple-B-s0", "KeyError: 3")]

@@ -51,10 +51,16 @@ def record_failure(run_dir: Path, exc: BaseException, overrides: list[str]) -> N
               run_dir / ERROR_FILE)
 
 
+def _job_order(path: Path) -> tuple[int, str]:
+    # job folders start with Hydra's job number: 2-... before 10-...
+    number = path.parent.name.split("-", 1)[0]
+    return (int(number) if number.isdigit() else -1, path.parent.name)
+
+
 def failed_jobs(sweep_dir: Path) -> list[FailedJob]:
-    """The jobs of ``sweep_dir`` whose last attempt failed, in folder order."""
+    """The jobs of ``sweep_dir`` whose last attempt failed, in job order."""
     jobs = []
-    for path in sorted(Path(sweep_dir).glob(f"*/{ERROR_FILE}")):
+    for path in sorted(Path(sweep_dir).glob(f"*/{ERROR_FILE}"), key=_job_order):
         first = path.read_text(encoding="utf-8").splitlines()[:1]
         jobs.append(FailedJob(path.parent, first[0] if first else "(no message)"))
     return jobs
