@@ -250,6 +250,25 @@ def test_ctnet_starts_as_the_target_model(adapter: str, rank: int | None) -> Non
     assert (net(batch) - target(batch)).abs().max() < 1e-3
 
 
+def test_adapter_lr_gives_the_adapters_their_own_optimiser_group() -> None:
+    from ctl.training.task import CTRTask, adagrad
+
+    net = CTNet(make_schema(), small_backbone(), adapter_lr=1e-4)
+    adapters = {id(p) for p in net.adapters.parameters()}
+    target = {id(p) for p in net.target.parameters()}
+    task = CTRTask(net, adagrad(lr=0.01), lambda epoch: epoch, 9)
+    optimizer = task.configure_optimizers()
+    assert [g["lr"] for g in optimizer.param_groups] == [0.01, 1e-4]
+    assert {id(p) for p in optimizer.param_groups[0]["params"]} == target
+    assert {id(p) for p in optimizer.param_groups[1]["params"]} == adapters
+    # without it, one group, in the order the paper's CTNet always had: target tower, then adapters
+    plain = CTRTask(CTNet(make_schema(), small_backbone()), adagrad(lr=0.01), lambda epoch: epoch, 9)
+    (group,) = plain.configure_optimizers().param_groups
+    assert [id(p) for p in group["params"]] == [id(p) for p in plain.model.parameters() if p.requires_grad]
+    with pytest.raises(ValueError, match="adapter_lr must be > 0"):
+        CTNet(make_schema(), small_backbone(), adapter_lr=0.0)
+
+
 def test_ctnet_with_large_adapters_departs_from_the_target_model() -> None:
     torch.manual_seed(0)
     schema = make_schema()

@@ -29,6 +29,9 @@ class CTNet(nn.Module):
         backbone: the sizes of both towers.
         adapter: ``glu`` (``g(z) = U1 z * sigmoid(U2 z)``) or ``linear`` (``g(z) = U z``).
         adapter_init_std: std of the adapters' N(0, std) init.
+        adapter_lr: None (the optimiser's learning rate) or the adapters' own learning rate. The
+            adapters start with a fresh Adagrad state, whose first step moves every weight by
+            about the learning rate whatever its gradient; at wide layers that is a large shock.
         adapter_rank: None (the paper's full-width adapters) or a rank r: each adapter's matrix
             is a product through r dimensions, which cuts the adapters' FLOPs (they are about
             twice the target MLP's at full width) at some cost in capacity.
@@ -51,10 +54,14 @@ class CTNet(nn.Module):
         adapter_init_std: float = 1e-6,
         share_attention: bool = False,
         adapter_rank: int | None = None,
+        adapter_lr: float | None = None,
     ) -> None:
         super().__init__()
         self.config = backbone
         self.share_attention = share_attention
+        if adapter_lr is not None and adapter_lr <= 0:
+            raise ValueError(f"adapter_lr must be > 0 or null, got {adapter_lr}")
+        self.adapter_lr = adapter_lr
         self.source = BaseModel(schema, backbone)
         self.target = BaseModel(schema, backbone)
         source_mlp = self.source.tower.mlp
@@ -81,6 +88,14 @@ class CTNet(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimiser should update: the target tower's and the adapters'."""
         return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_groups(self) -> list[dict]:
+        """The optimiser's groups: the target tower, then the adapters (with ``adapter_lr`` if set)."""
+        adapters = [p for p in self.adapters.parameters() if p.requires_grad]
+        target = [p for p in self.target.parameters() if p.requires_grad]
+        if self.adapter_lr is None:
+            return [{"params": target + adapters}]
+        return [{"params": target}, {"params": adapters, "lr": self.adapter_lr}]
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits [B] of the target tower."""

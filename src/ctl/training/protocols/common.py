@@ -47,6 +47,8 @@ def method_name(cfg: DictConfig) -> str:
             name = f"{name}_r{rank}"
         if cfg.model.net.get("share_attention", False):
             name = f"{name}_shared"
+        if cfg.model.net.get("adapter_lr") is not None:
+            name = f"{name}_alr{cfg.model.net.adapter_lr:g}"
         if not cfg.model.get("refresh_source", True):
             name = f"{name}_once"
         return name
