@@ -24,7 +24,7 @@ def train_task(cfg: DictConfig) -> float | None:
         clear_failure(run_dir)
         try:
             metrics = run_train(cfg, run_dir)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of one job is recorded, not raised
             record_failure(run_dir, exc, list(hydra.overrides.task))
             return None
     else:

@@ -113,6 +113,23 @@ def common_fields(cfg: DictConfig, dataset: Dataset, domain: str) -> dict:
             "dataset": dataset.fingerprint(), "dataset_path": str(dataset.path)}
 
 
+def transfer_metrics(cfg: DictConfig, dataset: Dataset, target: str, tracks: ProductionTracks, *, periods: list[dict],
+                     test: dict, own_cost: dict | None, used: tuple[Track, ...], inherited: dict,
+                     **extra: object) -> dict:
+    """The ``metrics.json`` of a transfer method: its rows beside the target base track's, its cost
+    with the production tracks it ``used``, and ``extra`` method-specific keys."""
+    return {
+        **common_fields(cfg, dataset, target),
+        **extra,
+        "periods": periods,
+        "test": test,
+        "cost": total_cost(own_cost, tracks.costs(*used)),
+        "tracks": tracks.paths(),
+        "inherited": inherited,
+        "baseline": tracks.baseline([row["period"] for row in periods]),
+    }
+
+
 def total_cost(own: dict | None, tracks: dict[str, dict]) -> dict:
     """The run's own cost plus every track it needed, each counted once."""
     parts = ([own] if own else []) + list(tracks.values())

@@ -19,11 +19,10 @@ from ctl.training.checkpoints import load_model_state, optimizer_state_by_parame
 from ctl.training.fitting import fit_periods, make_datamodule, optimizer_from, write_predictions
 from ctl.training.protocols.common import (
     ProductionTracks,
-    common_fields,
     method_name,
     require_target,
     run_seed,
-    total_cost,
+    transfer_metrics,
     transfer_periods,
 )
 from ctl.training.task import CTRTask
@@ -47,17 +46,10 @@ def run_ctnet(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_name(cfg)} {schema.source}->{target}",
                          callbacks=[refresh])
     write_predictions(run_dir / "predictions.parquet", result.predictions)
-    return {
-        **common_fields(cfg, dataset, target),
-        "periods": result.periods,
-        "test": result.test,
-        "cost": total_cost(result.cost, tracks.costs(tracks.source, tracks.target)),
-        "tracks": tracks.paths(),
-        "inherited": {
-            "target_tower": f"{production} (weights and Adagrad state: "
-                            f"{len(task.inherited_optimizer_state)} tensors)",
-            "source_tower": f"{tracks.source.path}/checkpoints/period_<t>.ckpt"
-                            + (" refreshed every period" if cfg.model.refresh_source else f" (period {schema.t0} only)"),
-        },
-        "baseline": tracks.baseline(periods),
+    inherited = {
+        "target_tower": f"{production} (weights and Adagrad state: {len(task.inherited_optimizer_state)} tensors)",
+        "source_tower": f"{tracks.source.path}/checkpoints/period_<t>.ckpt"
+                        + (" refreshed every period" if cfg.model.refresh_source else f" (period {schema.t0} only)"),
     }
+    return transfer_metrics(cfg, dataset, target, tracks, periods=result.periods, test=result.test,
+                            own_cost=result.cost, used=(tracks.source, tracks.target), inherited=inherited)

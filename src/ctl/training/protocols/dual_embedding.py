@@ -22,11 +22,10 @@ from ctl.training.fitting import fit_periods, make_datamodule, optimizer_from, w
 from ctl.training.protocols.common import (
     ProductionTracks,
     build_transfer_model,
-    common_fields,
     method_name,
     require_target,
     run_seed,
-    total_cost,
+    transfer_metrics,
     transfer_periods,
 )
 from ctl.training.protocols.joint import init_from_production
@@ -82,14 +81,7 @@ def run_dual_embedding(cfg: DictConfig, dataset: Dataset, target: str, run_dir: 
     result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_name(cfg)} {schema.source}->{target}",
                          callbacks=[refresh])
     write_predictions(run_dir / "predictions.parquet", result.predictions)
-    return {
-        **common_fields(cfg, dataset, target),
-        "periods": result.periods,
-        "test": result.test,
-        "cost": total_cost(result.cost, tracks.costs(tracks.source, tracks.target)),
-        "tracks": tracks.paths(),
-        "inherited": {**inherited,
-                      "source_embeddings": f"{tracks.source.path}/checkpoints/period_<t>.ckpt, "
-                                           "re-copied at the start of every transfer period t"},
-        "baseline": tracks.baseline(periods),
-    }
+    inherited = {**inherited, "source_embeddings": f"{tracks.source.path}/checkpoints/period_<t>.ckpt, "
+                                                   "re-copied at the start of every transfer period t"}
+    return transfer_metrics(cfg, dataset, target, tracks, periods=result.periods, test=result.test,
+                            own_cost=result.cost, used=(tracks.source, tracks.target), inherited=inherited)

@@ -35,11 +35,10 @@ from ctl.training.fitting import fit_periods, make_datamodule, optimizer_from, w
 from ctl.training.inherit import assemble_state, finetune_origins, optimizer_state_by_name
 from ctl.training.protocols.common import (
     ProductionTracks,
-    common_fields,
     method_name,
     require_target,
     run_seed,
-    total_cost,
+    transfer_metrics,
 )
 from ctl.training.task import CTRTask
 
@@ -89,23 +88,17 @@ def run_finetune(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) 
 
     used = [track_of[origin][0] for origin in checkpoints]
     transfer = [r for r in result.periods if r["period"] >= schema.t0]
-    return {
-        **common_fields(cfg, dataset, target),
-        "finetune_periods": str(cfg.model.finetune_periods),
-        "periods": transfer,
-        "pre_transfer_periods": [r for r in result.periods if r["period"] < schema.t0],
-        "test": result.test,
-        "cost": total_cost(result.cost, tracks.costs(*used)),
-        "tracks": tracks.paths(),
-        "inherited": {
-            **inheritance.as_dict(),
-            "source_state": str(checkpoints.get("source", "none")),
-            "target_state": str(checkpoints.get("target", "none")),
-            "optimizer": optimizer_note,
-            "trained_periods": periods,
-        },
-        "baseline": tracks.baseline([r["period"] for r in transfer]),
+    inherited = {
+        **inheritance.as_dict(),
+        "source_state": str(checkpoints.get("source", "none")),
+        "target_state": str(checkpoints.get("target", "none")),
+        "optimizer": optimizer_note,
+        "trained_periods": periods,
     }
+    return transfer_metrics(cfg, dataset, target, tracks, periods=transfer, test=result.test, own_cost=result.cost,
+                            used=tuple(used), inherited=inherited,
+                            finetune_periods=str(cfg.model.finetune_periods),
+                            pre_transfer_periods=[r for r in result.periods if r["period"] < schema.t0])
 
 
 def _inherited_optimizer_state(model, origins: dict[str, str], checkpoints: dict[str, dict]) -> dict:

@@ -31,11 +31,10 @@ from ctl.training.inherit import Inheritance
 from ctl.training.protocols.common import (
     ProductionTracks,
     build_transfer_model,
-    common_fields,
     method_name,
     require_target,
     run_seed,
-    total_cost,
+    transfer_metrics,
     transfer_periods,
 )
 from ctl.training.task import CTRTask
@@ -68,12 +67,5 @@ def run_joint(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_name(cfg)} {schema.source}->{target}")
     write_predictions(run_dir / "predictions.parquet", result.predictions)
     own = {**result.cost, "train_rows_by_domain": {d: int(dataset.select([d], periods).size) for d in domains}}
-    return {
-        **common_fields(cfg, dataset, target),
-        "periods": result.periods,
-        "test": result.test,
-        "cost": total_cost(own, tracks.costs(tracks.source, tracks.target)),
-        "tracks": tracks.paths(),
-        "inherited": inherited,
-        "baseline": tracks.baseline(periods),
-    }
+    return transfer_metrics(cfg, dataset, target, tracks, periods=result.periods, test=result.test,
+                            own_cost=own, used=(tracks.source, tracks.target), inherited=inherited)

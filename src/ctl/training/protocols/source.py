@@ -25,9 +25,8 @@ from ctl.training.fitting import write_predictions
 from ctl.training.protocols.common import (
     ProductionTracks,
     base_net,
-    common_fields,
     require_target,
-    total_cost,
+    transfer_metrics,
     transfer_periods,
 )
 from ctl.training.task import StageMetrics
@@ -75,13 +74,7 @@ def run_source(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) ->
     own = {"train_rows": 0, "wall_s": round(time.perf_counter() - wall0, 3),
            "cpu_s": round(time.process_time() - cpu0, 3),
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    return {
-        **common_fields(cfg, dataset, target),
-        "periods": periods,
-        "test": {"period": schema.test_period, **values},
-        "cost": total_cost(own, tracks.costs(tracks.source)),
-        "tracks": tracks.paths(),
-        "inherited": {"model": f"{tracks.source.path}/checkpoints/period_<t>.ckpt, the source model of "
-                               f"each transfer period t; the test slice is scored by period {last}'s"},
-        "baseline": tracks.baseline(transfer_periods(schema)),
-    }
+    inherited = {"model": f"{tracks.source.path}/checkpoints/period_<t>.ckpt, the source model of "
+                          f"each transfer period t; the test slice is scored by period {last}'s"}
+    return transfer_metrics(cfg, dataset, target, tracks, periods=periods, test={"period": schema.test_period, **values},
+                            own_cost=own, used=(tracks.source,), inherited=inherited)
