@@ -9,46 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctl.data.schema import Feature, Schema
-from ctl.models.backbone import BackboneConfig
+from ctl.data.schema import Schema
 from ctl.models.base import BaseModel
 from ctl.models.baselines import DASL, DDTCDR, PLE, DualEmbedding, MiNet, MlpPlusPlus, ShareBottom
 from ctl.models.baselines.dasl import left_align
 from ctl.models.baselines.minet import ItemLevelAttention
 from ctl.models.baselines.ple import PleLevel
 from ctl.models.baselines.reuse import Reuse, reuse_parameters
+from hand_made import LONG_LEN, SHORT_LEN, make_schema, small_backbone
 
-DOMAINS = ("A", "B", "C")
-SHORT_LEN = 5
-LONG_LEN = 12
 BATCH = 10
 SEQUENCE_PREFIXES = ("short", "long", "seq_A", "seq_B")
-
-
-def make_schema() -> Schema:
-    features = (
-        Feature("user_id", "categorical", 30, 4, DOMAINS),
-        Feature("item_id", "categorical", 25, 4, DOMAINS),
-        Feature("category_id", "categorical", 4, 4, DOMAINS),
-        Feature("seller_id", "categorical", 10, 4, DOMAINS),
-        Feature("price_bucket", "bucket", 6, 4, DOMAINS),
-        Feature("a_only", "categorical", 5, 4, ("A",)),
-    )
-    return Schema(
-        features=features,
-        domains=DOMAINS,
-        source="A",
-        n_history=2,
-        n_transfer=2,
-        short_len=SHORT_LEN,
-        long_len=LONG_LEN,
-    )
-
-
-def small_backbone() -> BackboneConfig:
-    return BackboneConfig(
-        embed_dim=4, mlp_dims=(16, 8), num_heads=2, attn_dim=8, sim_k=3, eta_k=3, eta_bits=8, eta_seed=0
-    )
 
 
 def sequence(
