@@ -19,6 +19,10 @@ with mask False, at the front. Models never see events after the impression (``h
 
 from __future__ import annotations
 
+import torch
+
+from ctl.data.schema import Schema
+
 Batch = dict  # dict[str, torch.Tensor]; an alias so signatures say what they take
 
 SEQUENCE_FIELDS: tuple[str, ...] = ("item", "category")
@@ -27,3 +31,39 @@ SEQUENCE_FIELDS: tuple[str, ...] = ("item", "category")
 def domain_sequence_prefix(domain: str) -> str:
     """Key prefix of the per-domain sequence of ``domain`` (e.g. ``seq_A``)."""
     return f"seq_{domain}"
+
+
+class DomainView:
+    """A batch as a model trained on ``domain`` reads it: the features that domain lacks are absent (id 0).
+
+    A model only ever saw id 0 for a feature its domain's rows do not carry: its embedding row 0
+    is zeros and its BatchNorm statistics were gathered with it. On another domain's rows such a
+    feature holds real ids whose embedding rows the model never trained, so a model that scores
+    rows of another domain (CTNet's source tower, the source model on the target slice) reads
+    them through this view. The absent features are resolved once, at construction.
+
+    Args:
+        schema: the dataset's features.
+        domain: the domain whose model reads the batch.
+
+    Example::
+
+        source_view = DomainView(schema, schema.source)
+        logits = source_model(source_view(batch))  # target-only features are 0 for it
+    """
+
+    def __init__(self, schema: Schema, domain: str) -> None:
+        schema.domain_index(domain)
+        self.domain = domain
+        #: features whose ``domains`` lack ``domain``, in schema order
+        self.absent: tuple[str, ...] = tuple(f.name for f in schema.features if domain not in f.domains)
+
+    def __call__(self, batch: Batch) -> Batch:
+        """A shallow copy of ``batch`` with every absent feature set to 0; ``batch`` itself when none is."""
+        if not self.absent:
+            return batch
+        view = dict(batch)
+        for name in self.absent:
+            if name in view:
+                view[name] = torch.zeros_like(view[name])
+        return view

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ctl.data.batch import Batch
+from ctl.data.batch import Batch, DomainView
 from ctl.data.schema import Schema
 from ctl.models.backbone import BackboneConfig
 from ctl.models.base import BaseModel
@@ -22,7 +22,8 @@ class CTNet(nn.Module):
 
     The source tower is frozen: no parameter requires grad, it stays in ``eval()`` (its BatchNorm
     statistics remain the source model's) whatever ``train()`` is called with, and it runs under
-    ``torch.no_grad()``. It reads the same target row; features the source lacks are 0 there.
+    ``torch.no_grad()``. It reads the same target row as the source model would
+    (``DomainView``): features the source domain lacks, target-only ones included, are 0 for it.
 
     Args:
         schema: the dataset's features.
@@ -62,6 +63,7 @@ class CTNet(nn.Module):
         if adapter_lr is not None and adapter_lr <= 0:
             raise ValueError(f"adapter_lr must be > 0 or null, got {adapter_lr}")
         self.adapter_lr = adapter_lr
+        self.source_view = DomainView(schema, schema.source)
         self.source = BaseModel(schema, backbone)
         self.target = BaseModel(schema, backbone)
         source_mlp = self.source.tower.mlp
@@ -97,12 +99,18 @@ class CTNet(nn.Module):
             return [{"params": target + adapters}]
         return [{"params": target}, {"params": adapters, "lr": self.adapter_lr}]
 
+    @torch.no_grad()
+    def source_states(self, batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The source tower on the batch's source view: (``[z_s^0 = E_s, ..., z_s^{n-1}]``, the
+        SIM/ETA output [B, 2 * attn_dim] the target tower shares, or None without ``share_attention``)."""
+        source_batch = self.source_view(batch)
+        shared = self.source.long_attention(source_batch) if self.share_attention else None
+        # g_l reads z_s^l for l = 0..n-1: the source's last layer and logit are never run
+        return self.source.tower.mlp.layer_inputs(self.source.features(source_batch, shared)), shared
+
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits [B] of the target tower."""
-        with torch.no_grad():
-            shared = self.source.long_attention(batch) if self.share_attention else None
-            # g_l reads z_s^l for l = 0..n-1: the source's last layer and logit are never run
-            source_inputs = self.source.tower.mlp.layer_inputs(self.source.features(batch, shared))
+        source_inputs, shared = self.source_states(batch)
         adds = [adapter(z) for adapter, z in zip(self.adapters, source_inputs, strict=True)]
         logits, _ = self.target.head(self.target.features(batch, shared), adds)
         return logits

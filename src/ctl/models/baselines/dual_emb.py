@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ctl.data.batch import Batch
+from ctl.data.batch import Batch, DomainView
 from ctl.data.schema import ID_FEATURES, Schema
 from ctl.models.backbone import Backbone, BackboneConfig, require_batch_keys
 from ctl.models.baselines.joint import DomainPair
@@ -24,8 +24,10 @@ class DualEmbedding(nn.Module):
     ``E' = concat(E, s_user, s_item, s_category, s_seller)``: E is the target backbone's output and
     ``s_*`` are lookups in the extra tables, so the model holds two user ids, two item ids, ...;
     the MLP's first layer is wider by the extra tables' dims. Every parameter trains (on target rows
-    only). ``load_source_embeddings`` re-copies the extra tables from a source model, which the
-    protocol does at every period start with the latest ``h_s^t``.
+    only). The extra tables are the source model's, so they read the row's source view
+    (``DomainView``): an id feature the source domain lacks is absent for them.
+    ``load_source_embeddings`` re-copies the extra tables from a source model, which the protocol
+    does at every period start with the latest ``h_s^t``.
 
     ``init_from`` starts the model as the target model exactly: the backbone and head come from the
     target model, the head's weights for the extra inputs start at zero (see
@@ -47,6 +49,7 @@ class DualEmbedding(nn.Module):
     def __init__(self, schema: Schema, backbone: BackboneConfig, source: str, target: str) -> None:
         super().__init__()
         self.pair = DomainPair(schema, source, target)
+        self.source_view = DomainView(schema, source)
         self.config = backbone
         self.backbone = Backbone(schema, backbone)
         self.source_tables = nn.ModuleDict()
@@ -64,7 +67,8 @@ class DualEmbedding(nn.Module):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """``{"logits": [B]}``."""
         require_batch_keys(batch, ID_FEATURES, "DualEmbedding")
-        extras = [self.source_tables[name](batch[name]) for name in ID_FEATURES]
+        source_batch = self.source_view(batch)
+        extras = [self.source_tables[name](source_batch[name]) for name in ID_FEATURES]
         logits, _ = self.tower(torch.cat([self.backbone(batch), *extras], dim=-1))
         return {"logits": logits}
 

@@ -3,8 +3,8 @@
 After transfer period t the source track's ``h_s^t`` scores the target's slice t+1; the test
 slice is scored by the last source model ``h_s^{t0+T-1}``. Nothing is trained: each score is a
 plain inference pass over the slice, measured with the same metrics as a training run's
-validation. Features the source domain lacks are 0 (absent) on target rows, as in CTNet's source
-tower.
+validation. The model reads the target rows through its domain's ``DomainView``, as CTNet's source
+tower does: features the source domain lacks, target-only ones included, are 0 (absent) for it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from ctl.data.batch import DomainView
 from ctl.data.batcher import RowBatcher
 from ctl.data.dataset import Dataset
 from ctl.models import build_model
@@ -35,14 +36,17 @@ PREDICTION_KEYS: tuple[str, ...] = ("row", "user_id", "item_id", "label")
 
 
 @torch.inference_mode()
-def score_rows(model: torch.nn.Module, dataset: Dataset, rows: np.ndarray,
-               batch_size: int) -> tuple[dict, dict[str, np.ndarray]]:
-    """Metrics (``rows``, ``auc``, ``gauc``, ``logloss``) and per-row predictions of ``model`` on ``rows``."""
+def score_rows(model: torch.nn.Module, dataset: Dataset, rows: np.ndarray, batch_size: int,
+               view: DomainView) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metrics (``rows``, ``auc``, ``gauc``, ``logloss``) and per-row predictions of ``model`` on ``rows``.
+
+    ``view`` is the batch as the model's own domain reads it (``DomainView(schema, domain)``).
+    """
     model.eval()
     metrics = StageMetrics()
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in (*PREDICTION_KEYS, "pred")}
     for batch in RowBatcher(dataset, rows, batch_size=batch_size, shuffle=False, seed=0):
-        out = model(batch)
+        out = model(view(batch))
         logits = out["logits"] if isinstance(out, dict) else out
         metrics.update(logits, batch["label"], batch["user_id"])
         for key in PREDICTION_KEYS:
@@ -57,12 +61,13 @@ def run_source(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) ->
     require_target(schema, target, "the source model")
     tracks = ProductionTracks.ensure(cfg, dataset, target)
     model = build_model(base_net(cfg), schema)
+    source_view = DomainView(schema, schema.source)
     batch_size = int(cfg.data.eval_batch_size)
     wall0, cpu0 = time.perf_counter(), time.process_time()
 
     def score(period: int, rows: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
         load_model_state(model, tracks.source.checkpoint(period), what=f"the source model of period {period}")
-        return score_rows(model, dataset, rows, batch_size)
+        return score_rows(model, dataset, rows, batch_size, view=source_view)
 
     periods = []
     for period in transfer_periods(schema):
