@@ -1,4 +1,4 @@
-"""Shared test data: a small random dataset that passes validation.
+"""Shared test data: a small random dataset that passes validation; and the check of a run's test metrics.
 
 ``make_random_dataset`` is a plain function so tests anywhere can call it
 (``from conftest import make_random_dataset``); ``tiny_dataset_path`` is the fixture form.
@@ -6,13 +6,19 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import torch
 
-from ctl.data.dataset import write_dataset
+from ctl.data.dataset import Dataset, write_dataset
 from ctl.data.schema import Feature, Schema
+from ctl.metrics import auc, gauc, logloss
 
 RANDOM_DOMAINS: tuple[str, ...] = ("A", "B", "C")
 #: Timestamps per period: period p covers ts in [p * PERIOD_TICKS, (p+1) * PERIOD_TICKS).
@@ -120,6 +126,43 @@ def make_random_dataset(
     schema, rows, history = random_columns(n_users, n_items, n_rows, seed, n_events, short_len, long_len)
     provenance = {"generator": "tests.conftest.make_random_dataset", "seed": seed}
     return write_dataset(tmp_path / name, schema, rows, history, provenance)
+
+
+_GLOBAL_SEEDS = itertools.count(1000)
+
+
+def scramble_global_generators() -> None:
+    """Reseed Python's, numpy's and torch's global generators with a value never used before.
+
+    Call it before each of two runs that must agree: they then agree through their own seeds,
+    not through drawing from the same global state.
+    """
+    seed = next(_GLOBAL_SEEDS)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def assert_test_metrics_are_the_predictions(run_dir: Path, metrics: dict, dataset: Dataset) -> None:
+    """A run's test metrics are those of the predictions it saved, one for every row of the target's test slice.
+
+    AUC is compared when the slice holds both classes, GAUC when some user's rows do (else it is NaN).
+    """
+    saved = pq.read_table(run_dir / "predictions.parquet").to_pydict()
+    test = metrics["test"]
+    expected_rows = dataset.select([metrics["target"]], [test["period"]])
+    np.testing.assert_array_equal(np.sort(saved["row"]), expected_rows)
+    np.testing.assert_array_equal(saved["label"], dataset.rows["label"][saved["row"]])
+    preds, labels, users = (np.asarray(saved[key]) for key in ("pred", "label", "user_id"))
+    assert test["rows"] == expected_rows.size
+    assert test["logloss"] == pytest.approx(logloss(preds, labels), abs=1e-4)
+    if 0 < labels.sum() < labels.size:
+        assert test["auc"] == pytest.approx(auc(preds, labels), abs=1e-6)
+    both = [u for u in np.unique(users) if 0 < labels[users == u].sum() < (users == u).sum()]
+    if both:
+        assert test["gauc"] == pytest.approx(gauc(preds, labels, users), abs=1e-6)
+    else:
+        assert math.isnan(test["gauc"])
 
 
 @pytest.fixture

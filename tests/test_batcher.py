@@ -9,7 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import make_random_dataset, random_columns
+from conftest import make_random_dataset, random_columns, scramble_global_generators
 from ctl.data.batcher import RowBatcher
 from ctl.data.datamodule import ContinualDataModule
 from ctl.data.dataset import Dataset, load_dataset, write_dataset
@@ -96,6 +96,7 @@ def test_order_is_deterministic_per_seed_and_epoch(dataset: Dataset) -> None:
     rows = dataset.select(None, None)
 
     def order(seed: int, epoch: int) -> list[int]:
+        scramble_global_generators()
         batcher = RowBatcher(dataset, rows, batch_size=100, shuffle=True, seed=seed)
         batcher.set_epoch(epoch)
         return torch.cat([b["row"] for b in batcher]).tolist()

@@ -143,7 +143,7 @@ def test_a_damaged_track_is_detected_and_rebuilt(case, home, pristine_track, cap
     metrics, tensors, predictions = pristine_track
     track = track_of(home)
     damage(track.path / name)
-    assert manifest_problem(track.path) is not None
+    assert re.fullmatch(problem, manifest_problem(track.path))
     with caplog.at_level(logging.WARNING, logger="ctl.training.tracks"):
         rebuilt = track_of(home)
     assert rebuilt.path == track.path

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from ctl.data.dataset import load_dataset
 from ctl.data.importer import ORIGIN_FILE, import_dataset, load_spec, parse_spec, read_id_map, run_import
+from ctl.data.importer.encoders import hash_text, hashed_ids
 from ctl.data.importer.errors import InputError, SpecError
 from ctl.data.registry import ensure_dataset
 from ctl.errors import CtlError
@@ -300,6 +301,30 @@ def test_implicit_feedback_samples_unseen_items_of_the_same_domain_and_period(tm
     again = load_dataset(import_dataset(spec, [tmp_path / "lines.txt"], tmp_path / "again").path)
     for name, values in rows.items():
         np.testing.assert_array_equal(again.rows[name], values, err_msg=name)
+
+
+def reference_text_hash(text: str) -> int:
+    """hash_text's definition, byte by byte: sum of (byte + 1) * M^(n-1-i) mod 2**64, xor the byte
+    length, then the splitmix64 finaliser."""
+    mask, data = 2**64 - 1, text.encode()
+    h = sum((byte + 1) * pow(0x100000001B3, len(data) - 1 - i, 2**64) for i, byte in enumerate(data)) & mask
+    h ^= len(data)
+    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & mask
+    return h ^ (h >> 31)
+
+
+def test_hashed_ids_are_a_known_function_of_the_text_alone() -> None:
+    # known values: the same in every process and on every machine (a hashed dataset can be re-imported)
+    assert hash_text(pa.array(["a", "brand-7", "é", None, ""])).tolist() == [
+        8777055843625058441, 13860490006883069226, 7782741728558196905, 0, 0]
+    # a slice of a longer array (its offsets do not start at 0) hashes the same texts the same
+    assert hash_text(pa.array(["x", "brand-7", "a"]).slice(1)).tolist() == [13860490006883069226, 8777055843625058441]
+    rng = np.random.default_rng(0)
+    texts = ["".join(rng.choice(list("ab7-é中 "), size=n)) for n in rng.integers(0, 40, size=200)]
+    assert hash_text(pa.array(texts)).tolist() == [reference_text_hash(t) for t in texts]
+    assert len({reference_text_hash(t) for t in set(texts)}) == len(set(texts))
+    assert hashed_ids(pa.array(["brand-7", "a"]), 16).tolist() == [13860490006883069226 % 15 + 1, 8777055843625058441 % 15 + 1]
 
 
 # --- refusals -------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import torch
 import yaml
 from hydra import compose, initialize_config_module
 
+import ctl.conf
 from conftest import make_random_dataset, random_columns
 from ctl import cli
 from ctl.data.dataset import DatasetError, load_dataset, write_dataset
@@ -333,9 +334,12 @@ def test_a_period_outside_the_layout_is_refused(pristine, tmp_path) -> None:
         Track(tmp_path / "track", "base-B").checkpoint(99)
 
 
+#: every model the package ships a config for: the list an unknown model's refusal must give
+MODEL_CONFIGS = sorted(p.stem for p in (Path(ctl.conf.__file__).parent / "model").glob("*.yaml"))
+
 CLI = {
-    "unknown-model": (["train", "model=foo"],
-                      r"unknown model 'foo' \(in model=foo\); the known ones are: base, ctnet, ctnet_linear, "),
+    "unknown-model": (["train", "model=foo"], (r"unknown model 'foo' \(in model=foo\); the known ones are: "
+                                               + re.escape(", ".join(MODEL_CONFIGS)) + "$")),
     "unknown-model-in-a-sweep": (["sweep", "model=base,ctnt"], r"unknown model 'ctnt' \(in model=base,ctnt\)"),
     "unknown-data": (["train", "data=nope"], r"unknown data 'nope' \(in data=nope\); the known ones are: .*synthetic_tiny"),
     "unknown-size": (["train", "model/size=huge"], (r"unknown model/size 'huge' \(in model/size=huge\); the known ones "
@@ -359,6 +363,13 @@ def test_the_cli_refuses_in_one_line_without_a_traceback(case, capsys, monkeypat
     monkeypatch.setenv("CTL_DEBUG", "1")  # the traceback instead, for debugging
     with pytest.raises(CtlError, match=message):
         cli.main(argv)
+
+
+def test_the_models_an_unknown_model_refusal_lists_are_the_ones_that_compose(home) -> None:
+    assert {"base", "source", "din", "ctnet", "ctnet_linear"} <= set(MODEL_CONFIGS)
+    for name in MODEL_CONFIGS:
+        cfg = make_cfg(home, f"model={name}")
+        assert cfg.model.name == name and "_target_" in cfg.model.net, name
 
 
 def test_the_cli_prints_a_multi_line_parser_report_in_one_line(pristine, tmp_path, capsys, monkeypatch) -> None:

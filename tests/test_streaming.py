@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import make_random_dataset
+from conftest import make_random_dataset, scramble_global_generators
 from ctl.data.batcher import BatchAssembler
 from ctl.data.datamodule import ContinualDataModule
 from ctl.data.dataset import ROWS_FILE, Dataset, load_dataset
@@ -97,6 +97,7 @@ def test_order_depends_on_seed_and_epoch_and_resumes_mid_epoch(index: Dataset) -
     rows = index.select(None, [3])
 
     def order(seed: int, epoch: int, start: int = 0) -> list[int]:
+        scramble_global_generators()
         stream = ParquetRowStream(index, rows, batch_size=20, shuffle=True, seed=seed)
         stream.set_epoch(epoch)
         stream.start_at(start)
