@@ -61,7 +61,8 @@ class Track:
         return json.loads((self.path / "metrics.json").read_text())
 
 
-def track_spec(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig, model_name: str) -> dict:
+def track_spec(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig, model_name: str,
+               first_period: int = 0) -> dict:
     """Everything that determines a track's weights: the cache key's content."""
     spec = {
         "dataset": dataset.fingerprint(),
@@ -71,18 +72,26 @@ def track_spec(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig, 
         "optim": OmegaConf.to_container(cfg.optim, resolve=True),
         "batch_size": int(cfg.data.batch_size),
         "seed": int(cfg.seed),
-        "periods": [0, dataset.schema.test_period - 1],
+        "periods": [first_period, dataset.schema.test_period - 1],
     }
     if not cfg.data.get("in_memory", True):
         spec["rows"] = "streamed"  # another shuffle order, hence other weights
     return spec
 
 
-def ensure_track(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig, model_name: str) -> Track:
-    """The finished track of ``net`` on ``domain``; built (once, under a lock) if missing or damaged."""
+def ensure_track(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig, model_name: str,
+                 first_period: int = 0) -> Track:
+    """The finished track of ``net`` on ``domain``; built (once, under a lock) if missing or damaged.
+
+    ``first_period`` > 0 starts the track later (periods before it are never trained on): how much
+    the target history matters, the learning curve of the production model.
+    """
     dataset.schema.domain_index(domain)
-    spec = track_spec(cfg, dataset, domain, net, model_name)
-    name = f"{model_name}-{domain}"
+    if not 0 <= first_period < dataset.schema.t0:
+        raise CtlError(f"model.first_period={first_period} must lie in 0..{dataset.schema.t0 - 1} "
+                       f"(the history periods of {dataset.path})")
+    spec = track_spec(cfg, dataset, domain, net, model_name, first_period)
+    name = f"{model_name}-{domain}" + (f"-from{first_period}" if first_period else "")
     root = Path(str(cfg.home)).expanduser() / "tracks"
     path = root / f"{name}-{stable_hash(spec)}"
     if manifest_problem(path) is not None:
@@ -111,7 +120,7 @@ def _build(cfg: DictConfig, dataset: Dataset, domain: str, net_cfg: DictConfig, 
     seed = derived_seed(int(cfg.seed), f"track/{name}")
     pl.seed_everything(seed, workers=True, verbose=False)
     schema = dataset.schema
-    periods = list(range(schema.test_period))
+    periods = list(range(spec["periods"][0], schema.test_period))
     net = build_net(net_cfg, dataset, spec["model"])
     datamodule = make_datamodule(cfg, dataset, [domain], periods, eval_domain=domain, seed=seed)
     task = CTRTask(net, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)

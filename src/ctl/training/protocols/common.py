@@ -49,9 +49,13 @@ def method_name(cfg: DictConfig) -> str:
             name = f"{name}_shared"
         if cfg.model.net.get("adapter_lr") is not None:
             name = f"{name}_alr{cfg.model.net.adapter_lr:g}"
+        if str(cfg.model.adapter_state) != "fresh":
+            name = f"{name}_{cfg.model.adapter_state}"
         if not cfg.model.get("refresh_source", True):
             name = f"{name}_once"
         return name
+    if protocol == "track" and int(cfg.model.get("first_period", 0)):
+        return f"{name}_from{cfg.model.first_period}"
     if protocol == "joint" and not cfg.model.get("source_rows", True):
         return f"{name}_targetonly"
     if protocol == "finetune":

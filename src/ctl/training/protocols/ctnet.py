@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 
 from ctl.data.dataset import Dataset
+from ctl.errors import CtlError
 from ctl.models import build_model
 from ctl.training.callbacks import SourceRefresh
 from ctl.training.checkpoints import load_model_state, optimizer_state_by_parameter
@@ -41,6 +43,7 @@ def run_ctnet(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     datamodule = make_datamodule(cfg, dataset, [target], periods, eval_domain=target, seed=seed)
     task = CTRTask(net, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)
     task.inherited_optimizer_state = optimizer_state_by_parameter(checkpoint, list(net.target.parameters()))
+    adapter_note = start_adapter_state(task.inherited_optimizer_state, net, str(cfg.model.adapter_state))
     refresh = SourceRefresh(tracks.source.checkpoint, datamodule.period_of_epoch,
                             refresh=bool(cfg.model.refresh_source))
     result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_name(cfg)} {schema.source}->{target}",
@@ -48,8 +51,41 @@ def run_ctnet(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     write_predictions(run_dir / "predictions.parquet", result.predictions)
     inherited = {
         "target_tower": f"{production} (weights and Adagrad state: {len(task.inherited_optimizer_state)} tensors)",
+        "adapters": adapter_note,
         "source_tower": f"{tracks.source.path}/checkpoints/period_<t>.ckpt"
                         + (" refreshed every period" if cfg.model.refresh_source else f" (period {schema.t0} only)"),
     }
     return transfer_metrics(cfg, dataset, target, tracks, periods=result.periods, test=result.test,
                             own_cost=result.cost, used=(tracks.source, tracks.target), inherited=inherited)
+
+
+ADAPTER_STATES: tuple[str, ...] = ("matched", "fresh")
+
+
+def start_adapter_state(inherited: dict, net, how: str) -> str:
+    """Give the adapters an Adagrad state (in ``inherited``, keyed by parameter) and say which.
+
+    ``fresh``: zero accumulators, the optimiser's default. Adagrad's first step is then about
+    ``lr * sign(grad)`` for every weight whatever the gradient's size, so the adapter's output moves
+    by about ``lr * sum_i |z_i|``: a shock that grows with the adapter's input width, lands before
+    the activation of a tower trained for many periods, and that the few steps of a small target
+    period cannot undo (CTNet fell far below base at the paper's sizes on C).
+
+    ``matched``: every accumulator starts at the mean accumulator of the target tower's MLP
+    weights, the layers the adapters add into. The adapters then take steps of the same scale as
+    the tower they join, at any width, and still start from (almost) zero output.
+    """
+    if how not in ADAPTER_STATES:
+        raise CtlError(f"model.adapter_state={how!r}: choose one of {', '.join(ADAPTER_STATES)}")
+    if how == "fresh":
+        return "fresh Adagrad state"
+    sums = [inherited[p]["sum"] for p in (layer.weight for layer in net.target.tower.mlp.linears) if p in inherited]
+    if not sums:
+        raise CtlError("model.adapter_state=matched needs the target model's Adagrad state, but its checkpoint "
+                       "holds none for the MLP; use model.adapter_state=fresh")
+    level = float(torch.cat([s.flatten() for s in sums]).mean())
+    for param in net.adapters.parameters():
+        if param.requires_grad:
+            inherited[param] = {"step": torch.zeros((), dtype=torch.float32),
+                                "sum": torch.full_like(param, level, memory_format=torch.preserve_format)}
+    return f"Adagrad accumulators started at {level:.3g} (the target MLP's mean)"

@@ -17,7 +17,8 @@ from ctl.training.tracks import ensure_track
 
 
 def run_track(cfg: DictConfig, dataset: Dataset, domain: str, run_dir: Path) -> dict:
-    track = ensure_track(cfg, dataset, domain, cfg.model.net, str(cfg.model.name))
+    track = ensure_track(cfg, dataset, domain, cfg.model.net, str(cfg.model.name),
+                         first_period=int(cfg.model.first_period))
     metrics = track.metrics()
     atomic_copy(track.path / "predictions.parquet", run_dir / "predictions.parquet")
     link_folder(track.path / "checkpoints", run_dir / "checkpoints")
