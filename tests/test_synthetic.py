@@ -70,14 +70,31 @@ def test_default_preset_matches_constructor_defaults():
     assert from_yaml.config() == SyntheticWorld().config()
 
 
-def test_default_preset_traffic_follows_the_paper_ratios():
+def test_default_preset_gives_the_target_models_enough_steps_and_the_test_slice_enough_rows():
+    cfg = OmegaConf.load(CONF / "synthetic.yaml")
     world = SyntheticWorld()
-    rows = {name: spec.rows_per_period for name, spec in world.domains.items()}
-    assert rows["A"] / rows["B"] == pytest.approx(60, rel=0.05)
-    assert rows["A"] / rows["C"] == pytest.approx(200, rel=0.05)
-    a_training_rows = rows["A"] * (world.n_history + world.n_transfer)
-    assert 1_500_000 <= a_training_rows <= 2_500_000
-    assert world.domains["B"].test_rows >= 5_000 and world.domains["C"].test_rows >= 2_000
+    batch = int(cfg.batch_size)
+    steps = {name: -(-spec.rows_per_period // batch) for name, spec in world.domains.items()}
+    # a well-trained production model: >= 10 optimiser steps a period on B, >= 3 on C
+    assert steps["B"] >= 10 and steps["C"] >= 3
+    assert world.n_history >= 24
+    # C is the newer, sparser domain: fewer rows per visiting user, more recently launched items
+    b, c = world.domains["B"], world.domains["C"]
+    assert c.rows_per_period / c.user_share < 0.5 * b.rows_per_period / b.user_share
+    assert c.recent_item_share >= 10 * b.recent_item_share
+    # the source domain is the big one; its whole history stays within a demo's budget
+    a_training_rows = world.domains["A"].rows_per_period * (world.n_history + world.n_transfer)
+    assert world.domains["A"].rows_per_period >= 9 * b.rows_per_period
+    assert 1_000_000 <= a_training_rows <= 2_000_000
+    assert b.test_rows >= 40_000 and c.test_rows >= 20_000
+
+
+def test_sparse_preset_keeps_the_first_default_world():
+    sparse = instantiate(OmegaConf.load(CONF / "synthetic_sparse.yaml").generator)
+    rows = {name: spec.rows_per_period for name, spec in sparse.domains.items()}
+    assert rows == {"A": 72_000, "B": 1_200, "C": 360}
+    assert rows["A"] / rows["B"] == 60 and rows["A"] / rows["C"] == 200
+    assert (sparse.domains["B"].test_rows, sparse.domains["C"].test_rows) == (6_000, 3_000)
 
 
 def test_refuses_rows_that_do_not_fill_whole_requests():

@@ -38,6 +38,12 @@ class CTNet(nn.Module):
             twice the target MLP's at full width) at some cost in capacity.
         share_attention: the target tower uses the source tower's SIM/ETA output (paper 4.7) and
             its own SIM/ETA attention is frozen, unused.
+        adapter_base_width: None (every adapter takes the same rate) or a width w: adapter l's rate
+            is scaled by ``w / in_dim_l`` (its group's ``lr_scale``). Adagrad's early steps are
+            about ``lr * sign(grad)`` per weight, so they move an adapter's output by about
+            ``lr * sum_i |z_i|``, which grows with the input width; scaling the rate by 1/width
+            keeps that step the same at every model size (as muP scales hidden layers' Adam rates),
+            so a rate that suits adapters of width w suits every width.
 
     Example::
 
@@ -56,6 +62,7 @@ class CTNet(nn.Module):
         share_attention: bool = False,
         adapter_rank: int | None = None,
         adapter_lr: float | None = None,
+        adapter_base_width: int | None = None,
     ) -> None:
         super().__init__()
         self.config = backbone
@@ -63,6 +70,9 @@ class CTNet(nn.Module):
         if adapter_lr is not None and adapter_lr <= 0:
             raise ValueError(f"adapter_lr must be > 0 or null, got {adapter_lr}")
         self.adapter_lr = adapter_lr
+        if adapter_base_width is not None and adapter_base_width < 1:
+            raise ValueError(f"adapter_base_width must be >= 1 or null, got {adapter_base_width}")
+        self.adapter_base_width = adapter_base_width
         self.source_view = DomainView(schema, schema.source)
         self.source = BaseModel(schema, backbone)
         self.target = BaseModel(schema, backbone)
@@ -92,12 +102,21 @@ class CTNet(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def parameter_groups(self) -> list[dict]:
-        """The optimiser's groups: the target tower, then the adapters (with ``adapter_lr`` if set)."""
+        """The optimiser's groups: the target tower, then one per adapter when the adapters' rate is
+        their own (``lr`` = ``adapter_lr`` if set, ``lr_scale`` = base width / input width if set)."""
         adapters = [p for p in self.adapters.parameters() if p.requires_grad]
         target = [p for p in self.target.parameters() if p.requires_grad]
-        if self.adapter_lr is None:
+        if self.adapter_lr is None and self.adapter_base_width is None:
             return [{"params": target + adapters}]
-        return [{"params": target}, {"params": adapters, "lr": self.adapter_lr}]
+        groups = [{"params": target}]
+        for adapter, in_dim in zip(self.adapters, self.source.tower.mlp.in_dims, strict=True):
+            group: dict = {"params": [p for p in adapter.parameters() if p.requires_grad]}
+            if self.adapter_lr is not None:
+                group["lr"] = self.adapter_lr
+            if self.adapter_base_width is not None:
+                group["lr_scale"] = self.adapter_base_width / in_dim
+            groups.append(group)
+        return groups
 
     @torch.no_grad()
     def source_states(self, batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor | None]:

@@ -242,6 +242,10 @@ class CTRTask(pl.LightningModule):
         groups = getattr(self.model, "parameter_groups", None)
         groups = groups() if callable(groups) else [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         optimizer = self.optimizer_factory(groups)
+        # a group's lr_scale multiplies whatever rate it got (its own or the optimiser's); popped so
+        # a resumed fit, which restores the scaled rate from the checkpoint, does not scale twice
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group.pop("lr_scale", 1.0)
         # only parameters the optimiser updates: a frozen one's state would break its state_dict
         updated = {param for group in optimizer.param_groups for param in group["params"]}
         for param, state in self.inherited_optimizer_state.items():

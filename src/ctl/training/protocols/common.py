@@ -49,6 +49,8 @@ def method_name(cfg: DictConfig) -> str:
             name = f"{name}_shared"
         if cfg.model.net.get("adapter_lr") is not None:
             name = f"{name}_alr{cfg.model.net.adapter_lr:g}"
+        if cfg.model.net.adapter_base_width is not None:
+            name = f"{name}_aw{cfg.model.net.adapter_base_width}"
         if str(cfg.model.adapter_state) != "fresh":
             name = f"{name}_{cfg.model.adapter_state}"
         if not cfg.model.get("refresh_source", True):
