@@ -1,6 +1,6 @@
 """``ctnet`` protocol: CTNet over the transfer periods.
 
-The target tower starts from the target model of period ``t0-1`` (weights and Adagrad state);
+The target tower starts from the target model of period ``t0-1`` (weights and optimiser state);
 the frozen source tower is refreshed from the source track at every period start (or kept at
 ``h_s^{t0}`` with ``model.refresh_source=false``, transfer once).
 """
@@ -13,13 +13,19 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from ctl.data.dataset import Dataset
+from ctl.methods import method_label
 from ctl.models import build_model
 from ctl.training.callbacks import SourceRefresh
 from ctl.training.checkpoints import load_model_state, optimizer_state_by_parameter
-from ctl.training.fitting import fit_periods, make_datamodule, optimizer_from, write_predictions
+from ctl.training.fitting import (
+    fit_periods,
+    make_datamodule,
+    optimizer_from,
+    optimizer_name,
+    write_predictions,
+)
 from ctl.training.protocols.common import (
     ProductionTracks,
-    method_name,
     require_target,
     run_seed,
     transfer_metrics,
@@ -40,14 +46,16 @@ def run_ctnet(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     periods = transfer_periods(schema)
     datamodule = make_datamodule(cfg, dataset, [target], periods, eval_domain=target, seed=seed)
     task = CTRTask(net, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)
-    task.inherited_optimizer_state = optimizer_state_by_parameter(checkpoint, list(net.target.parameters()))
+    task.inherit_optimizer_state(optimizer_state_by_parameter(checkpoint, list(net.target.parameters())),
+                                 {str(production): checkpoint})
     refresh = SourceRefresh(tracks.source.checkpoint, datamodule.period_of_epoch,
                             refresh=bool(cfg.model.refresh_source))
-    result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_name(cfg)} {schema.source}->{target}",
+    result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_label(cfg)} {schema.source}->{target}",
                          callbacks=[refresh])
     write_predictions(run_dir / "predictions.parquet", result.predictions)
     inherited = {
-        "target_tower": f"{production} (weights and Adagrad state: {len(task.inherited_optimizer_state)} tensors)",
+        "target_tower": f"{production} (weights and {optimizer_name(cfg)} state: "
+                        f"{len(task.inherited_optimizer_state)} tensors)",
         "source_tower": f"{tracks.source.path}/checkpoints/period_<t>.ckpt"
                         + (" refreshed every period" if cfg.model.refresh_source else f" (period {schema.t0} only)"),
     }
