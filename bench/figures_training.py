@@ -36,13 +36,13 @@ from bench.workloads import (
     matmul_work,
     period_rows,
     row_batcher,
+    train_optimizer,
     training_flops_per_row,
 )
 from ctl.data.batch import Batch
 from ctl.data.datamodule import ContinualDataModule
 from ctl.data.dataset import Dataset
 from ctl.training.task import CTRTask
-from ctl.training.task import adagrad as adagrad_factory
 
 MFU_BUDGET = 0.40
 PIPELINE_BUDGET = 0.95
@@ -225,7 +225,7 @@ def pipeline_vs_bare(quick: bool) -> Figure:
 
     def pipeline_run() -> tuple[int, float]:
         data = datamodule()
-        task = CTRTask(model, adagrad_factory(lr=0.01), data.period_of_epoch, schema.test_period)
+        task = CTRTask(model, train_optimizer(), data.period_of_epoch, schema.test_period)
         clock = StepClock(warmup, steps - 1)
         trainer = lightning_trainer(log_dir, [clock], steps)
         trainer.fit(task, datamodule=data)
@@ -312,7 +312,7 @@ def scaling(quick: bool) -> Figure:
     seconds: dict[int, list[float]] = {k: [] for k in SCALES}
 
     def epoch_seconds(selected: np.ndarray) -> float:
-        task = CTRTask(model, adagrad_factory(lr=0.01), lambda epoch: schema.t0, schema.test_period)
+        task = CTRTask(model, train_optimizer(), lambda epoch: schema.t0, schema.test_period)
         batcher = row_batcher(dataset, selected)
         trainer = lightning_trainer(log_dir, [], None)
         started = time.perf_counter()

@@ -24,6 +24,8 @@ from ctl.data.batcher import RowBatcher
 from ctl.data.dataset import Dataset
 from ctl.data.registry import load_for
 from ctl.models import build_model
+from ctl.training.fitting import optimizer_from
+from ctl.training.task import OptimizerFactory
 
 BATCH_SIZE = 512
 #: untimed steps before a timed loop (first-call allocations, lazy initialisation)
@@ -80,11 +82,14 @@ def first_batches(batcher: RowBatcher, n: int) -> list[Batch]:
     return batches
 
 
-def adagrad(model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimiser ``ctl train`` uses (its default learning rate), over the trainable parameters."""
-    from ctl.training.task import adagrad as adagrad_factory
+def train_optimizer() -> OptimizerFactory:
+    """The optimiser ``ctl train`` uses (the default ``optim`` config), as a factory of parameter groups."""
+    return optimizer_from(train_config())
 
-    return adagrad_factory(lr=0.01)([{"params": [p for p in model.parameters() if p.requires_grad]}])
+
+def adagrad(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """:func:`train_optimizer` over the trainable parameters of ``model``."""
+    return train_optimizer()([{"params": [p for p in model.parameters() if p.requires_grad]}])
 
 
 class BareLoop:

@@ -14,7 +14,8 @@ from ctl.errors import CtlError
 from ctl.models import build_model
 from ctl.models.ctnet import CTNet
 from ctl.training.checkpoints import read_checkpoint
-from ctl.training.protocol import method_name, run_train
+from ctl.methods import method_label
+from ctl.training.protocol import run_train
 from ctl.training.protocols.ctnet import start_adapter_state
 from hand_made import make_schema, small_backbone
 
@@ -117,13 +118,13 @@ def test_ctnet_with_a_matched_adapter_state_trains_and_records_it(tmp_path) -> N
                                                       build_model(cfg.model.net, load_dataset(metrics["dataset_path"]).schema).adapters]
     # each accumulator grew from the matched level, never below it
     assert all(float(s.min()) >= level * (1 - 1e-6) for s in adapter_sums)
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["method"] == method_name(cfg)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["method"] == method_label(cfg)
 
 
 def test_a_track_can_start_later_in_the_history(tmp_path) -> None:
     home = tmp_path / "home"
     cfg = make_cfg(home, "model=base", "model.first_period=2")
-    assert method_name(cfg) == "base_from2"
+    assert method_label(cfg) == "base_from2"
     metrics = run_train(cfg, tmp_path / "run")
     full = run_train(make_cfg(home, "model=base"), tmp_path / "full")
     assert metrics["method"] == "base_from2" and full["method"] == "base"
@@ -135,3 +136,25 @@ def test_a_track_can_start_later_in_the_history(tmp_path) -> None:
     assert metrics["test"]["auc"] != full["test"]["auc"]
     with pytest.raises(CtlError, match=r"model.first_period=4 must lie in 0..3"):
         run_train(make_cfg(home, "model=base", "model.first_period=4"), tmp_path / "bad")
+
+
+def test_adapter_base_width_scales_each_adapters_rate_by_base_over_input_width() -> None:
+    from functools import partial
+
+    from ctl.training.task import CTRTask
+
+    net = CTNet(make_schema(), small_backbone(), adapter_base_width=64)
+    in_dims = net.source.tower.mlp.in_dims
+    task = CTRTask(net, partial(torch.optim.Adagrad, lr=0.01), lambda epoch: epoch, 9)
+    optimizer = task.configure_optimizers()
+    rates = [group["lr"] for group in optimizer.param_groups]
+    assert rates == pytest.approx([0.01] + [0.01 * 64 / d for d in in_dims], rel=1e-12)
+    assert all("lr_scale" not in group for group in optimizer.param_groups)
+    adapter_groups = [set(group["params"]) for group in optimizer.param_groups[1:]]
+    assert adapter_groups == [set(adapter.parameters()) for adapter in net.adapters]
+    # with its own rate as well, the scale multiplies that rate
+    own = CTNet(make_schema(), small_backbone(), adapter_base_width=64, adapter_lr=0.1)
+    optimizer = CTRTask(own, partial(torch.optim.Adagrad, lr=0.01), lambda e: e, 9).configure_optimizers()
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01] + [0.1 * 64 / d for d in in_dims])
+    with pytest.raises(ValueError, match="adapter_base_width must be >= 1 or null, got 0"):
+        CTNet(make_schema(), small_backbone(), adapter_base_width=0)

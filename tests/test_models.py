@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -219,18 +221,18 @@ def test_ctnet_starts_as_the_target_model(adapter: str, rank: int | None) -> Non
 
 
 def test_adapter_lr_gives_the_adapters_their_own_optimiser_group() -> None:
-    from ctl.training.task import CTRTask, adagrad
+    from ctl.training.task import CTRTask
 
     net = CTNet(make_schema(), small_backbone(), adapter_lr=1e-4)
     adapters = {id(p) for p in net.adapters.parameters()}
     target = {id(p) for p in net.target.parameters()}
-    task = CTRTask(net, adagrad(lr=0.01), lambda epoch: epoch, 9)
+    task = CTRTask(net, functools.partial(torch.optim.Adagrad, lr=0.01), lambda epoch: epoch, 9)
     optimizer = task.configure_optimizers()
     assert [g["lr"] for g in optimizer.param_groups] == [0.01, 1e-4]
     assert {id(p) for p in optimizer.param_groups[0]["params"]} == target
     assert {id(p) for p in optimizer.param_groups[1]["params"]} == adapters
     # without it, one group, in the order the paper's CTNet always had: target tower, then adapters
-    plain = CTRTask(CTNet(make_schema(), small_backbone()), adagrad(lr=0.01), lambda epoch: epoch, 9)
+    plain = CTRTask(CTNet(make_schema(), small_backbone()), functools.partial(torch.optim.Adagrad, lr=0.01), lambda epoch: epoch, 9)
     (group,) = plain.configure_optimizers().param_groups
     assert [id(p) for p in group["params"]] == [id(p) for p in plain.model.parameters() if p.requires_grad]
     with pytest.raises(ValueError, match="adapter_lr must be > 0"):

@@ -8,6 +8,7 @@ hand. Every case asserts its message.
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import os
 import re
@@ -38,7 +39,7 @@ from ctl.training.callbacks import FIT_KEY
 from ctl.training.checkpoints import load_model_state, read_checkpoint, resume_point
 from ctl.training.fitting import make_datamodule
 from ctl.training.protocol import run_train
-from ctl.training.task import CTRTask, adagrad
+from ctl.training.task import CTRTask
 from ctl.training.tracks import Track
 
 ROW = 7  # the row each value corruption touches
@@ -294,8 +295,15 @@ CONFIGS = {
                          (r"^data\.domain=A is the source domain; CTNet transfers from A to a target domain: use one of "
                          r"\['B', 'C'\]")),
     "unknown-protocol": (("model=base", "model.protocol=magic"), r"^model\.protocol='magic' is unknown; expected one of "),
-    "unknown-optimizer": (("model=base", "data.domain=C", "optim.name=sgd"),
-                          r"^optim\.name='sgd' is not supported; use adagrad"),
+    "unknown-optimizer": (("model=base", "data.domain=C", "optim._target_=torch.optim.Nope"),
+                          r"^optim \(torch\.optim\.Nope\) cannot be built: Error locating target 'torch\.optim\.Nope'"),
+    "optimizer-argument-of-another-class": (("model=base", "data.domain=C", "optim._target_=torch.optim.Adam"),
+                                            (r"^optim \(torch\.optim\.Adam\) cannot be built: .*unexpected keyword "
+                                             r"argument 'initial_accumulator_value'.*~optim\.<key>$")),
+    "trainer-sets-a-protocol-argument": (("model=base", "data.domain=C", "+trainer.max_epochs=3"),
+                                         r"^trainer\.max_epochs is set by ctl for every fit \(epoch k = period k"),
+    "callback-that-is-no-callback": (("model=base", "data.domain=C", "+callbacks.clock._target_=time.monotonic"),
+                                     r"^callbacks\.clock builds a float, not a Lightning Callback$"),
     "model-does-not-fit-schema": (("model=base", "data.domain=C", "model.size.embed_dim=null", "model.size.num_heads=5",
                                    "model.size.attn_dim=10"),
                                   (r"^model base does not fit the schema of the dataset .*synthetic_tiny-\w+ \(Backbone: "
@@ -344,6 +352,10 @@ CLI = {
     "unknown-data": (["train", "data=nope"], r"unknown data 'nope' \(in data=nope\); the known ones are: .*synthetic_tiny"),
     "unknown-size": (["train", "model/size=huge"], (r"unknown model/size 'huge' \(in model/size=huge\); the known ones "
                                                    r"are: paper, small")),
+    "unknown-callbacks-in-a-list": (["train", "callbacks=[lr_monitor,early_stop]"],
+                                    (r"unknown callbacks 'early_stop' \(in callbacks=\[lr_monitor,early_stop\]\); the "
+                                     r"known ones are: lr_monitor, none$")),
+    "unknown-optim": (["train", "optim=sgd"], r"unknown optim 'sgd' \(in optim=sgd\); the known ones are: adagrad, adam$"),
     "unwritable-run-folder": (["train", "hydra.run.dir=/proc/ctl-run"],
                               r"the output folder \(hydra\.run\.dir\) /proc/ctl-run is not writable"),
 }
@@ -513,7 +525,7 @@ def test_a_poisoned_batch_is_reported_at_its_exact_step(pristine, tmp_path) -> N
     datamodule = make_datamodule(make_cfg(tmp_path, "data.batch_size=8"), dataset, ["A"], [0, 1], "A", seed=0)
     first_period = len(datamodule.dataset.select(["A"], [0])) // 8 + 1  # batches of period 0 (last one partial)
     poison_at = first_period + 3  # period 1, its batch 2 (0-based)
-    task = CTRTask(PoisonedModel(poison_at), adagrad(lr=0.01), datamodule.period_of_epoch, test_period=5)
+    task = CTRTask(PoisonedModel(poison_at), functools.partial(torch.optim.Adagrad, lr=0.01), datamodule.period_of_epoch, test_period=5)
     trainer = pl.Trainer(max_epochs=2, reload_dataloaders_every_n_epochs=1, num_sanity_val_steps=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=str(tmp_path))

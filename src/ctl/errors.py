@@ -61,8 +61,8 @@ def check_config_choices(overrides: Sequence[str], conf_dir: Path) -> None:
     """Refuse a ``group=name`` override that names no ``<conf_dir>/<group>/<name>.yaml``, listing the known names.
 
     Hydra's own error for a missing config is a long block; this one line comes first. Sweep lists
-    (``model=base,ctnet``) are checked item by item; Hydra's sweep functions (``choice(...)``) are left
-    to Hydra.
+    (``model=base,ctnet``) and lists of configs (``callbacks=[a,b]``) are checked item by item;
+    Hydra's sweep functions (``choice(...)``) are left to Hydra.
     """
     for override in overrides:
         key, sep, value = override.partition("=")
@@ -70,6 +70,6 @@ def check_config_choices(overrides: Sequence[str], conf_dir: Path) -> None:
         if not sep or group.startswith(("-", "hydra")) or "(" in value or not (conf_dir / group).is_dir():
             continue
         known = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
-        for name in (v.strip() for v in value.split(",")):
+        for name in (v.strip(" []") for v in value.split(",")):
             if name and name != "null" and name not in known:
                 raise CtlError(f"unknown {group} {name!r} (in {override}); the known ones are: {', '.join(known)}")

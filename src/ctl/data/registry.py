@@ -30,7 +30,7 @@ def dataset_dir(data_cfg: DictConfig, home: str | Path) -> Path:
 
         return Path(str(home)).expanduser() / "datasets" / f"{data_cfg.name}-{import_key(data_cfg)}"
     if data_cfg.get("generator") is None:
-        raise CtlError(f"data config {data_cfg.get('name')!r} has none of 'path', 'generator' or 'importer'")
+        raise CtlError(f"data config {data_cfg.name!r} has none of 'path', 'generator' or 'importer'")
     key = stable_hash(OmegaConf.to_container(data_cfg.generator, resolve=True))
     return Path(str(home)).expanduser() / "datasets" / f"{data_cfg.name}-{key}"
 
@@ -64,7 +64,7 @@ def load_for(data_cfg: DictConfig, home: str | Path, progress: bool = True) -> D
     are streamed from Parquet (:mod:`ctl.data.streaming`).
     """
     path = ensure_dataset(data_cfg, home, progress).resolve()
-    if not data_cfg.get("in_memory", True):
+    if not data_cfg.in_memory:
         from ctl.data.streaming import load_row_index
 
         return load_row_index(path)

@@ -108,13 +108,14 @@ class CTNet(nn.Module):
         target = [p for p in self.target.parameters() if p.requires_grad]
         if self.adapter_lr is None and self.adapter_base_width is None:
             return [{"params": target + adapters}]
+        if self.adapter_base_width is None:
+            return [{"params": target}, {"params": adapters, "lr": self.adapter_lr}]
         groups = [{"params": target}]
         for adapter, in_dim in zip(self.adapters, self.source.tower.mlp.in_dims, strict=True):
-            group: dict = {"params": [p for p in adapter.parameters() if p.requires_grad]}
+            group: dict = {"params": [p for p in adapter.parameters() if p.requires_grad],
+                           "lr_scale": self.adapter_base_width / in_dim}
             if self.adapter_lr is not None:
                 group["lr"] = self.adapter_lr
-            if self.adapter_base_width is not None:
-                group["lr_scale"] = self.adapter_base_width / in_dim
             groups.append(group)
         return groups
 

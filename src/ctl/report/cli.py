@@ -15,8 +15,9 @@ from pathlib import Path
 from rich.console import Console
 
 from ctl.errors import CtlError
+from ctl.methods import BASE
 from ctl.report import render, tables, views
-from ctl.report.runs import BASE, Run, by_dataset, find_runs
+from ctl.report.runs import Run, by_dataset, find_runs
 
 TABLES: tuple[str, ...] = ("overall", "periods", "finetune", "coldstart", "cost")
 FORMATS: tuple[str, ...] = ("table", "json", "csv", "markdown")

@@ -17,9 +17,10 @@ import numpy as np
 
 from ctl.data.dataset import Dataset, load_dataset
 from ctl.errors import CtlError
+from ctl.methods import BASE
 from ctl.metrics import COLD_START_SLICES, cold_start_gains, cold_start_slices
 from ctl.report.records import record
-from ctl.report.runs import BASE, Run
+from ctl.report.runs import Run
 from ctl.report.significance import paired_predictions, read_predictions, reference_predictions_path
 from ctl.report.tables import QUALITY_METRICS, row_groups
 

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from ctl.report.runs import BASE, method_rank
+from ctl.methods import BASE, method_rank
 
 METRICS = (("auc", "AUC"), ("gauc", "GAUC"))
 

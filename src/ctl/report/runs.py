@@ -21,17 +21,11 @@ from pathlib import Path
 import yaml
 
 from ctl.errors import CtlError
+from ctl.methods import BASE, method_rank
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 PREDICTIONS_FILE = "predictions.parquet"
-BASE = "base"
-
-#: Row order of the tables: the paper's Table 2, then anything else by name.
-METHOD_ORDER: tuple[str, ...] = (
-    "base", "source", "din", "ft_id_emb", "ft_all_emb", "ft_all", "dual_emb", "mlppp", "share_bottom",
-    "ple", "minet", "ddtcdr", "dasl", "ctnet_linear", "ctnet_once", "ctnet",
-)
 
 # config keys that say where or how verbosely a run ran, not what it computed
 _NEUTRAL_KEYS = ("seed", "home", "progress", "print_table", "resume", "logger", "data.domain")
@@ -90,14 +84,6 @@ class RunSet:
 
     runs: tuple[Run, ...]
     notes: tuple[str, ...]
-
-
-def method_rank(label: str) -> tuple[int, str]:
-    """Sort key of a row label: the paper's order of methods, variants (``ft_all_k1``,
-    ``ctnet[...]``) next to their method, unknown methods last by name."""
-    method = label.split("[", 1)[0]
-    known = [m for m in METHOD_ORDER if method == m or method.startswith(f"{m}_")]
-    return (METHOD_ORDER.index(max(known, key=len)) if known else len(METHOD_ORDER), label)
 
 
 def _metrics_files(root: Path) -> Iterable[Path]:

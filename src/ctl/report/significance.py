@@ -19,8 +19,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ctl.errors import CtlError
+from ctl.methods import BASE
 from ctl.metrics import delong_test, paired_bootstrap
-from ctl.report.runs import BASE, Run
+from ctl.report.runs import Run
 from ctl.report.tables import row_groups
 
 PREDICTION_COLUMNS: tuple[str, ...] = ("row", "user_id", "item_id", "label", "pred")

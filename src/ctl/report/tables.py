@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from ctl.errors import CtlError
+from ctl.methods import BASE, method_rank
 from ctl.report.records import record
-from ctl.report.runs import BASE, Run, method_rank
+from ctl.report.runs import Run
 
 QUALITY_METRICS: tuple[str, ...] = ("auc", "gauc")
 COST_METRICS: tuple[str, ...] = ("own_rows", "own_wall_s", "own_cpu_s", "total_rows", "total_wall_s", "total_cpu_s")

@@ -9,7 +9,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ctl.report.runs import BASE, method_rank
+from ctl.methods import BASE, method_rank
 
 
 @dataclass(frozen=True)

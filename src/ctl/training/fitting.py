@@ -1,7 +1,8 @@
 """One Lightning ``fit`` over a list of periods (epoch k = period k), then the test slice.
 
-Shared by tracks and by every transfer method: it builds the trainer from the config, saves one
-checkpoint per period (``period_<p>.ckpt``) and a ``last.ckpt`` every
+Shared by tracks and by every transfer method: it builds the trainer from ``cfg.trainer`` and the
+``cfg.callbacks`` (``_target_`` configs) next to the protocol's own arguments and callbacks, saves
+one checkpoint per period (``period_<p>.ckpt``) and a ``last.ckpt`` every
 ``checkpoint_every_n_steps`` steps, and returns what the run measured.
 
 A fit resumes from ``<out_dir>/checkpoints/last.ckpt`` when that checkpoint was written by a
@@ -16,7 +17,7 @@ from __future__ import annotations
 import resource
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,11 +38,13 @@ from ctl.models import build_model
 from ctl.training.callbacks import FIT_KEY, PeriodCheckpoints, PeriodProgressBar
 from ctl.training.checkpoints import AtomicCheckpointIO, resume_point
 from ctl.training.distributed import is_rank_zero
-from ctl.training.task import CTRTask, adagrad
+from ctl.training.task import CTRTask, OptimizerFactory
 
 #: config keys that change how a run is shown or resumed, never what it computes
 RUN_ONLY_KEYS = ("resume", "progress", "print_table", "checkpoint_every_n_steps")
-DEFAULT_CHECKPOINT_EVERY_N_STEPS = 500
+#: Trainer arguments the protocol sets itself: a trainer config may not set them
+PROTOCOL_TRAINER_ARGS = ("max_epochs", "reload_dataloaders_every_n_epochs", "num_sanity_val_steps", "callbacks",
+                         "logger", "plugins", "enable_progress_bar", "enable_model_summary", "default_root_dir")
 
 
 @dataclass
@@ -53,12 +57,26 @@ class FitResult:
     predictions: dict[str, np.ndarray] = field(repr=False)
 
 
-def optimizer_from(cfg: DictConfig):
-    optim = cfg.optim
-    if optim.name != "adagrad":
-        raise ValueError(f"optim.name={optim.name!r} is not supported; use adagrad (the paper's optimiser)")
-    return adagrad(lr=float(optim.lr), initial_accumulator_value=float(optim.initial_accumulator_value),
-                   eps=float(optim.eps))
+def optimizer_from(cfg: DictConfig) -> OptimizerFactory:
+    """The optimiser of ``cfg.optim``: a ``_partial_`` config of a ``torch.optim`` class, later called
+    with the model's parameter groups.
+
+    It is built once on a probe parameter here, so that a class or an argument it does not take
+    is refused before any track or run starts training.
+    """
+    try:
+        factory = instantiate(cfg.optim)
+        factory([{"params": [torch.nn.Parameter(torch.zeros(1))]}])
+    except (InstantiationException, TypeError, ValueError, RuntimeError) as exc:
+        raise CtlError(f"optim ({cfg.optim._target_}) cannot be built: {' '.join(str(exc).split())}; every key of "
+                       "optim but _target_ and _partial_ (true) goes to its constructor: pick optim=adagrad|adam, "
+                       "or drop a key with ~optim.<key>") from exc
+    return factory
+
+
+def optimizer_name(cfg: DictConfig) -> str:
+    """The class name of ``cfg.optim`` (``Adagrad``), for the run's records."""
+    return str(cfg.optim._target_).rsplit(".", 1)[-1]
 
 
 def build_net(net_cfg: DictConfig, dataset: Dataset, model_name: str) -> torch.nn.Module:
@@ -81,8 +99,8 @@ def make_datamodule(cfg: DictConfig, dataset: Dataset, train_domains: Sequence[s
         eval_batch_size=int(cfg.data.eval_batch_size),
         seed=seed,
         domain_sequences=list(domain_sequences),
-        in_memory=bool(cfg.data.get("in_memory", True)),
-        num_workers=int(cfg.data.get("num_workers", 0)),
+        in_memory=bool(cfg.data.in_memory),
+        num_workers=int(cfg.data.num_workers),
     )
 
 
@@ -116,16 +134,17 @@ def fit_periods(
     refused rather than replaced.
     """
     out_dir = Path(out_dir)
+    new_trainer, own_callbacks = make_trainer(cfg), configured_callbacks(cfg)
     identity = run_identity(cfg, datamodule.dataset) if identity is None else identity
-    strict = bool(cfg.get("resume", False)) if strict_resume is None else strict_resume
+    strict = bool(cfg.resume) if strict_resume is None else strict_resume
     saver, resume_from = _checkpoints(cfg, task, datamodule, out_dir, label, identity, strict)
     n_epochs = len(datamodule.periods)
     all_callbacks: list[pl.Callback] = [saver, *callbacks]
     if cfg.progress:
         all_callbacks.append(PeriodProgressBar(datamodule.period_of_epoch, n_epochs, label))
+    all_callbacks += own_callbacks
     logger = instantiate(OmegaConf.merge(cfg.logger, {"save_dir": str(out_dir)}))
-    trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+    trainer = new_trainer(
         max_epochs=n_epochs,
         reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0,
@@ -157,6 +176,28 @@ def fit_periods(
                      predictions=predictions)
 
 
+def make_trainer(cfg: DictConfig) -> Callable[..., pl.Trainer]:
+    """``cfg.trainer`` as a Trainer factory that :func:`fit_periods` completes with the protocol's own
+    arguments (:data:`PROTOCOL_TRAINER_ARGS`); a trainer config that sets one of them is refused."""
+    owned = [key for key in PROTOCOL_TRAINER_ARGS if key in cfg.trainer]
+    if owned:
+        raise CtlError(f"trainer.{owned[0]} is set by ctl for every fit (epoch k = period k, with its own "
+                       "callbacks, logger and checkpoints); remove it from the trainer config (callbacks: "
+                       "+callbacks.<name>._target_=..., loggers: logger=...)")
+    return instantiate(cfg.trainer, _partial_=True)
+
+
+def configured_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """The callbacks of ``cfg.callbacks`` (name -> ``_target_`` config), in their order."""
+    built = []
+    for name, node in cfg.callbacks.items():
+        callback = instantiate(node)
+        if not isinstance(callback, pl.Callback):
+            raise CtlError(f"callbacks.{name} builds a {type(callback).__name__}, not a Lightning Callback")
+        built.append(callback)
+    return built
+
+
 def _checkpoints(cfg: DictConfig, task: CTRTask, datamodule: ContinualDataModule, out_dir: Path, label: str,
                  identity: dict, strict: bool) -> tuple[PeriodCheckpoints, Path | None]:
     """The fit's checkpoint writer and the checkpoint to resume from (None: a fresh start), after the checks."""
@@ -168,7 +209,7 @@ def _checkpoints(cfg: DictConfig, task: CTRTask, datamodule: ContinualDataModule
         remove_stale_temporaries(checkpoint_dir)
     needed = checkpoint_bytes(task) * (len(datamodule.periods) + 2)
     check_free_space(out_dir, needed, f"saving the checkpoints of {label}")
-    every_n_steps = int(cfg.get("checkpoint_every_n_steps", DEFAULT_CHECKPOINT_EVERY_N_STEPS))
+    every_n_steps = int(cfg.checkpoint_every_n_steps)
     if every_n_steps < 0:
         raise CtlError(f"checkpoint_every_n_steps={every_n_steps} must be >= 0 (0 = checkpoints at period ends only)")
     saver = PeriodCheckpoints(checkpoint_dir, datamodule.period_of_epoch, every_n_steps, identity)

@@ -29,7 +29,6 @@ from ctl.data.registry import load_for
 from ctl.errors import CtlError
 from ctl.io import atomic_write_json, atomic_write_text, check_writable
 from ctl.training.distributed import is_rank_zero, scratch_run_dir
-from ctl.training.protocols.common import base_net, method_name
 from ctl.training.protocols.ctnet import run_ctnet
 from ctl.training.protocols.dual_embedding import run_dual_embedding
 from ctl.training.protocols.finetune import run_finetune
@@ -37,7 +36,7 @@ from ctl.training.protocols.joint import run_joint
 from ctl.training.protocols.source import run_source
 from ctl.training.protocols.track import run_track
 
-__all__ = ["PROTOCOLS", "base_net", "method_name", "run_train"]
+__all__ = ["PROTOCOLS", "run_train"]
 
 Protocol = Callable[[DictConfig, Dataset, str, Path], dict]
 
@@ -53,7 +52,7 @@ PROTOCOLS: dict[str, Protocol] = {
 
 def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the method of ``cfg`` under its protocol; returns the run's metrics (also written)."""
-    protocol = str(cfg.model.get("protocol", "track"))
+    protocol = str(cfg.model.protocol)
     if protocol not in PROTOCOLS:
         raise CtlError(f"model.protocol={protocol!r} is unknown; expected one of {', '.join(PROTOCOLS)}")
     run_dir = Path(run_dir)

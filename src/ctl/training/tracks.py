@@ -1,6 +1,6 @@
 """Tracks: one model trained continually on one domain, one checkpoint per period, cached.
 
-A track is keyed by (dataset, domain, model config, optimiser, batch size, seed). It is built in
+A track is keyed by (dataset, domain, model config, optimiser, callbacks, batch size, seed). It is built in
 the folder ``<home>/tracks/.<model>-<domain>-<key>.building`` under a file lock, so concurrent
 jobs of a sweep build it once; a build killed midway resumes there from its ``last.ckpt``. A
 finished build gets ``manifest.json`` (every file's size and sha256, written last) and is renamed
@@ -70,11 +70,13 @@ def track_spec(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig, 
         "model": model_name,
         "net": OmegaConf.to_container(net, resolve=True),
         "optim": OmegaConf.to_container(cfg.optim, resolve=True),
+        # a callback may change what is trained (weight averaging, say): its config is part of the key
+        "callbacks": OmegaConf.to_container(cfg.callbacks, resolve=True),
         "batch_size": int(cfg.data.batch_size),
         "seed": int(cfg.seed),
         "periods": [first_period, dataset.schema.test_period - 1],
     }
-    if not cfg.data.get("in_memory", True):
+    if not cfg.data.in_memory:
         spec["rows"] = "streamed"  # another shuffle order, hence other weights
     return spec
 

@@ -22,7 +22,6 @@ from rich.console import Console
 from rich.table import Table
 
 from ctl.data.importer.convert import IMPORTER_VERSION, import_dataset
-from ctl.data.importer.readers import DEFAULT_BLOCK_BYTES
 from ctl.data.importer.spec import ImportSpec, load_spec, parse_spec
 from ctl.errors import CtlError
 from ctl.io import stable_hash
@@ -91,7 +90,7 @@ def resolve_inputs(inputs: list, root: Path, origin: str) -> list[Path]:
 
 def import_key(data_cfg: DictConfig) -> str:
     """Cache key of a preset's import: schema, input paths/sizes/mtimes, ``max_rows``, importer version."""
-    origin = f"data {data_cfg.get('name')!r} importer"
+    origin = f"data {data_cfg.name!r} importer"
     importer = _importer(data_cfg.importer, origin)
     spec = schema_from(importer.get("schema"), f"{origin}.schema")
     inputs = resolve_inputs(importer["inputs"], public_data_root(importer.get("root")), origin)
@@ -102,7 +101,7 @@ def import_key(data_cfg: DictConfig) -> str:
 
 def import_preset(data_cfg: DictConfig, out: Path, progress: bool) -> Path:
     """Import a preset's data into ``out`` (the registry calls this under its lock)."""
-    origin = f"data {data_cfg.get('name')!r} importer"
+    origin = f"data {data_cfg.name!r} importer"
     importer = _importer(data_cfg.importer, origin)
     spec = schema_from(importer.get("schema"), f"{origin}.schema")
     inputs = resolve_inputs(importer["inputs"], public_data_root(importer.get("root")), origin)
@@ -135,17 +134,16 @@ def run_import(cfg: DictConfig) -> Path:
 
     console = Console()
     log = Console(stderr=True).print if cfg.progress else None
-    out = Path(str(cfg.out)).expanduser() if cfg.get("out") else None
-    if cfg.get("schema"):
+    out = Path(str(cfg.out)).expanduser() if cfg.out else None
+    if cfg.schema:
         if out is None:
             raise CtlError("out=DIR is required with schema=...: the new dataset folder")
         spec = schema_from(cfg.schema, "schema")
-        if not cfg.get("inputs"):
+        if not cfg.inputs:
             raise CtlError("inputs=[a.csv,b.parquet] is required with schema=...")
-        root = Path(str(cfg.root)).expanduser() if cfg.get("root") else Path.cwd()
+        root = Path(str(cfg.root)).expanduser() if cfg.root else Path.cwd()
         inputs = resolve_inputs(list(cfg.inputs), root, "import")
-        import_dataset(spec, inputs, out, max_rows=cfg.get("max_rows"),
-                       block_bytes=int(cfg.get("block_bytes") or DEFAULT_BLOCK_BYTES), log=log)
+        import_dataset(spec, inputs, out, max_rows=cfg.max_rows, block_bytes=int(cfg.block_bytes), log=log)
         path = out
     elif cfg.get("data") is not None and cfg.data.get("importer") is not None:
         if out is not None:

@@ -21,6 +21,7 @@ from ctl.data.dataset import Dataset
 from ctl.data.schema import Schema
 from ctl.errors import CtlError
 from ctl.io import derived_seed
+from ctl.methods import method_label
 from ctl.training.tracks import Track, ensure_track
 
 
@@ -30,47 +31,9 @@ def base_net(cfg: DictConfig) -> DictConfig:
                              "backbone": OmegaConf.to_container(cfg.model.size, resolve=True)})
 
 
-def method_name(cfg: DictConfig) -> str:
-    """The row label of a run in tables.
-
-    Transfer-once CTNet is its own method (``ctnet_once``), and so are CTNet with low-rank adapters
-    or shared attention (``ctnet_r64``, ``ctnet_shared``, ``ctnet_r64_shared``), a joint model without the source rows
-    (``ple_targetonly``) and a fine-tuning variant that
-    starts k periods before t0 (``ft_all_k1``, ``ft_all_kall``) or keeps the copied parameters'
-    Adagrad state (``ft_id_emb_warmopt``).
-    """
-    name = str(cfg.model.name)
-    protocol = cfg.model.get("protocol", "track")
-    if protocol == "ctnet":
-        rank = cfg.model.net.get("adapter_rank")
-        if rank is not None:
-            name = f"{name}_r{rank}"
-        if cfg.model.net.get("share_attention", False):
-            name = f"{name}_shared"
-        if cfg.model.net.get("adapter_lr") is not None:
-            name = f"{name}_alr{cfg.model.net.adapter_lr:g}"
-        if cfg.model.net.adapter_base_width is not None:
-            name = f"{name}_aw{cfg.model.net.adapter_base_width}"
-        if str(cfg.model.adapter_state) != "fresh":
-            name = f"{name}_{cfg.model.adapter_state}"
-        if not cfg.model.get("refresh_source", True):
-            name = f"{name}_once"
-        return name
-    if protocol == "track" and int(cfg.model.get("first_period", 0)):
-        return f"{name}_from{cfg.model.first_period}"
-    if protocol == "joint" and not cfg.model.get("source_rows", True):
-        return f"{name}_targetonly"
-    if protocol == "finetune":
-        if str(cfg.model.get("finetune_periods", 0)) != "0":
-            name = f"{name}_k{cfg.model.finetune_periods}"
-        if cfg.model.get("inherit_optimizer", False):
-            name = f"{name}_warmopt"
-    return name
-
-
 def run_seed(cfg: DictConfig, target: str) -> int:
     """The seed of the run's own random stream (independent of the tracks' streams)."""
-    return derived_seed(int(cfg.seed), f"run/{method_name(cfg)}/{target}")
+    return derived_seed(int(cfg.seed), f"run/{method_label(cfg)}/{target}")
 
 
 def require_target(schema: Schema, domain: str, method: str) -> None:
@@ -114,7 +77,7 @@ class ProductionTracks:
 
 def common_fields(cfg: DictConfig, dataset: Dataset, domain: str) -> dict:
     """The identifying head of every run's ``metrics.json``."""
-    return {"kind": "run", "model": str(cfg.model.name), "method": method_name(cfg),
+    return {"kind": "run", "model": str(cfg.model.name), "method": method_label(cfg),
             "source": dataset.schema.source, "target": domain, "seed": int(cfg.seed),
             "dataset": dataset.fingerprint(), "dataset_path": str(dataset.path)}
 

@@ -1,6 +1,6 @@
 """``ctnet`` protocol: CTNet over the transfer periods.
 
-The target tower starts from the target model of period ``t0-1`` (weights and Adagrad state);
+The target tower starts from the target model of period ``t0-1`` (weights and optimiser state);
 the frozen source tower is refreshed from the source track at every period start (or kept at
 ``h_s^{t0}`` with ``model.refresh_source=false``, transfer once).
 """
@@ -15,13 +15,19 @@ from omegaconf import DictConfig
 
 from ctl.data.dataset import Dataset
 from ctl.errors import CtlError
+from ctl.methods import method_label
 from ctl.models import build_model
 from ctl.training.callbacks import SourceRefresh
 from ctl.training.checkpoints import load_model_state, optimizer_state_by_parameter
-from ctl.training.fitting import fit_periods, make_datamodule, optimizer_from, write_predictions
+from ctl.training.fitting import (
+    fit_periods,
+    make_datamodule,
+    optimizer_from,
+    optimizer_name,
+    write_predictions,
+)
 from ctl.training.protocols.common import (
     ProductionTracks,
-    method_name,
     require_target,
     run_seed,
     transfer_metrics,
@@ -42,15 +48,17 @@ def run_ctnet(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     periods = transfer_periods(schema)
     datamodule = make_datamodule(cfg, dataset, [target], periods, eval_domain=target, seed=seed)
     task = CTRTask(net, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)
-    task.inherited_optimizer_state = optimizer_state_by_parameter(checkpoint, list(net.target.parameters()))
+    task.inherit_optimizer_state(optimizer_state_by_parameter(checkpoint, list(net.target.parameters())),
+                                 {str(production): checkpoint})
     adapter_note = start_adapter_state(task.inherited_optimizer_state, net, str(cfg.model.adapter_state))
     refresh = SourceRefresh(tracks.source.checkpoint, datamodule.period_of_epoch,
                             refresh=bool(cfg.model.refresh_source))
-    result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_name(cfg)} {schema.source}->{target}",
+    result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_label(cfg)} {schema.source}->{target}",
                          callbacks=[refresh])
     write_predictions(run_dir / "predictions.parquet", result.predictions)
     inherited = {
-        "target_tower": f"{production} (weights and Adagrad state: {len(task.inherited_optimizer_state)} tensors)",
+        "target_tower": f"{production} (weights and {optimizer_name(cfg)} state: "
+                        f"{len(task.inherited_optimizer_state)} tensors)",
         "adapters": adapter_note,
         "source_tower": f"{tracks.source.path}/checkpoints/period_<t>.ckpt"
                         + (" refreshed every period" if cfg.model.refresh_source else f" (period {schema.t0} only)"),
@@ -79,7 +87,11 @@ def start_adapter_state(inherited: dict, net, how: str) -> str:
         raise CtlError(f"model.adapter_state={how!r}: choose one of {', '.join(ADAPTER_STATES)}")
     if how == "fresh":
         return "fresh Adagrad state"
-    sums = [inherited[p]["sum"] for p in (layer.weight for layer in net.target.tower.mlp.linears) if p in inherited]
+    states = [inherited[p] for p in (layer.weight for layer in net.target.tower.mlp.linears) if p in inherited]
+    if states and any("sum" not in state for state in states):
+        raise CtlError("model.adapter_state=matched reads Adagrad's accumulators, and this run's optimiser keeps "
+                       "none; use model.adapter_state=fresh with another optimiser")
+    sums = [state["sum"] for state in states]
     if not sums:
         raise CtlError("model.adapter_state=matched needs the target model's Adagrad state, but its checkpoint "
                        "holds none for the MLP; use model.adapter_state=fresh")

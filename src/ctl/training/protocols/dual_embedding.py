@@ -17,12 +17,18 @@ from omegaconf import DictConfig
 
 from ctl.data.dataset import Dataset
 from ctl.errors import CtlError
+from ctl.methods import method_label
 from ctl.training.checkpoints import model_state, read_checkpoint
-from ctl.training.fitting import fit_periods, make_datamodule, optimizer_from, write_predictions
+from ctl.training.fitting import (
+    fit_periods,
+    make_datamodule,
+    optimizer_from,
+    optimizer_name,
+    write_predictions,
+)
 from ctl.training.protocols.common import (
     ProductionTracks,
     build_transfer_model,
-    method_name,
     require_target,
     run_seed,
     transfer_metrics,
@@ -73,12 +79,12 @@ def run_dual_embedding(cfg: DictConfig, dataset: Dataset, target: str, run_dir: 
     seed = run_seed(cfg, target)
     pl.seed_everything(seed, workers=True, verbose=False)
     model = build_transfer_model(cfg.model.net, schema, schema.source, target)
-    inherited = init_from_production(model, tracks, schema.t0 - 1)
+    inherited = {**init_from_production(model, tracks, schema.t0 - 1), "optimizer": f"fresh {optimizer_name(cfg)}"}
     periods = transfer_periods(schema)
     datamodule = make_datamodule(cfg, dataset, [target], periods, eval_domain=target, seed=seed)
     task = CTRTask(model, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)
     refresh = SourceEmbeddingRefresh(tracks.source.checkpoint, datamodule.period_of_epoch)
-    result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_name(cfg)} {schema.source}->{target}",
+    result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_label(cfg)} {schema.source}->{target}",
                          callbacks=[refresh])
     write_predictions(run_dir / "predictions.parquet", result.predictions)
     inherited = {**inherited, "source_embeddings": f"{tracks.source.path}/checkpoints/period_<t>.ckpt, "

@@ -15,7 +15,7 @@ then trained on the target rows of every period from its start through the last 
 
 Validation after every trained period is recorded: transfer periods under ``periods``, the ones
 before t0 under ``pre_transfer_periods``. The optimiser starts fresh unless
-``model.inherit_optimizer=true``, which carries each copied parameter's Adagrad state over from
+``model.inherit_optimizer=true``, which carries each copied parameter's optimiser state over from
 the checkpoint it was copied from.
 """
 
@@ -29,13 +29,19 @@ from omegaconf import DictConfig
 from ctl.data.dataset import Dataset
 from ctl.data.schema import Schema
 from ctl.errors import CtlError
+from ctl.methods import method_label
 from ctl.models import build_model
 from ctl.training.checkpoints import model_state, read_checkpoint
-from ctl.training.fitting import fit_periods, make_datamodule, optimizer_from, write_predictions
+from ctl.training.fitting import (
+    fit_periods,
+    make_datamodule,
+    optimizer_from,
+    optimizer_name,
+    write_predictions,
+)
 from ctl.training.inherit import assemble_state, finetune_origins, optimizer_state_by_name
 from ctl.training.protocols.common import (
     ProductionTracks,
-    method_name,
     require_target,
     run_seed,
     transfer_metrics,
@@ -78,12 +84,13 @@ def run_finetune(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) 
     periods = list(range(first, schema.test_period))
     datamodule = make_datamodule(cfg, dataset, [target], periods, eval_domain=target, seed=seed)
     task = CTRTask(model, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)
-    optimizer_note = "fresh Adagrad"
+    optimizer_note = f"fresh {optimizer_name(cfg)}"
     if cfg.model.inherit_optimizer:
-        task.inherited_optimizer_state = _inherited_optimizer_state(model, origins, read)
-        optimizer_note = (f"Adagrad state of {len(task.inherited_optimizer_state)} copied parameters, "
+        task.inherit_optimizer_state(_inherited_optimizer_state(model, origins, read),
+                                     {str(checkpoints[origin]): c for origin, c in read.items()})
+        optimizer_note = (f"{optimizer_name(cfg)} state of {len(task.inherited_optimizer_state)} copied parameters, "
                           "each from the checkpoint it was copied from")
-    result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_name(cfg)} {schema.source}->{target}")
+    result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_label(cfg)} {schema.source}->{target}")
     write_predictions(run_dir / "predictions.parquet", result.predictions)
 
     used = [track_of[origin][0] for origin in checkpoints]

@@ -25,13 +25,19 @@ from omegaconf import DictConfig
 
 from ctl.data.dataset import Dataset
 from ctl.errors import CtlError
+from ctl.methods import method_label
 from ctl.training.checkpoints import model_state, read_checkpoint
-from ctl.training.fitting import fit_periods, make_datamodule, optimizer_from, write_predictions
+from ctl.training.fitting import (
+    fit_periods,
+    make_datamodule,
+    optimizer_from,
+    optimizer_name,
+    write_predictions,
+)
 from ctl.training.inherit import Inheritance
 from ctl.training.protocols.common import (
     ProductionTracks,
     build_transfer_model,
-    method_name,
     require_target,
     run_seed,
     transfer_metrics,
@@ -48,7 +54,7 @@ def init_from_production(model: torch.nn.Module, tracks: ProductionTracks, perio
     source, target = tracks.source.checkpoint(period), tracks.target.checkpoint(period)
     report = model.init_from(model_state(read_checkpoint(source)), model_state(read_checkpoint(target)))
     return {**Inheritance.from_report(report).as_dict(), "source_state": str(source),
-            "target_state": str(target), "optimizer": "fresh Adagrad"}
+            "target_state": str(target)}
 
 
 def run_joint(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> dict:
@@ -58,13 +64,13 @@ def run_joint(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     seed = run_seed(cfg, target)
     pl.seed_everything(seed, workers=True, verbose=False)
     model = build_transfer_model(cfg.model.net, schema, schema.source, target)
-    inherited = init_from_production(model, tracks, schema.t0 - 1)
+    inherited = {**init_from_production(model, tracks, schema.t0 - 1), "optimizer": f"fresh {optimizer_name(cfg)}"}
     periods = transfer_periods(schema)
-    domains = [schema.source, target] if cfg.model.get("source_rows", True) else [target]
+    domains = [schema.source, target] if cfg.model.source_rows else [target]
     datamodule = make_datamodule(cfg, dataset, domains, periods, eval_domain=target, seed=seed,
                                  domain_sequences=tuple(model.domain_sequences()))
     task = CTRTask(model, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)
-    result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_name(cfg)} {schema.source}->{target}")
+    result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_label(cfg)} {schema.source}->{target}")
     write_predictions(run_dir / "predictions.parquet", result.predictions)
     own = {**result.cost, "train_rows_by_domain": {d: int(dataset.select([d], periods).size) for d in domains}}
     return transfer_metrics(cfg, dataset, target, tracks, periods=result.periods, test=result.test,
