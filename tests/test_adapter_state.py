@@ -11,10 +11,10 @@ from hydra import compose, initialize_config_module
 
 from ctl.data.dataset import load_dataset
 from ctl.errors import CtlError
+from ctl.methods import method_label
 from ctl.models import build_model
 from ctl.models.ctnet import CTNet
 from ctl.training.checkpoints import read_checkpoint
-from ctl.methods import method_label
 from ctl.training.protocol import run_train
 from ctl.training.protocols.ctnet import start_adapter_state
 from hand_made import make_schema, small_backbone
