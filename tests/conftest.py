@@ -1,7 +1,8 @@
-"""Shared test data: a small random dataset that passes validation.
+"""Shared test data: a small random dataset that passes validation; the check for Lightning's chatter.
 
 ``make_random_dataset`` is a plain function so tests anywhere can call it
 (``from conftest import make_random_dataset``); ``tiny_dataset_path`` is the fixture form.
+``known_noise`` finds Lightning's known chatter in a command's output.
 """
 
 from __future__ import annotations
@@ -11,8 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ctl import quiet
 from ctl.data.dataset import write_dataset
 from ctl.data.schema import Feature, Schema
+
+
+def pytest_configure(config) -> None:
+    # in-process runs as `ctl` runs them, so the warnings summary shows only what is worth reading
+    quiet.install()
+
 
 RANDOM_DOMAINS: tuple[str, ...] = ("A", "B", "C")
 #: Timestamps per period: period p covers ts in [p * PERIOD_TICKS, (p+1) * PERIOD_TICKS).
@@ -125,3 +133,20 @@ def make_random_dataset(
 @pytest.fixture
 def tiny_dataset_path(tmp_path: Path) -> Path:
     return make_random_dataset(tmp_path)
+
+
+#: words of Lightning's known chatter, spelled independently of :data:`ctl.quiet.NOISE` so that a
+#: pattern there that no longer matches its message is caught too
+NOISE_WORDS: tuple[str, ...] = ("LeafSpec", "litlogger", "log_every_n_steps", "weights_only", "in eval mode",
+                                "GPU available", "TPU available", "`Trainer", "sync_dist", "distributed_backend",
+                                "Initializing distributed")
+
+
+def known_noise(output: str) -> list[str]:
+    """The entries of :data:`ctl.quiet.NOISE` and of :data:`NOISE_WORDS` found in a command's output."""
+    import re
+
+    from ctl.quiet import NOISE
+
+    found = [noise.message for noise in NOISE if re.search(noise.message, output)]
+    return found + [word for word in NOISE_WORDS if word in output]
