@@ -37,6 +37,7 @@ from ctl.training.callbacks import FIT_KEY
 from ctl.training.checkpoints import (
     AtomicCheckpointIO,
     load_model_state,
+    optimizer_state_by_name,
     read_checkpoint,
     resume_point,
 )
@@ -472,6 +473,20 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_reader(pristine, t
     assert path.exists()  # not taken for a stale checkpoint and removed: the user sees it and decides
     torch.load(path, weights_only=False)  # the file is what it claims: an unrestricted load runs its code
     assert marker.exists()
+
+
+def test_optimizer_state_is_mapped_by_name_only_when_the_counts_agree(pristine) -> None:
+    model = BaseModel(load_dataset(pristine).schema, small_backbone())
+    names = [name for name, _ in model.named_parameters()]
+    optimizer = adagrad(lr=0.1)([{"params": list(model.parameters())}])
+    checkpoint = {"optimizer_states": [optimizer.state_dict()]}
+    by_name = optimizer_state_by_name(checkpoint, names, "period_3.ckpt")
+    assert list(by_name) == names
+    assert all(by_name[n]["sum"].shape == p.shape for n, p in model.named_parameters())
+    with pytest.raises(CtlError, match=rf"^the optimiser state in period_3\.ckpt holds {len(names)} parameters but the "
+                                       rf"model it goes to has {len(names) - 1}; was it trained with another model\?$"):
+        optimizer_state_by_name(checkpoint, names[1:], "period_3.ckpt")
+    assert optimizer_state_by_name({}, names, "period_3.ckpt") == {}
 
 
 def run_sizes(cfg, **changes) -> BackboneConfig:

@@ -108,13 +108,27 @@ def load_model_state(module: torch.nn.Module, path: Path, what: str) -> dict:
     return checkpoint
 
 
-def optimizer_state_by_parameter(checkpoint: dict, parameters: list[torch.nn.Parameter]) -> dict:
-    """Map a checkpoint's first optimiser's per-index state onto ``parameters`` (same order)."""
+def optimizer_state_by_name(checkpoint: dict, names: list[str], source: Path | str) -> dict[str, dict]:
+    """A checkpoint's first optimiser's per-parameter state, keyed by parameter name.
+
+    ``names`` are the trained model's trainable parameter names in the order its optimiser held
+    them (for a base model: ``named_parameters()`` order). The optimiser stores its state by
+    position only, so a model with another parameter list would silently get the wrong state:
+    the counts must agree. A checkpoint without optimiser state gives ``{}``.
+
+    Raises:
+        CtlError: the optimiser held another number of parameters than ``names``, naming both
+            counts and ``source`` (the checkpoint, for the message).
+    """
     states = checkpoint.get("optimizer_states") or []
     if not states:
         return {}
+    held = sum(len(group["params"]) for group in states[0]["param_groups"])
+    if held != len(names):
+        raise CtlError(f"the optimiser state in {source} holds {held} parameters but the model it goes to has "
+                       f"{len(names)}; was it trained with another model?")
     indexed = states[0]["state"]
-    return {p: indexed[i] for i, p in enumerate(parameters) if i in indexed}
+    return {name: indexed[i] for i, name in enumerate(names) if i in indexed}
 
 
 def first_difference(saved: object, current: object, where: str = "") -> str | None:

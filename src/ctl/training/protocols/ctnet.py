@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from ctl.data.dataset import Dataset
 from ctl.models import build_model
 from ctl.training.callbacks import SourceRefresh
-from ctl.training.checkpoints import load_model_state, optimizer_state_by_parameter
+from ctl.training.checkpoints import load_model_state, optimizer_state_by_name
 from ctl.training.fitting import fit_periods, make_datamodule, optimizer_from, write_predictions
 from ctl.training.protocols.common import (
     ProductionTracks,
@@ -40,7 +40,11 @@ def run_ctnet(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     periods = transfer_periods(schema)
     datamodule = make_datamodule(cfg, dataset, [target], periods, eval_domain=target, seed=seed)
     task = CTRTask(net, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)
-    task.inherited_optimizer_state = optimizer_state_by_parameter(checkpoint, list(net.target.parameters()))
+    # every parameter of the tower: the base model it was trained as had none frozen (a frozen one here,
+    # e.g. shared attention, gets its state dropped by CTRTask.configure_optimizers)
+    tower = dict(net.target.named_parameters())
+    by_name = optimizer_state_by_name(checkpoint, list(tower), production)
+    task.inherited_optimizer_state = {tower[name]: state for name, state in by_name.items()}
     refresh = SourceRefresh(tracks.source.checkpoint, datamodule.period_of_epoch,
                             refresh=bool(cfg.model.refresh_source))
     result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_name(cfg)} {schema.source}->{target}",
