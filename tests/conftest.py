@@ -1,7 +1,9 @@
-"""Shared test data: a small random dataset that passes validation; and the check of a run's test metrics.
+"""Shared test data: a small random dataset that passes validation; the check of a run's test metrics;
+the check for Lightning's chatter.
 
 ``make_random_dataset`` is a plain function so tests anywhere can call it
 (``from conftest import make_random_dataset``); ``tiny_dataset_path`` is the fixture form.
+``known_noise`` finds Lightning's known chatter in a command's output.
 """
 
 from __future__ import annotations
@@ -16,9 +18,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from ctl import quiet
 from ctl.data.dataset import Dataset, write_dataset
 from ctl.data.schema import Feature, Schema
 from ctl.metrics import auc, gauc, logloss
+
+
+def pytest_configure(config) -> None:
+    # in-process runs as `ctl` runs them, so the warnings summary shows only what is worth reading
+    quiet.install()
+
 
 RANDOM_DOMAINS: tuple[str, ...] = ("A", "B", "C")
 #: Timestamps per period: period p covers ts in [p * PERIOD_TICKS, (p+1) * PERIOD_TICKS).
@@ -168,3 +177,20 @@ def assert_test_metrics_are_the_predictions(run_dir: Path, metrics: dict, datase
 @pytest.fixture
 def tiny_dataset_path(tmp_path: Path) -> Path:
     return make_random_dataset(tmp_path)
+
+
+#: words of Lightning's known chatter, spelled independently of :data:`ctl.quiet.NOISE` so that a
+#: pattern there that no longer matches its message is caught too
+NOISE_WORDS: tuple[str, ...] = ("LeafSpec", "litlogger", "log_every_n_steps", "weights_only", "in eval mode",
+                                "GPU available", "TPU available", "`Trainer", "sync_dist", "distributed_backend",
+                                "Initializing distributed")
+
+
+def known_noise(output: str) -> list[str]:
+    """The entries of :data:`ctl.quiet.NOISE` and of :data:`NOISE_WORDS` found in a command's output."""
+    import re
+
+    from ctl.quiet import NOISE
+
+    found = [noise.message for noise in NOISE if re.search(noise.message, output)]
+    return found + [word for word in NOISE_WORDS if word in output]

@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import known_noise
+
 CTL = [str(Path(sys.executable).with_name("ctl"))]
 
 
@@ -41,6 +43,45 @@ def test_train_help_and_cfg_job() -> None:
 def test_unknown_command_is_refused() -> None:
     proc = ctl("fly", check=False)
     assert proc.returncode == 2 and "unknown command 'fly'" in proc.stderr
+
+
+def test_the_demo_shows_world_tracks_progress_and_table_and_no_known_noise(tmp_path: Path) -> None:
+    proc = ctl("train", "model=ctnet", "data=synthetic_tiny", f"hydra.run.dir={tmp_path / 'run'}", home=tmp_path / "home")
+    output = proc.stdout + proc.stderr
+    assert known_noise(output) == [], output
+    for shown in ("synthetic world", "track base-A: period", "track base-B: period", "ctnet A->B: period",
+                  "ctnet: A -> B (seed 0)", "test (6)"):
+        assert shown in output, (shown, output)
+
+
+# `ctl eval` stands in for any command: it says what a run of ctl code could say, next to the known noise
+WARNS = """
+import logging, sys, warnings
+import ctl.report.cli
+from ctl import cli
+
+def say(argv):
+    warnings.warn_explicit("real problem", UserWarning, "fitting.py", 1, module="ctl.training.fitting")
+    fit_loop = "pytorch_lightning.loops.fit_loop"
+    warnings.warn_explicit("another fit-loop warning", UserWarning, "fit_loop.py", 1, module=fit_loop)
+    warnings.warn_explicit("Found 3 module(s) in eval mode at the start of training", UserWarning, "fit_loop.py", 2,
+                           module=fit_loop)
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    rank_zero.warning("another rank-zero line")
+    rank_zero.warning("GPU available: True (cuda), used: True")
+
+ctl.report.cli.eval_main = say
+cli.main(["eval", "anything"])
+"""
+
+
+def test_real_warnings_and_other_lines_of_the_same_modules_are_still_shown() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("CTL_COMMAND", "PYTHONWARNINGS")}
+    proc = subprocess.run([sys.executable, "-c", WARNS], check=True, capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert "UserWarning: real problem" in proc.stderr
+    assert "another fit-loop warning" in proc.stderr and "another rank-zero line" in proc.stderr
+    assert "in eval mode" not in proc.stderr and "GPU available" not in proc.stderr, proc.stderr
 
 
 @pytest.fixture(scope="module")

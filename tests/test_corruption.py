@@ -103,7 +103,7 @@ def track_of(home: Path) -> tracks.Track:
 def weights(track: tracks.Track) -> dict[str, torch.Tensor]:
     out = {}
     for path in sorted((track.path / "checkpoints").glob("period_*.ckpt")):
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         out.update({f"{path.name}/{k}": v for k, v in state.items()})
     return out
 

@@ -62,7 +62,7 @@ def checkpoint_tensors(run: dict) -> dict[str, torch.Tensor]:
     tensors = {}
     folder = Path(run["tracks"]["own"]) / "checkpoints"
     for path in sorted(folder.glob("period_*.ckpt")):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         tensors.update({f"{path.name}/{k}": v for k, v in checkpoint["state_dict"].items()})
         for index, state in checkpoint["optimizer_states"][0]["state"].items():
             tensors.update({f"{path.name}/optimizer/{index}/{k}": v for k, v in state.items()})

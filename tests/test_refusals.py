@@ -36,7 +36,13 @@ from ctl.io import atomic_write_json, check_writable, write_manifest
 from ctl.models.backbone import BackboneConfig
 from ctl.models.base import BaseModel
 from ctl.training.callbacks import FIT_KEY
-from ctl.training.checkpoints import load_model_state, read_checkpoint, resume_point
+from ctl.training.checkpoints import (
+    AtomicCheckpointIO,
+    load_model_state,
+    optimizer_state_by_name,
+    read_checkpoint,
+    resume_point,
+)
 from ctl.training.fitting import make_datamodule
 from ctl.training.protocol import run_train
 from ctl.training.task import CTRTask
@@ -455,6 +461,57 @@ def test_resume_true_refuses_foreign_and_damaged_checkpoints(pristine, tmp_path)
     assert not other.exists()
 
 
+class WritesAMarker:
+    """Unpickling this runs code: it creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def save_code_running_checkpoint(model: torch.nn.Module, path: Path, marker: Path) -> Path:
+    """A checkpoint with the right weights and an object whose unpickling creates ``marker``."""
+    return save_model(model, path, extra=WritesAMarker(marker))
+
+
+UNSAFE = r"holds objects other than tensors and plain data \(first found: exec\) and will not be loaded"
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_by_every_reader(pristine, tmp_path) -> None:
+    model = BaseModel(load_dataset(pristine).schema, small_backbone())
+    marker = tmp_path / "marker"
+    path = save_code_running_checkpoint(model, tmp_path / "last.ckpt", marker)
+    readers = {
+        "track": lambda: load_model_state(model, path, what="the model"),
+        "resume": lambda: resume_point(path, {"config": {}}, model, FIT_KEY, strict=False),
+        "resume=true": lambda: resume_point(path, {"config": {}}, model, FIT_KEY, strict=True),
+        "lightning": lambda: AtomicCheckpointIO().load_checkpoint(path),
+    }
+    for reader, read in readers.items():
+        with pytest.raises(CtlError, match=rf"^checkpoint {re.escape(str(path))} {UNSAFE}"):
+            read()
+        assert not marker.exists(), reader
+    assert path.exists()  # not taken for a stale checkpoint and removed: the user sees it and decides
+    torch.load(path, weights_only=False)  # the file is what it claims: an unrestricted load runs its code
+    assert marker.exists()
+
+
+def test_optimizer_state_is_mapped_by_name_only_when_the_counts_agree(pristine) -> None:
+    model = BaseModel(load_dataset(pristine).schema, small_backbone())
+    names = [name for name, _ in model.named_parameters()]
+    optimizer = torch.optim.Adagrad(list(model.parameters()), lr=0.1)
+    checkpoint = {"optimizer_states": [optimizer.state_dict()]}
+    by_name = optimizer_state_by_name(checkpoint, names, "period_3.ckpt")
+    assert list(by_name) == names
+    assert all(by_name[n]["sum"].shape == p.shape for n, p in model.named_parameters())
+    with pytest.raises(CtlError, match=rf"^the optimiser state in period_3\.ckpt holds {len(names)} parameters but the "
+                                       rf"model it goes to has {len(names) - 1}; was it trained with another model\?$"):
+        optimizer_state_by_name(checkpoint, names[1:], "period_3.ckpt")
+    assert optimizer_state_by_name({}, names, "period_3.ckpt") == {}
+
+
 def run_sizes(cfg, **changes) -> BackboneConfig:
     """The run's backbone sizes with ``changes``."""
     sizes = {k: v for k, v in cfg.model.size.items() if k != "_target_"}
@@ -485,6 +542,33 @@ def test_a_source_checkpoint_that_does_not_fit_the_source_tower_is_refused(track
     assert not (tmp_path / "checkpoints" / "period_4.ckpt").exists()
 
 
+def test_a_run_refuses_a_track_or_resume_checkpoint_that_would_run_code(tracks_home, tmp_path) -> None:
+    cfg = make_cfg(tracks_home, "model=ctnet", "data.domain=B")
+    marker = tmp_path / "marker"
+    schema = load_dataset(next((tracks_home / "datasets").glob("synthetic_tiny-*"))).schema
+    # a last.ckpt in the run folder, read before anything trains
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    resume = save_code_running_checkpoint(BaseModel(schema, run_sizes(cfg)), run_dir / "checkpoints" / "last.ckpt",
+                                          marker)
+    with pytest.raises(CtlError, match=rf"^checkpoint {re.escape(str(resume))} {UNSAFE}"):
+        run_train(cfg, run_dir)
+    assert not marker.exists()
+    # the target track's production model, in a track whose manifest verifies
+    target = next((tracks_home / "tracks").glob("base-B-*"))
+    production = target / "checkpoints" / f"period_{schema.t0 - 1}.ckpt"
+    original = production.read_bytes()
+    try:
+        save_code_running_checkpoint(BaseModel(schema, run_sizes(cfg)), production, marker)
+        write_manifest(target, skip=("logs",))
+        with pytest.raises(CtlError, match=rf"^checkpoint {re.escape(str(production))} {UNSAFE}"):
+            run_train(cfg, tmp_path / "other_run")
+        assert not marker.exists()
+    finally:  # the module's other tests use this track
+        production.write_bytes(original)
+        write_manifest(target, skip=("logs",))
+
+
 # --- diverging losses ----------------------------------------------------------------------------
 
 
@@ -498,7 +582,7 @@ def test_a_diverging_loss_stops_the_run_naming_period_and_step(home, tmp_path) -
     saved = list((home / "tracks").glob(".base-C-*.building/checkpoints/*.ckpt"))
     assert saved
     for path in saved:
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path.name
 
 

@@ -101,7 +101,7 @@ def reference(reference_dir) -> dict:
 
 
 def checkpoint_step(path: Path) -> tuple[int, int]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     return checkpoint["epoch"], checkpoint["global_step"]
 
 
@@ -181,7 +181,7 @@ def test_resume_true_refuses_a_checkpoint_of_another_config(home, reference_dir,
     assert [r["train_rows"] for r in changed["periods"]] == [r["train_rows"] for r in reference["periods"]]
     assert changed["test"] != reference["test"]
     for period in (4, 5):
-        saved = torch.load(tmp_path / "checkpoints" / f"period_{period}.ckpt", map_location="cpu", weights_only=False)
+        saved = torch.load(tmp_path / "checkpoints" / f"period_{period}.ckpt", map_location="cpu", weights_only=True)
         assert saved[FIT_KEY]["identity"]["config"]["optim"]["lr"] == 0.02
 
 

@@ -12,11 +12,13 @@ from ctl import errors
 
 
 def train_task(cfg: DictConfig) -> float | None:
+    from ctl import quiet
     from ctl.report.console import print_run
     from ctl.sweep_jobs import clear_failure, record_failure
     from ctl.training.distributed import is_rank_zero
     from ctl.training.protocol import run_train
 
+    quiet.install()  # again: a launcher may run this job in a process that never went through `ctl`
     hydra = HydraConfig.get()
     run_dir = Path(hydra.runtime.output_dir)
     if hydra.mode == RunMode.MULTIRUN:

@@ -44,6 +44,9 @@ def _fail(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ctl import quiet
+
+    quiet.install()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = os.environ.get("CTL_COMMAND") if _is_relaunch(argv) else None
     if command is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -25,6 +24,8 @@ import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from filelock import FileLock
 
 from ctl.errors import CtlError
 
@@ -220,12 +221,8 @@ def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock held while the block runs (other processes wait; a killed holder releases it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with FileLock(path):
+        yield
 
 
 def stable_hash(obj: object, length: int = 12) -> str:

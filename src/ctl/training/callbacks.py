@@ -82,12 +82,13 @@ class PeriodCheckpoints(Checkpoint):
         crash_point("train-batch")
         ends_period = batch_idx + 1 >= trainer.num_training_batches
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and not ends_period:
-            trainer.save_checkpoint(self.last_path)
+            trainer.save_checkpoint(self.last_path, weights_only=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         crash_point("period-end")
         path = self.dirpath / period_checkpoint_name(self.period_of_epoch(trainer.current_epoch))
-        trainer.save_checkpoint(path)
+        # the full state (optimiser, loops, callbacks): a resumed fit and the next method continue from it
+        trainer.save_checkpoint(path, weights_only=False)
         if trainer.is_global_zero:
             atomic_link(path, self.last_path)
         trainer.strategy.barrier("PeriodCheckpoints.last")
@@ -154,6 +155,10 @@ class PeriodProgressBar(RichProgressBar):
         self.period_of_epoch = period_of_epoch
         self.n_epochs = n_epochs
         self.label = label
+
+    @property
+    def test_description(self) -> str:
+        return f"{self.label}: test"
 
     def _get_train_description(self, current_epoch: int) -> str:
         period = self.period_of_epoch(current_epoch)

@@ -1,8 +1,15 @@
-"""Lightning checkpoints: written atomically, read with clear refusals, model weights and optimiser state."""
+"""Lightning checkpoints: written atomically, read with clear refusals, model weights and optimiser state.
+
+Every checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain containers
+only, so a checkpoint file cannot run code when it is loaded. ``ctl``'s checkpoints hold nothing
+else (no hyper-parameters object, RNG states as tensors); a file that does is refused.
+"""
 
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -28,13 +35,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
         atomic_write(Path(path), lambda handle: torch.save(checkpoint, handle))
 
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
+        # Lightning's resume reads through here: the same tensors-only load and refusal as ctl's own reads
+        if weights_only is False:
+            raise ValueError("AtomicCheckpointIO loads tensors and plain data only (weights_only=True)")
+        return load_checkpoint(Path(path), map_location="cpu" if map_location is None else map_location)
+
+
+def load_checkpoint(path: Path, map_location: object = "cpu") -> object:
+    """``torch.load`` of tensors and plain data only; a file holding anything else is refused unread.
+
+    Raises:
+        CtlError: the file holds other objects (their unpickling could run code), naming the file
+            and the first object the loader met.
+        Exception: whatever ``torch.load`` raises for a damaged file.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f"first found: {found.group(1)}" if found else "pickled code or objects"
+        raise CtlError(f"checkpoint {path} holds objects other than tensors and plain data ({what}) and will not "
+                       "be loaded, since loading them could run code; delete it (ctl rebuilds a deleted track, "
+                       "a run without it starts over)") from None
+
 
 def read_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CtlError(f"checkpoint {path} does not exist; rebuild the track it belongs to")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return load_checkpoint(path)
+    except CtlError:
+        raise
     except Exception as exc:  # noqa: BLE001 (a truncated or foreign file: say which one)
         raise CtlError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc}); "
                        "delete it so the track is rebuilt") from None
@@ -73,13 +108,27 @@ def load_model_state(module: torch.nn.Module, path: Path, what: str) -> dict:
     return checkpoint
 
 
-def optimizer_state_by_parameter(checkpoint: dict, parameters: list[torch.nn.Parameter]) -> dict:
-    """Map a checkpoint's first optimiser's per-index state onto ``parameters`` (same order)."""
+def optimizer_state_by_name(checkpoint: dict, names: list[str], source: Path | str) -> dict[str, dict]:
+    """A checkpoint's first optimiser's per-parameter state, keyed by parameter name.
+
+    ``names`` are the trained model's trainable parameter names in the order its optimiser held
+    them (for a base model: ``named_parameters()`` order). The optimiser stores its state by
+    position only, so a model with another parameter list would silently get the wrong state:
+    the counts must agree. A checkpoint without optimiser state gives ``{}``.
+
+    Raises:
+        CtlError: the optimiser held another number of parameters than ``names``, naming both
+            counts and ``source`` (the checkpoint, for the message).
+    """
     states = checkpoint.get("optimizer_states") or []
     if not states:
         return {}
+    held = sum(len(group["params"]) for group in states[0]["param_groups"])
+    if held != len(names):
+        raise CtlError(f"the optimiser state in {source} holds {held} parameters but the model it goes to has "
+                       f"{len(names)}; was it trained with another model?")
     indexed = states[0]["state"]
-    return {p: indexed[i] for i, p in enumerate(parameters) if i in indexed}
+    return {name: indexed[i] for i, name in enumerate(names) if i in indexed}
 
 
 def first_difference(saved: object, current: object, where: str = "") -> str | None:
@@ -113,8 +162,10 @@ def resume_point(path: Path, identity: dict, module: torch.nn.Module, fit_key: s
             log.warning("resume=true but %s does not exist: nothing to resume, starting from the beginning", path)
         return None
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(path)
         problem = _resume_problem(checkpoint, identity, module, path, fit_key)
+    except CtlError:
+        raise  # not a stale checkpoint to replace quietly: a file that would run code when loaded
     except Exception as exc:  # noqa: BLE001 (a damaged file: say what the reader said)
         problem = f"it cannot be read ({exc.__class__.__name__}: {exc})"
     if problem is None:

@@ -159,8 +159,7 @@ def fit_periods(
     with warnings.catch_warnings():
         # Lightning cannot see that the datamodule serves a resumed period from its first untrained batch.
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
-        # our own checkpoints (already read once by resume_point): they hold the config and the RNG state
-        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     trainer.test(task, datamodule=datamodule, verbose=False)
     # Finished: the last period's checkpoint now stands for last.ckpt (PeriodCheckpoints.latest).
     if is_rank_zero():  # under DDP only rank zero touches the files (ctl.training.distributed)

@@ -137,18 +137,3 @@ def assemble_state(module: torch.nn.Module, origins: Mapping[str, str],
         module.load_state_dict(copied, strict=False)
     return inheritance
 
-
-def optimizer_state_by_name(checkpoint: dict, names: list[str]) -> dict[str, dict]:
-    """A checkpoint's first optimiser's per-parameter state, keyed by parameter name.
-
-    ``names`` are the trained model's trainable parameter names in the order its optimiser held
-    them (for a base model: ``named_parameters()`` order).
-    """
-    states = checkpoint.get("optimizer_states") or []
-    if not states:
-        return {}
-    indexed = states[0]["state"]
-    if indexed and max(indexed) >= len(names):
-        raise CtlError(f"the checkpoint's optimiser holds {max(indexed) + 1} parameters but the model "
-                       f"has {len(names)}; was it trained with another model?")
-    return {name: indexed[i] for i, name in enumerate(names) if i in indexed}

@@ -36,7 +36,7 @@ def default_domains() -> dict[str, DomainSpec]:
         "B": DomainSpec(
             rows_per_period=6_144,
             test_rows=48_000,
-            user_share=0.3,
+            user_share=0.2,
             item_share=0.4,
             recent_item_share=0.02,
             intercept=-3.2,
@@ -53,7 +53,7 @@ def default_domains() -> dict[str, DomainSpec]:
         "C": DomainSpec(
             rows_per_period=2_040,
             test_rows=24_000,
-            user_share=0.2,
+            user_share=0.15,
             item_share=0.4,
             recent_item_share=0.4,
             intercept=-3.7,

@@ -18,7 +18,7 @@ from ctl.errors import CtlError
 from ctl.methods import method_label
 from ctl.models import build_model
 from ctl.training.callbacks import SourceRefresh
-from ctl.training.checkpoints import load_model_state, optimizer_state_by_parameter
+from ctl.training.checkpoints import load_model_state, optimizer_state_by_name
 from ctl.training.fitting import (
     fit_periods,
     make_datamodule,
@@ -48,8 +48,11 @@ def run_ctnet(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     periods = transfer_periods(schema)
     datamodule = make_datamodule(cfg, dataset, [target], periods, eval_domain=target, seed=seed)
     task = CTRTask(net, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)
-    task.inherit_optimizer_state(optimizer_state_by_parameter(checkpoint, list(net.target.parameters())),
-                                 {str(production): checkpoint})
+    # every parameter of the tower: the base model it was trained as had none frozen (a frozen one here,
+    # e.g. shared attention, gets its state dropped by CTRTask.configure_optimizers)
+    tower = dict(net.target.named_parameters())
+    by_name = optimizer_state_by_name(checkpoint, list(tower), production)
+    task.inherit_optimizer_state({tower[name]: state for name, state in by_name.items()}, {str(production): checkpoint})
     adapter_note = start_adapter_state(task.inherited_optimizer_state, net, str(cfg.model.adapter_state))
     refresh = SourceRefresh(tracks.source.checkpoint, datamodule.period_of_epoch,
                             refresh=bool(cfg.model.refresh_source))

@@ -31,7 +31,7 @@ from ctl.data.schema import Schema
 from ctl.errors import CtlError
 from ctl.methods import method_label
 from ctl.models import build_model
-from ctl.training.checkpoints import model_state, read_checkpoint
+from ctl.training.checkpoints import model_state, optimizer_state_by_name, read_checkpoint
 from ctl.training.fitting import (
     fit_periods,
     make_datamodule,
@@ -39,7 +39,7 @@ from ctl.training.fitting import (
     optimizer_name,
     write_predictions,
 )
-from ctl.training.inherit import assemble_state, finetune_origins, optimizer_state_by_name
+from ctl.training.inherit import assemble_state, finetune_origins
 from ctl.training.protocols.common import (
     ProductionTracks,
     require_target,
@@ -86,7 +86,7 @@ def run_finetune(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) 
     task = CTRTask(model, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)
     optimizer_note = f"fresh {optimizer_name(cfg)}"
     if cfg.model.inherit_optimizer:
-        task.inherit_optimizer_state(_inherited_optimizer_state(model, origins, read),
+        task.inherit_optimizer_state(_inherited_optimizer_state(model, origins, read, checkpoints),
                                      {str(checkpoints[origin]): c for origin, c in read.items()})
         optimizer_note = (f"{optimizer_name(cfg)} state of {len(task.inherited_optimizer_state)} copied parameters, "
                           "each from the checkpoint it was copied from")
@@ -108,9 +108,10 @@ def run_finetune(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) 
                             pre_transfer_periods=[r for r in result.periods if r["period"] < schema.t0])
 
 
-def _inherited_optimizer_state(model, origins: dict[str, str], checkpoints: dict[str, dict]) -> dict:
+def _inherited_optimizer_state(model, origins: dict[str, str], checkpoints: dict[str, dict],
+                               paths: dict[str, Path]) -> dict:
     names = [name for name, p in model.named_parameters() if p.requires_grad]
-    by_origin = {origin: optimizer_state_by_name(c, names) for origin, c in checkpoints.items()}
+    by_origin = {origin: optimizer_state_by_name(c, names, paths[origin]) for origin, c in checkpoints.items()}
     params = dict(model.named_parameters())
     return {params[name]: by_origin[origin][name] for name, origin in origins.items()
             if origin in by_origin and name in params and name in by_origin[origin]}
