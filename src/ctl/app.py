@@ -33,7 +33,7 @@ def train_task(cfg: DictConfig) -> float | None:
         with errors.friendly():
             metrics = run_train(cfg, run_dir)
     if cfg.print_table and is_rank_zero():
-        print_run(metrics)
+        print_run(metrics, run_dir=run_dir)
     return metrics["test"].get("auc")
 
 

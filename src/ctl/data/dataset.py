@@ -5,6 +5,13 @@ was made), ``format_version``, ``n_rows`` and ``n_events``. ``rows.parquet`` has
 feature as int64 plus :data:`ROW_COLUMNS`; ``history.parquet`` has :data:`HISTORY_COLUMNS`, sorted
 by ``(user_id, ts)``.
 
+A dataset may also hold ``oracle.parquet`` (:data:`ORACLE_FILE`): the true click probability
+``click_prob`` of some rows (by ``row``, their position in ``rows.parquet``), which only a
+simulator knows; the synthetic world keeps it for its test slice. It is evaluation data, never a
+feature: :func:`load_dataset` validates it but leaves it out of :class:`Dataset`, and
+:func:`load_click_prob` reads it for ``ctl eval``'s oracle row. Imported datasets have none. It is
+not part of ``meta.yaml``, so a dataset's fingerprint does not depend on it.
+
 Loading validates everything, vectorised, and refuses the first problem with a
 :class:`DatasetError` naming the file, column, first offending row (0-based, in that file) and
 value. Nothing is dropped or repaired silently; the only conversion allowed is an exact one
@@ -41,6 +48,9 @@ FORMAT_VERSION = 1
 META_FILE = "meta.yaml"
 ROWS_FILE = "rows.parquet"
 HISTORY_FILE = "history.parquet"
+ORACLE_FILE = "oracle.parquet"
+#: ``oracle.parquet`` columns: ascending row positions in ``rows.parquet``, their click probabilities
+ORACLE_COLUMNS: dict[str, np.dtype] = {"row": np.dtype(np.int64), "click_prob": np.dtype(np.float64)}
 #: Parquet row-group size: large enough for fast scans, small enough to bound reader memory.
 ROW_GROUP_SIZE = 1_000_000
 
@@ -246,6 +256,35 @@ def _to_disk_dtypes(columns: dict[str, np.ndarray], dtypes: dict[str, np.dtype])
     return {name: columns[name].astype(dtype, copy=False) for name, dtype in dtypes.items()}
 
 
+def _validate_click_prob(row: np.ndarray, click_prob: np.ndarray, n_rows: int) -> None:
+    """Refuse oracle rows that are not strictly ascending positions of ``rows.parquet``, and
+    probabilities outside [0, 1] (NaN included)."""
+    if row.shape != click_prob.shape or row.ndim != 1:
+        raise DatasetError(ORACLE_FILE, f"row and click_prob must be 1-d of one length, got {row.shape} and "
+                                        f"{click_prob.shape}")
+    _check_range(ORACLE_FILE, "row", row, 0, n_rows, f"the {n_rows} rows of {ROWS_FILE}")
+    _refuse_first(ORACLE_FILE, "row", row, np.concatenate([[False], row[1:] <= row[:-1]]),
+                  "is not above the row before it (rows must be strictly ascending)")
+    _refuse_first(ORACLE_FILE, "click_prob", click_prob, ~((click_prob >= 0.0) & (click_prob <= 1.0)),
+                  "is not a probability in [0, 1]")
+
+
+def _oracle_table(click_prob: np.ndarray | None, n_rows: int, order: np.ndarray | None) -> pa.Table | None:
+    """``oracle.parquet`` of a per-row ``click_prob`` ``[n_rows]`` (NaN: unknown); None if none is known."""
+    if click_prob is None:
+        return None
+    prob = np.asarray(click_prob, dtype=np.float64)
+    if prob.shape != (n_rows,):
+        raise DatasetError(ORACLE_FILE, f"click_prob has shape {prob.shape}, the rows are {n_rows}", column="click_prob")
+    if order is not None:
+        prob = prob[order]
+    row = np.flatnonzero(~np.isnan(prob)).astype(np.int64)
+    if row.size == 0:
+        return None
+    _validate_click_prob(row, prob[row], n_rows)
+    return pa.table({"row": row, "click_prob": prob[row]})
+
+
 # --- writing -----------------------------------------------------------------------------------
 
 
@@ -282,6 +321,7 @@ def write_dataset(
     history: dict[str, np.ndarray],
     provenance: dict,
     validate: bool = True,
+    click_prob: np.ndarray | None = None,
 ) -> Path:
     """Write a dataset folder atomically and return its path.
 
@@ -297,6 +337,8 @@ def write_dataset(
         history: ``history.parquet`` columns, int arrays ``[n_events]``.
         provenance: plain YAML-serialisable description of how the data was made.
         validate: run the load-time validation first (off only to write deliberately broken data).
+        click_prob: float ``[n_rows]``, the true click probability of each row as given (NaN where
+            unknown), written to ``oracle.parquet`` for the known rows; None (or all NaN): no file.
     """
     path = Path(path)
     if path.exists():
@@ -309,6 +351,7 @@ def write_dataset(
     order = _rows_order(rows64) if rows64["label"].shape[0] > 1 else None
     if order is not None:
         rows64 = {name: values[order] for name, values in rows64.items()}
+    oracle_table = _oracle_table(click_prob, rows64["label"].shape[0], order)
     rows_table = pa.table(_to_disk_dtypes(rows64, row_types))
     history_table = pa.table(_to_disk_dtypes(history64, history_types))
     meta = {
@@ -330,6 +373,8 @@ def write_dataset(
         _write_synced(
             staging / HISTORY_FILE, lambda f: pq.write_table(history_table, f, row_group_size=ROW_GROUP_SIZE)
         )
+        if oracle_table is not None:
+            _write_synced(staging / ORACLE_FILE, lambda f: pq.write_table(oracle_table, f))
         # meta.yaml last: a folder holding it has both data files complete.
         _write_synced(staging / META_FILE, lambda f: f.write(meta_text.encode()))
         _fsync_dir(staging)
@@ -344,6 +389,42 @@ def write_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def add_click_prob(path: Path | str, click_prob: np.ndarray) -> Path:
+    """Add ``oracle.parquet`` to the existing dataset ``path`` (atomically: a temporary file renamed).
+
+    ``click_prob``: float ``[n_rows]`` in the stored row order, NaN where unknown. The other files
+    are left as they are, so the dataset keeps its fingerprint.
+    """
+    folder = Path(path)
+    meta, _ = _read_meta(folder)
+    table = _oracle_table(click_prob, int(meta["n_rows"]), None)
+    if table is None:
+        raise DatasetError(ORACLE_FILE, "click_prob knows no row: nothing to write")
+    staging = folder / f".{ORACLE_FILE}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        _write_synced(staging, lambda f: pq.write_table(table, f))
+        os.replace(staging, folder / ORACLE_FILE)
+        _fsync_dir(folder)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    return folder / ORACLE_FILE
+
+
+def load_click_prob(path: Path | str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(row, click_prob)`` of the dataset's ``oracle.parquet`` (int64 and float64 ``[K]``, rows
+    ascending), validated; None when the dataset has no such file."""
+    folder = Path(path)
+    if not (folder / ORACLE_FILE).is_file():
+        return None
+    meta, _ = _read_meta(folder)
+    columns = _read_columns(folder, ORACLE_FILE, ORACLE_COLUMNS)
+    row = _exact_int64(ORACLE_FILE, "row", columns["row"])
+    click_prob = columns["click_prob"].astype(np.float64, copy=False)
+    _validate_click_prob(row, click_prob, int(meta["n_rows"]))
+    return row, click_prob
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -433,8 +514,19 @@ class Dataset:
 
     def fingerprint(self) -> str:
         """Short hash of the meta content (schema, provenance, sizes), for cache keys."""
-        text = yaml.safe_dump(self.meta, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return fingerprint_of(self.meta)
+
+
+def fingerprint_of(meta: dict) -> str:
+    """:meth:`Dataset.fingerprint` of a dataset whose ``meta.yaml`` holds ``meta``."""
+    text = yaml.safe_dump(meta, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_fingerprint(path: Path | str) -> str:
+    """The fingerprint of the dataset folder ``path``, from its ``meta.yaml`` alone."""
+    meta, _ = _read_meta(Path(path))
+    return fingerprint_of(meta)
 
 
 def load_dataset(path: Path | str, validate: bool = True) -> Dataset:
@@ -457,6 +549,7 @@ def load_dataset(path: Path | str, validate: bool = True) -> Dataset:
         )
     if validate:
         validate_columns(schema, rows, history)
+        load_click_prob(folder)
     elif n_rows == 0:
         raise DatasetError(ROWS_FILE, "the dataset has no rows")
     user_history = UserHistory.from_columns(

@@ -5,16 +5,21 @@ A data config either points at a dataset folder (``path: ...``) or describes how
 datasets live in ``<home>/datasets/<name>-<key>``, keyed by the generator config (or the import
 schema and the input files' sizes and times), and are made once (under a file lock, so
 concurrent jobs of a sweep wait for the first instead of generating twice).
+
+A generated dataset made before generators kept the true click probabilities of the test slice
+(``oracle.parquet``) gets them added once, if its generator can (``add_oracle``): the rest of the
+folder, and so its fingerprint, stays as it is.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ctl.data.dataset import Dataset, DatasetError, load_dataset
+from ctl.data.dataset import ORACLE_FILE, Dataset, DatasetError, load_dataset
 from ctl.errors import CtlError
 from ctl.io import check_writable, file_lock, stable_hash
 
@@ -44,6 +49,8 @@ def ensure_dataset(data_cfg: DictConfig, home: str | Path, progress: bool = True
                            "make one with `ctl data generate` or `ctl data import`")
         return path
     if (path / "meta.yaml").exists():
+        if data_cfg.get("generator") is not None and not (path / ORACLE_FILE).exists():
+            _add_oracle(data_cfg, path, progress)
         return path
     check_writable(path.parent, "the dataset cache (home= or CTL_HOME)")
     with file_lock(path.parent / f".{path.name}.lock"):
@@ -55,6 +62,16 @@ def ensure_dataset(data_cfg: DictConfig, home: str | Path, progress: bool = True
             else:
                 instantiate(data_cfg.generator).generate(path, progress=progress)
     return path
+
+
+def _add_oracle(data_cfg: DictConfig, path: Path, progress: bool) -> None:
+    generator = instantiate(data_cfg.generator)
+    # a read-only shared cache still trains; only ctl eval's oracle row is missing then
+    if not hasattr(generator, "add_oracle") or not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        return
+    with file_lock(path.parent / f".{path.name}.lock"):
+        if not (path / ORACLE_FILE).exists():
+            generator.add_oracle(path, progress=progress)
 
 
 def load_for(data_cfg: DictConfig, home: str | Path, progress: bool = True) -> Dataset:

@@ -19,13 +19,16 @@ from ctl.methods import BASE
 from ctl.report import render, tables, views
 from ctl.report.runs import Run, by_dataset, find_runs
 
-TABLES: tuple[str, ...] = ("overall", "periods", "finetune", "coldstart", "cost")
+TABLES: tuple[str, ...] = ("overall", "periods", "finetune", "coldstart", "cost", "findings")
 FORMATS: tuple[str, ...] = ("table", "json", "csv", "markdown")
 DEFAULT_BOOTSTRAP = 1000
+#: ctl.data.dataset.ORACLE_FILE, spelled out: importing that module loads torch, which imported data never needs here
+ORACLE_FILE = "oracle.parquet"
 
 DESCRIPTION = """Read run folders and sweep folders (searched recursively for metrics.json) and print
 the paper's tables: rows = methods, mean ± std over seeds, deltas vs the base row. Nothing is
-re-trained; the cold-start table also reads the dataset each run names (dataset_path)."""
+re-trained; the cold-start table also reads the dataset each run names (dataset_path). On a
+synthetic world every table gets an oracle row: the true click probabilities of the test rows."""
 
 EPILOG = """tables:
   overall    Table 2: test AUC / GAUC per target domain, own training rows, significance vs base
@@ -33,6 +36,8 @@ EPILOG = """tables:
   finetune   Table 4: fine-tuning runs by model.finetune_periods, beside base and CTNet
   coldstart  Table 5: gains over base on new vs old users and items of the target domain
   cost       training rows and seconds (own and total) beside AUC / GAUC gains
+  findings   the paper's six findings, each with a verdict (holds / does not hold / mixed /
+             not measured), the numbers behind it and the rule used (ctl sweep experiment=paper)
   all        every table the runs allow
 
 examples:
@@ -67,46 +72,83 @@ class Options:
     versus: str = BASE
 
 
-def _overall(runs: Sequence[Run], options: Options) -> Built:
+@dataclass(frozen=True)
+class Runs:
+    """The runs of one dataset and, on a synthetic world, the oracle per target
+    (:func:`ctl.report.oracle.oracle_by_target`; empty otherwise)."""
+
+    runs: Sequence[Run]
+    oracle: dict = field(default_factory=dict)
+
+
+def _with_oracle(table: str, records: list[dict], given: Runs) -> list[dict]:
+    if not given.oracle:
+        return records
+    from ctl.report.oracle import add_oracle
+
+    return add_oracle(table, records, given.oracle)
+
+
+def _overall(given: Runs, options: Options) -> Built:
     significance = None
     if options.bootstrap > 0:
         # imported here: it loads torch (through ctl.metrics), which --help and --bootstrap 0 do not need
         from ctl.report.significance import significance_by_row
 
-        significance = significance_by_row(runs, options.bootstrap, options.versus)
-    records = tables.overall_records(runs, significance)
+        significance = significance_by_row(given.runs, options.bootstrap, options.versus)
+    records = _with_oracle("overall", tables.overall_records(given.runs, significance), given)
     shown = [views.overall_view(records)]
     if significance:
         shown.append(views.significance_view(records))
     return records, shown
 
 
-def _periods(runs: Sequence[Run], options: Options) -> Built:
-    records = tables.period_records(runs)
+def _periods(given: Runs, options: Options) -> Built:
+    records = _with_oracle("periods", tables.period_records(given.runs), given)
     return records, views.period_views(records)
 
 
-def _finetune(runs: Sequence[Run], options: Options) -> Built:
-    records = tables.finetune_records(runs)
+def _finetune(given: Runs, options: Options) -> Built:
+    records = _with_oracle("finetune", tables.finetune_records(given.runs), given)
     return records, [views.finetune_view(records)]
 
 
-def _coldstart(runs: Sequence[Run], options: Options) -> Built:
+def _coldstart(given: Runs, options: Options) -> Built:
     # imported here for the same reason as the significance module
     from ctl.report.coldstart import coldstart_records
 
-    records = coldstart_records(runs)
+    records = coldstart_records(given.runs, given.oracle)
     return records, views.coldstart_views(records)
 
 
-def _cost(runs: Sequence[Run], options: Options) -> Built:
-    records = tables.cost_records(runs)
+def _cost(given: Runs, options: Options) -> Built:
+    records = _with_oracle("cost", tables.cost_records(given.runs), given)
     return records, [views.cost_view(records)]
 
 
-BUILDERS: dict[str, Callable[[Sequence[Run], Options], Built]] = {
+def _findings(given: Runs, options: Options) -> Built:
+    # imported here for the same reason as the significance module
+    from ctl.report.findings import findings_records
+
+    records = findings_records(given.runs, options.bootstrap)
+    return records, [views.findings_view(records)]
+
+
+BUILDERS: dict[str, Callable[[Runs, Options], Built]] = {
     "overall": _overall, "periods": _periods, "finetune": _finetune, "coldstart": _coldstart, "cost": _cost,
+    "findings": _findings,
 }
+
+
+def _oracle_of(runs: Sequence[Run]) -> tuple[dict, str | None]:
+    """The oracle per target of one dataset's runs, and why a synthetic dataset has none."""
+    keeps = any(run.dataset_path is not None and (run.dataset_path / ORACLE_FILE).is_file() for run in runs)
+    generated = any(any(k.startswith("data.generator") for k in run.settings) for run in runs)
+    if not keeps and not generated:
+        return {}, None  # imported data: no oracle to speak of, and no torch import for it
+    from ctl.report.oracle import oracle_by_target
+
+    return oracle_by_target(runs)
 
 
 def evaluate(paths: Sequence[Path], table_names: Sequence[str], bootstrap: int = DEFAULT_BOOTSTRAP,
@@ -126,11 +168,17 @@ def evaluate(paths: Sequence[Path], table_names: Sequence[str], bootstrap: int =
     if len(groups) > 1:
         report.notes.append(f"these runs come from {len(groups)} datasets ({', '.join(groups)}); "
                             "each dataset gets its own tables")
+    given = {}
+    for dataset, runs in groups.items():
+        oracle, reason = _oracle_of(runs)
+        given[dataset] = Runs(runs, oracle)
+        if reason:
+            report.notes.append(f"no oracle row{'' if len(groups) == 1 else f' for dataset {dataset}'}: {reason}")
     for table in wanted:
         refusals = []
-        for dataset, runs in groups.items():
+        for dataset in groups:
             try:
-                records, shown = BUILDERS[table](runs, Options(bootstrap, versus))
+                records, shown = BUILDERS[table](given[dataset], Options(bootstrap, versus))
             except CtlError as exc:
                 refusals.append(str(exc) if len(groups) == 1 else f"dataset {dataset}: {exc}")
                 continue
@@ -182,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="+", metavar="PATH", type=Path,
                         help="run folders, sweep folders (searched recursively) or metrics.json files")
     parser.add_argument("--table", action="append", choices=(*TABLES, "all"), metavar="NAME",
-                        help="which table: overall (default), periods, finetune, coldstart, cost or all; repeatable")
+                        help="which table: overall (default), periods, finetune, coldstart, cost, findings or all; "
+                             "repeatable")
     parser.add_argument("--format", choices=FORMATS, default="table",
                         help="stdout format: rich tables (default), json (the records, see docs/eval.md), "
                              "csv (the records, one per line) or markdown")

@@ -1,9 +1,26 @@
-"""Rich tables of one run: per-period and test AUC/GAUC beside the base model's."""
+"""Rich tables of one run: per-period and test AUC/GAUC beside the base model's.
+
+Under the table of a transfer run (``ctl train``'s last words, e.g. ``make demo``), lines that say
+whether the run really beats its base, computed on the predictions the run folder keeps:
+
+* the test slice: the paired user-bootstrap 95% intervals of ΔAUC and ΔGAUC and DeLong's p for
+  ΔAUC (:func:`ctl.report.significance.compare_paired`, the numbers of ``ctl eval``);
+* on a synthetic world, the oracle (the true click probabilities) and the share of base's
+  headroom the run covers (:mod:`ctl.report.oracle`);
+* a warning where, on a validated slice, the interval of ΔAUC or ΔGAUC lies entirely below 0:
+  the method is worse than the model it would replace, beyond the noise.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+#: bootstrap resamples of the lines under a run's table (as ``ctl eval``'s default)
+RESAMPLES = 1000
 
 
 def _fmt(value: float | None) -> str:
@@ -56,5 +73,108 @@ def run_table(metrics: dict) -> Table:
     return table
 
 
-def print_run(metrics: dict, console: Console | None = None) -> None:
-    (console or Console()).print(run_table(metrics))
+def _interval(result: dict) -> str:
+    return f"{result['delta']:+.4f} [{result['low']:+.4f}, {result['high']:+.4f}]"
+
+
+def _verdict(result: dict) -> str:
+    above = [name for name, m in (("AUC", "auc"), ("GAUC", "gauc")) if result[m]["low"] > 0]
+    below = [name for name, m in (("AUC", "auc"), ("GAUC", "gauc")) if result[m]["high"] < 0]
+    if above and below:
+        return f"significant: {above[0]} above base, {below[0]} below"
+    if above or below:
+        return f"significantly {'above' if above else 'below'} base ({' and '.join(above or below)})"
+    return "not significant (both intervals contain 0)"
+
+
+def _baseline_file(run_dir: Path, metrics: dict, name: str) -> Path | None:
+    """The target base track's ``name`` file: the run's own copy, else the track's."""
+    own = run_dir / f"baseline_{name}"
+    if own.is_file():
+        return own
+    track = (metrics.get("tracks") or {}).get("target")
+    return Path(track) / name if track and (Path(track) / name).is_file() else None
+
+
+def _test_lines(metrics: dict, run_dir: Path, n_resamples: int) -> list[Text]:
+    from ctl.metrics import auc, gauc
+    from ctl.report.oracle import NoOracle, headroom_share, oracle_probabilities
+    from ctl.report.significance import compare_paired, load_predictions, paired_predictions
+
+    base_path = _baseline_file(run_dir, metrics, "predictions.parquet")
+    if base_path is None or not (run_dir / "predictions.parquet").is_file():
+        return []
+    method = metrics["method"]
+    model, base = paired_predictions(load_predictions(run_dir / "predictions.parquet"), load_predictions(base_path),
+                                     f"{method} on {metrics['target']}")
+    result = compare_paired(model.label, model.pred, base, model.user_id, n_resamples)
+    lines = [Text(f"test: {method} − base  ΔAUC {_interval(result['auc'])} (DeLong p {result['auc']['p_value']:.2g})  "
+                  f"ΔGAUC {_interval(result['gauc'])}  → {_verdict(result)}", style="bold")]
+    dataset_path = metrics.get("dataset_path")
+    try:
+        truth = oracle_probabilities(Path(dataset_path) if dataset_path else None, metrics["dataset"], model.row)
+    except NoOracle:
+        return lines
+    scores = {"AUC": lambda p: auc(p, model.label), "GAUC": lambda p: gauc(p, model.label, model.user_id)}
+    oracle, shares = {}, []
+    for name, score in scores.items():
+        oracle[name], own, reference = score(truth), score(model.pred), score(base)
+        share = headroom_share(own - reference, reference, oracle[name])
+        shares.append(f"{'-' if share is None else f'{share:.0%}'} ({name})")
+    lines.append(Text(f"oracle (true click probabilities): AUC {oracle['AUC']:.4f}  GAUC {oracle['GAUC']:.4f}  → "
+                      f"{method} covers {' / '.join(shares)} of base's headroom"))
+    return lines
+
+
+def _validation_lines(metrics: dict, run_dir: Path, n_resamples: int) -> list[Text]:
+    from ctl.report.significance import compare_paired, load_val_predictions, paired_predictions
+
+    own = run_dir / "val_predictions.parquet"
+    if not own.is_file():
+        return []
+    base_path = _baseline_file(run_dir, metrics, "val_predictions.parquet")
+    if base_path is None:
+        return [Text("validation not paired with base: its track keeps no validation predictions (built before "
+                     "ctl kept them)", style="dim")]
+    method, model_by_period, base_by_period = metrics["method"], load_val_predictions(own), load_val_predictions(base_path)
+    worse = []
+    for row in metrics["periods"]:
+        period = row["period"]
+        if period not in model_by_period or period not in base_by_period:
+            continue
+        model, base = paired_predictions(model_by_period[period], base_by_period[period],
+                                         f"{method} validated after period {period}")
+        try:
+            result = compare_paired(model.label, model.pred, base, model.user_id, n_resamples)
+        except ValueError:  # a slice too small for a metric: nothing to say about it
+            continue
+        below = [f"Δ{name} {_interval(result[m])}" for name, m in (("AUC", "auc"), ("GAUC", "gauc"))
+                 if result[m]["high"] < 0]
+        if below:
+            worse.append(f"{period} → {row['eval_period']}: {', '.join(below)}")
+    if not worse:
+        return []
+    return [Text(f"warning: on validation {method} is below base beyond the noise (95% paired interval entirely "
+                 f"below 0) — {'; '.join(worse)}. On this data it does worse than the model it would replace.",
+                 style="bold red")]
+
+
+def comparison_lines(metrics: dict, run_dir: Path, n_resamples: int = RESAMPLES) -> list[Text]:
+    """The lines under a transfer run's table (see the module docstring); none for a run without base."""
+    from ctl.errors import CtlError
+
+    if not metrics.get("baseline"):
+        return []
+    try:
+        return _test_lines(metrics, run_dir, n_resamples) + _validation_lines(metrics, run_dir, n_resamples)
+    except (CtlError, ValueError, OSError) as exc:
+        return [Text(f"no paired comparison with base: {str(exc).strip()}", style="dim")]
+
+
+def print_run(metrics: dict, console: Console | None = None, run_dir: Path | None = None) -> None:
+    """The run's table; with its folder ``run_dir``, the paired comparison with base under it."""
+    console = console or Console()
+    console.print(run_table(metrics))
+    if run_dir is not None:
+        for line in comparison_lines(metrics, Path(run_dir)):
+            console.print(line)

@@ -3,7 +3,10 @@
 Every record has every key of :data:`RECORD_KEYS` (None where it does not apply), so the shape
 is the same for every table; ``docs/eval.md`` documents each key. Means are over seeds, ``std``
 is the sample standard deviation (ddof=1; None for one seed), and deltas vs base are paired by
-seed: ``delta`` is the mean of ``value(seed) - base(seed)`` over the seeds both have.
+seed: ``delta`` is the mean of ``value(seed) - base(seed)`` over the seeds both have. On a
+synthetic dataset ``oracle`` is the true click probabilities' value of the same metric and slice,
+and ``headroom_share`` = ``delta / (oracle - base)``. Records of the ``findings`` table use
+``finding``, ``verdict``, ``rule`` and ``evidence`` (see :mod:`ctl.report.findings`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from ctl.report.runs import Run
 RECORD_KEYS: tuple[str, ...] = (
     "table", "dataset", "dataset_name", "model", "method", "source", "target", "slice", "period",
     "eval_period", "finetune_periods", "metric", "mean", "std", "n", "seeds", "values", "base",
-    "delta", "delta_std", "delta_n", "rows", "significance",
+    "delta", "delta_std", "delta_n", "rows", "significance", "oracle", "headroom_share", "finding", "verdict",
+    "rule", "evidence",
 )
 
 

@@ -12,16 +12,17 @@ from rich.table import Table
 from rich.text import Text
 
 from ctl.report.records import RECORD_KEYS
-from ctl.report.views import Cell, View
+from ctl.report.views import Cell, View, evidence_text
 
-#: CSV columns: every record key, lists joined by ";", significance spread over five columns.
+#: CSV columns: every record key, lists joined by ";", significance spread over five columns, a
+#: finding's evidence in words.
 CSV_COLUMNS: tuple[str, ...] = tuple(k for k in RECORD_KEYS if k != "significance") + (
     "sig_versus", "sig_resamples", "sig_tested_seeds", "sig_significant_seeds", "sig_intervals",
 )
 
 
 def _rich_cell(cell: Cell) -> Text:
-    text = Text(cell.text, style="bold" if cell.bold else "")
+    text = Text(cell.text, style=" ".join(s for s in ("bold" if cell.bold else "", cell.style) if s))
     if cell.delta is not None:
         colour = "green" if cell.delta > 0 else "red" if cell.delta < 0 else "white"
         delta = f"{cell.delta:+.4f}"
@@ -32,7 +33,7 @@ def _rich_cell(cell: Cell) -> Text:
 def rich_table(view: View) -> Table:
     table = Table(title=view.title, caption=view.caption or None, title_justify="left")
     for i, header in enumerate(view.headers):
-        table.add_column(header, justify="left" if i == 0 else "right", overflow="fold")
+        table.add_column(header, justify="left" if i in view.text_columns else "right", overflow="fold")
     for i, row in enumerate(view.rows):
         if i in view.sections and i > 0:
             table.add_section()
@@ -49,7 +50,7 @@ def _markdown_cell(cell: Cell) -> str:
     text = f"**{cell.text}**" if cell.bold and cell.text else cell.text
     if cell.delta is not None:
         text = f"{text} ({cell.delta:+.4f})" if text else f"{cell.delta:+.4f}"
-    return text.replace("|", "\\|") or " "
+    return text.replace("|", "\\|").replace("\n", "<br>") or " "
 
 
 def markdown(views: Sequence[View]) -> str:
@@ -57,7 +58,7 @@ def markdown(views: Sequence[View]) -> str:
     parts = []
     for view in views:
         lines = [f"### {view.title}", "", "| " + " | ".join(view.headers) + " |",
-                 "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(view.headers))) + "|"]
+                 "|" + "|".join(":---" if i in view.text_columns else "---:" for i in range(len(view.headers))) + "|"]
         lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in view.rows]
         if view.caption:
             lines += ["", f"_{view.caption}_"]
@@ -73,6 +74,7 @@ def _csv_row(rec: dict) -> dict:
     row = {k: rec[k] for k in RECORD_KEYS if k != "significance"}
     row["seeds"] = ";".join(str(s) for s in rec["seeds"])
     row["values"] = ";".join(repr(v) for v in rec["values"])
+    row["evidence"] = evidence_text(rec["evidence"]) if rec["evidence"] else None
     sig = rec["significance"]
     if sig:
         row.update(sig_versus=sig["versus"], sig_resamples=sig["resamples"], sig_tested_seeds=sig["tested_seeds"],

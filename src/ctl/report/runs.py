@@ -26,6 +26,7 @@ from ctl.methods import BASE, method_rank
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 PREDICTIONS_FILE = "predictions.parquet"
+BASELINE_PREDICTIONS_FILE = "baseline_predictions.parquet"
 
 # config keys that say where or how verbosely a run ran, not what it computed
 _NEUTRAL_KEYS = ("seed", "home", "progress", "print_table", "resume", "logger", "data.domain")
@@ -54,7 +55,8 @@ class Run:
 
     ``label`` is the row name (the method, plus the settings that set it apart from other runs of
     the same method, if any); ``settings`` the run's flattened config without neutral keys;
-    ``base_track_predictions`` the target base track's predictions a transfer run recorded;
+    ``base_track`` the target base track a transfer run recorded, ``base_track_predictions`` its
+    test predictions;
     ``from_baseline`` marks a base row read from another run's ``baseline`` record.
     """
 
@@ -72,6 +74,7 @@ class Run:
     test: dict
     cost: Cost
     predictions: Path | None
+    base_track: str | None
     base_track_predictions: Path | None
     finetune_periods: str | None
     settings: dict
@@ -150,6 +153,10 @@ def read_run(metrics_path: Path, metrics: dict) -> Run:
     target, model = str(metrics["target"]), str(metrics["model"])
     predictions = run_dir / PREDICTIONS_FILE
     target_track = (metrics.get("tracks") or {}).get("target")
+    base_track_predictions = None
+    if target_track:
+        own_copy = run_dir / BASELINE_PREDICTIONS_FILE
+        base_track_predictions = own_copy if own_copy.is_file() else Path(target_track) / PREDICTIONS_FILE
     dataset_path = metrics.get("dataset_path")
     return Run(
         path=run_dir,
@@ -166,7 +173,8 @@ def read_run(metrics_path: Path, metrics: dict) -> Run:
         test=dict(metrics["test"]),
         cost=_cost(metrics, model, target),
         predictions=predictions if predictions.is_file() else None,
-        base_track_predictions=Path(target_track) / PREDICTIONS_FILE if target_track else None,
+        base_track=str(target_track) if target_track else None,
+        base_track_predictions=base_track_predictions,
         finetune_periods=_finetune_periods(metrics, settings),
         settings=settings,
     )
@@ -211,7 +219,7 @@ def _baseline_runs(runs: list[Run], metrics_by_path: dict[Path, dict], notes: li
         if not baseline or key in covered:
             continue
         if key in added:
-            if added[key].predictions != run.base_track_predictions:
+            if added[key].base_track != run.base_track:
                 notes.append(f"{run.path} and {added[key].path} recorded different base tracks for target "
                              f"{run.target}, seed {run.seed}; base is read from the latter's")
             continue

@@ -41,23 +41,43 @@ class Predictions:
     pred: np.ndarray
 
 
-@functools.lru_cache(maxsize=256)
-def read_predictions(path: Path) -> Predictions:
-    """Read (once per process) a ``predictions.parquet``; refuses missing columns and repeated rows."""
-    if not path.is_file():
-        raise CtlError(f"{path} is missing; the run's test predictions are needed here")
-    names = pq.read_schema(path).names
-    missing = [c for c in PREDICTION_COLUMNS if c not in names]
-    if missing:
-        raise CtlError(f"{path} lacks the columns {missing} (expected {list(PREDICTION_COLUMNS)})")
-    table = pq.read_table(path, columns=list(PREDICTION_COLUMNS))
-    columns = {c: table.column(c).to_numpy() for c in PREDICTION_COLUMNS}
+def _sorted_predictions(path: Path, columns: dict[str, np.ndarray]) -> Predictions:
     order = np.argsort(columns["row"], kind="stable")
     columns = {c: v[order] for c, v in columns.items()}
     repeated = np.flatnonzero(columns["row"][1:] == columns["row"][:-1])
     if len(repeated):
-        raise CtlError(f"{path} holds row {columns['row'][repeated[0]]} twice; each test row must be predicted once")
+        raise CtlError(f"{path} holds row {columns['row'][repeated[0]]} twice; each row must be predicted once")
     return Predictions(**columns)
+
+
+def _read_columns(path: Path, wanted: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise CtlError(f"{path} is missing; the run's {what} are needed here")
+    names = pq.read_schema(path).names
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise CtlError(f"{path} lacks the columns {missing} (expected {list(wanted)})")
+    table = pq.read_table(path, columns=list(wanted))
+    return {c: table.column(c).to_numpy() for c in wanted}
+
+
+def load_predictions(path: Path) -> Predictions:
+    """Read a ``predictions.parquet``; refuses missing columns and repeated rows."""
+    return _sorted_predictions(path, _read_columns(path, PREDICTION_COLUMNS, "test predictions"))
+
+
+@functools.lru_cache(maxsize=256)
+def read_predictions(path: Path) -> Predictions:
+    """:func:`load_predictions`, once per process (``ctl eval`` pairs one file with many)."""
+    return load_predictions(path)
+
+
+def load_val_predictions(path: Path) -> dict[int, Predictions]:
+    """Read a ``val_predictions.parquet``: trained-through period -> the predictions of its validation slice."""
+    columns = _read_columns(path, ("period", *PREDICTION_COLUMNS), "validation predictions")
+    period = columns.pop("period")
+    return {int(p): _sorted_predictions(path, {c: v[period == p] for c, v in columns.items()})
+            for p in np.unique(period)}
 
 
 def paired_predictions(model: Predictions, reference: Predictions, what: str,
@@ -86,6 +106,26 @@ def reference_predictions_path(run: Run, reference_runs: Sequence[Run], versus: 
     return run.base_track_predictions if versus == BASE else None
 
 
+def compare_paired(labels: np.ndarray, preds: np.ndarray, reference: np.ndarray, users: np.ndarray,
+                   n_resamples: int) -> dict:
+    """Bootstrap intervals (AUC, GAUC) and DeLong's test (AUC) of ``preds`` minus ``reference`` on the same rows.
+
+    labels, preds, reference, users: (N,). Returns ``rows`` and, per metric, ``delta``, ``low``,
+    ``high`` and ``significant`` (the interval excludes 0); AUC also DeLong's ``p_value`` and ``z``.
+    Raises ``ValueError`` where a metric is undefined on the rows (e.g. no user holds both labels).
+    """
+    boot = paired_bootstrap(labels, preds, reference, users, n_resamples=n_resamples, seed=BOOTSTRAP_SEED,
+                            alpha=ALPHA)
+    delong = delong_test(labels, preds, reference)
+    result: dict = {"rows": len(labels)}
+    for metric in ("auc", "gauc"):
+        interval = boot[metric]
+        result[metric] = {"delta": interval["delta"], "low": interval["low"], "high": interval["high"],
+                          "significant": bool(interval["low"] > 0 or interval["high"] < 0)}
+    result["auc"].update(p_value=delong["p_value"], z=delong["z"])
+    return result
+
+
 def compare_run(run: Run, reference_path: Path, n_resamples: int, versus: str = BASE) -> dict:
     """Bootstrap intervals (AUC, GAUC) and DeLong's test (AUC) of ``run`` minus the reference, one seed."""
     what = f"{run.label} on {run.target}, seed {run.seed}"
@@ -93,16 +133,7 @@ def compare_run(run: Run, reference_path: Path, n_resamples: int, versus: str = 
         raise CtlError(f"{run.path} has no predictions.parquet; significance needs the run's test predictions")
     model, reference = paired_predictions(read_predictions(run.predictions), read_predictions(reference_path),
                                           what, versus)
-    boot = paired_bootstrap(model.label, model.pred, reference, model.user_id, n_resamples=n_resamples,
-                            seed=BOOTSTRAP_SEED, alpha=ALPHA)
-    delong = delong_test(model.label, model.pred, reference)
-    result = {"seed": run.seed, "rows": len(model.row)}
-    for metric in ("auc", "gauc"):
-        interval = boot[metric]
-        result[metric] = {"delta": interval["delta"], "low": interval["low"], "high": interval["high"],
-                          "significant": bool(interval["low"] > 0 or interval["high"] < 0)}
-    result["auc"].update(p_value=delong["p_value"], z=delong["z"])
-    return result
+    return {"seed": run.seed, **compare_paired(model.label, model.pred, reference, model.user_id, n_resamples)}
 
 
 def significance_by_row(runs: Sequence[Run], n_resamples: int, versus: str = BASE) -> dict[tuple[str, str], dict]:

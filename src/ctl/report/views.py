@@ -1,6 +1,7 @@
 """Records laid out for reading: :class:`View` tables of cells that the rich and Markdown writers
 render alike. Quality cells read ``mean ± std (delta vs base)``; the best mean of each quality
-column (of each section, where a table has sections) is bold.
+column (of each section, where a table has sections) is bold. On a synthetic world the ``oracle``
+row (the true click probabilities) comes last, its delta being base's headroom; it is never bold.
 """
 
 from __future__ import annotations
@@ -11,25 +12,33 @@ from dataclasses import dataclass, field
 
 from ctl.methods import BASE, method_rank
 
+#: the row of the true click probabilities (:mod:`ctl.report.oracle`); kept here so views need no torch
+ORACLE = "oracle"
+
 
 @dataclass(frozen=True)
 class Cell:
-    """One table cell: ``text``, an optional signed ``delta`` shown after it, ``bold`` for the best."""
+    """One table cell: ``text``, an optional signed ``delta`` shown after it, ``bold`` for the best;
+    ``style`` a rich style for the terminal only (e.g. a verdict's colour)."""
 
     text: str
     delta: float | None = None
     bold: bool = False
+    style: str = ""
 
 
 @dataclass
 class View:
-    """A titled table: ``headers`` (C,), ``rows`` of C cells; ``sections`` = row indices that open a section."""
+    """A titled table: ``headers`` (C,), ``rows`` of C cells; ``sections`` = row indices that open a section;
+    ``text_columns`` the columns aligned left (the others, numbers, right). A cell's text may hold
+    line breaks (``\n``)."""
 
     title: str
     headers: list[str]
     rows: list[list[Cell]] = field(default_factory=list)
     sections: list[int] = field(default_factory=list)
     caption: str = ""
+    text_columns: tuple[int, ...] = (0,)
 
 
 HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False}
@@ -38,6 +47,19 @@ METRIC_NAMES = {"auc": "AUC", "gauc": "GAUC", "logloss": "LogLoss"}
 
 def _number(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _row_rank(rec: dict) -> tuple:
+    """Rows in the paper's order of methods, the oracle last."""
+    return (rec["model"] == ORACLE, method_rank(rec["model"]))
+
+
+def _seeds_cell(rec: dict | None) -> Cell:
+    return Cell("-" if rec is None or rec["model"] == ORACLE else str(rec["n"]))
+
+
+def _share_text(share: float | None) -> str:
+    return "-" if share is None else f"{share:.0%}"
 
 
 def quality_cell(rec: dict | None) -> Cell:
@@ -68,7 +90,7 @@ def _embolden_best(view: View, columns: Sequence[int], metrics: Sequence[str], v
             for v, i in candidates:
                 if v == best:
                     cell = view.rows[i][column]
-                    view.rows[i][column] = Cell(cell.text, cell.delta, bold=True)
+                    view.rows[i][column] = Cell(cell.text, cell.delta, bold=True, style=cell.style)
 
 
 def dataset_title(records: Sequence[dict]) -> str:
@@ -84,7 +106,7 @@ def _labels(records: Sequence[dict], order: Callable[[dict], object] | None = No
     seen: dict[str, dict] = {}
     for rec in records:
         seen.setdefault(rec["model"], rec)
-    key = order or (lambda rec: method_rank(rec["model"]))
+    key = order or _row_rank
     return [label for label, _ in sorted(seen.items(), key=lambda item: key(item[1]))]
 
 
@@ -93,6 +115,8 @@ def _targets(records: Sequence[dict]) -> list[str]:
 
 
 def _seeds_text(counts: dict[str, int]) -> str:
+    if not counts:
+        return "-"
     if len(set(counts.values())) == 1:
         return str(next(iter(counts.values())))
     return " · ".join(f"{t} {n}" for t, n in counts.items())
@@ -122,9 +146,11 @@ def overall_view(records: Sequence[dict]) -> View:
     index = _index(records, "model", "target", "metric")
     targets = _targets(records)
     with_sig = any(r["significance"] for r in records)
+    with_oracle = [t for t in targets if (ORACLE, t, "auc") in index]
     versus = _versus(records)
     headers = ["method", "seeds"] + [f"{t} {METRIC_NAMES[m]}" for t in targets for m in ("auc", "gauc")]
     headers.append("own rows")
+    headers += [f"{t} headroom" for t in with_oracle]
     if with_sig:
         headers += [f"{t} significant" if versus == BASE else f"{t} vs {versus}" for t in targets]
     head = records[0]
@@ -132,16 +158,23 @@ def overall_view(records: Sequence[dict]) -> View:
                       f"source {head['source']}", headers=headers)
     values = []
     for label in _labels(records):
+        is_oracle = label == ORACLE
+        if is_oracle:
+            view.sections.append(len(view.rows))
         cells = [Cell(label)]
         counts = {t: index[(label, t, "auc")]["n"] for t in targets if (label, t, "auc") in index}
-        cells.append(Cell(_seeds_text(counts)))
+        cells.append(Cell("-" if is_oracle else _seeds_text(counts)))
         row_values = []
         for t in targets:
             for m in ("auc", "gauc"):
                 rec = index.get((label, t, m))
                 cells.append(quality_cell(rec))
-                row_values.append(rec["mean"] if rec else None)
-        cells.append(_own_rows_cell(index, label, targets))
+                row_values.append(rec["mean"] if rec and not is_oracle else None)
+        cells.append(Cell("-") if is_oracle else _own_rows_cell(index, label, targets))
+        for t in with_oracle:
+            shares = [(index.get((label, t, m)) or {}).get("headroom_share") for m in ("auc", "gauc")]
+            cells.append(Cell("-" if all(x is None for x in shares) else
+                              f"AUC {_share_text(shares[0])} · GAUC {_share_text(shares[1])}"))
         if with_sig:
             for t in targets:
                 cells.append(Cell(_significance_text({m: (index.get((label, t, m)) or {}).get("significance")
@@ -151,6 +184,9 @@ def overall_view(records: Sequence[dict]) -> View:
     _embolden_best(view, range(2, 2 + 2 * len(targets)), ["auc", "gauc"] * len(targets), values)
     view.caption = ("own rows: rows the method trained on itself (mean over seeds, per target where they differ); "
                     f"significant: seeds whose 95% paired-bootstrap interval of the delta vs {versus} excludes 0")
+    if with_oracle:
+        view.caption += ("; oracle: the world's true click probabilities on the test rows, its Δ the base→oracle "
+                         "headroom; headroom: each method's share of it, (method − base) / (oracle − base)")
     return view
 
 
@@ -203,10 +239,14 @@ def period_views(records: Sequence[dict]) -> list[View]:
                 trained = f"period {auc_rec['period']}" if slice_name != "test" else "all periods"
                 evaluated = (f"period {auc_rec['eval_period']}" if slice_name != "test"
                              else f"test (period {auc_rec['period']})")
-                view.rows.append([Cell(trained), Cell(evaluated), Cell(label), Cell(str(auc_rec["n"])),
+                view.rows.append([Cell(trained), Cell(evaluated), Cell(label), _seeds_cell(auc_rec),
                                   quality_cell(auc_rec), quality_cell(gauc_rec)])
-                values.append([auc_rec["mean"], gauc_rec["mean"] if gauc_rec else None])
+                shown = label != ORACLE
+                values.append([auc_rec["mean"] if shown else None, gauc_rec["mean"] if gauc_rec and shown else None])
         _embolden_best(view, [4, 5], ["auc", "gauc"], values)
+        if any(r["model"] == ORACLE for r in own):
+            view.caption = ("oracle: the world's true click probabilities, kept for the test slice only; its gain "
+                            "is base's headroom there")
         views.append(view)
     return views
 
@@ -226,14 +266,15 @@ def finetune_view(records: Sequence[dict]) -> View:
         k = first["finetune_periods"]
         start = "-" if k is None else ("all target history" if k == "all" else f"t0 - {k}" if k != "0" else "t0")
         counts = {t: index[(label, t, "auc")]["n"] for t in targets if (label, t, "auc") in index}
-        cells = [Cell(label), Cell(start), Cell(_seeds_text(counts))]
+        is_oracle = label == ORACLE
+        cells = [Cell(label), Cell(start), Cell("-" if is_oracle else _seeds_text(counts))]
         row_values = []
         for t in targets:
             for m in ("auc", "gauc"):
                 rec = index.get((label, t, m))
                 cells.append(quality_cell(rec))
-                row_values.append(rec["mean"] if rec else None)
-        cells.append(_own_rows_cell(index, label, targets))
+                row_values.append(rec["mean"] if rec and not is_oracle else None)
+        cells.append(Cell("-") if is_oracle else _own_rows_cell(index, label, targets))
         view.rows.append(cells)
         values.append(row_values)
     _embolden_best(view, range(3, 3 + 2 * len(targets)), ["auc", "gauc"] * len(targets), values)
@@ -258,7 +299,7 @@ def coldstart_views(records: Sequence[dict]) -> list[View]:
                 if a is None:
                     continue
                 view.rows.append([
-                    Cell(label), Cell(name), count_cell(a["rows"]), Cell(str(a["n"])),
+                    Cell(label), Cell(name), count_cell(a["rows"]), _seeds_cell(a),
                     Cell(_number(a["mean"])), Cell(_number(a["base"])), Cell("-" if a["delta"] is None else "",
                                                                             delta=a["delta"]),
                     Cell(_number(g["mean"])), Cell(_number(g["base"])), Cell("-" if g["delta"] is None else "",
@@ -266,6 +307,8 @@ def coldstart_views(records: Sequence[dict]) -> list[View]:
                 ])
         view.caption = ("gains are paired by seed on the same rows; AUCs of different slices rank different "
                         "users/items and are not comparable with each other")
+        if any(r["model"] == ORACLE for r in own):
+            view.caption += "; oracle: the world's true click probabilities, its gain base's headroom on the slice"
         views.append(view)
     return views
 
@@ -284,8 +327,14 @@ def cost_view(records: Sequence[dict]) -> View:
                 continue
 
             def mean(metric: str, label: str = label, t: str = t) -> float | None:
-                return index[(label, t, metric)]["mean"]
+                rec = index.get((label, t, metric))
+                return None if rec is None else rec["mean"]
 
+            if label == ORACLE:
+                view.rows.append([Cell(label), Cell(t), Cell("-"), *[Cell("-")] * 6,
+                                  quality_cell(index[(label, t, "auc")]), quality_cell(index[(label, t, "gauc")])])
+                values.append([None, None])
+                continue
             view.rows.append([
                 Cell(label), Cell(t), Cell(str(index[(label, t, "auc")]["n"])),
                 count_cell(mean("own_rows")), seconds_cell(mean("own_wall_s")), seconds_cell(mean("own_cpu_s")),
@@ -296,4 +345,40 @@ def cost_view(records: Sequence[dict]) -> View:
     _embolden_best(view, [9, 10], ["auc", "gauc"], values)
     view.caption = ("own: what the method trained itself (a track method: its own track); total: everything "
                     "trained to produce the run, shared production tracks included")
+    return view
+
+
+VERDICT_STYLES = {"holds": "bold green", "does not hold": "bold red", "mixed": "yellow", "not measured": "dim"}
+
+
+def part_text(part: dict) -> str:
+    """One part of a finding in words: what was compared, the mean delta, the seeds' intervals, the verdict."""
+    where = " ".join(x for x in (part["target"], None if part["slice"] == "test" else part["slice"],
+                                 METRIC_NAMES[part["metric"]]) if x)
+    if part["mean"] is None:
+        return f"{where} {part['compared']}: {part['verdict']}" + (f" ({part['note']})" if part["note"] else "")
+    n = part["seeds"]
+    text = f"{where} {part['compared']} {part['mean']:+.4f} ({part['above']}/{n} seeds above 0, {part['below']}/{n} below)"
+    if "slope" in part:
+        text += ", gap slope " + ("-" if part["slope"] is None else f"{part['slope']:+.4f}/period")
+    return f"{text} → {part['verdict']}"
+
+
+def evidence_text(evidence: Sequence[dict] | None, separator: str = "; ") -> str:
+    """The numbers behind a finding, one part after another."""
+    return separator.join(part_text(p) for p in evidence or ())
+
+
+def findings_view(records: Sequence[dict]) -> View:
+    """The paper's findings: one row per finding with its verdict, the numbers behind it and its rule."""
+    from ctl.report.findings import GENERIC_RULE
+
+    view = View(title=f"The paper's findings on these runs — {dataset_title(records)}",
+                headers=["finding", "verdict", "numbers: mean Δ over seeds (seeds whose interval lies above / below 0)",
+                         "rule"],
+                text_columns=(0, 1, 2, 3))
+    for rec in records:
+        view.rows.append([Cell(rec["finding"]), Cell(rec["verdict"], style=VERDICT_STYLES.get(rec["verdict"], "")),
+                          Cell(evidence_text(rec["evidence"], "\n")), Cell(rec["rule"])])
+    view.caption = f"Δ per seed on rows paired by id, 95% paired user-bootstrap intervals; {GENERIC_RULE}"
     return view

@@ -49,12 +49,14 @@ PROTOCOL_TRAINER_ARGS = ("max_epochs", "reload_dataloaders_every_n_epochs", "num
 
 @dataclass
 class FitResult:
-    """What one fit measured: per-period validation, the test slice, its cost."""
+    """What one fit measured: per-period validation, the test slice, its cost; per-row predictions
+    of the test slice and of the validation slices the task kept (trained-through period -> rows)."""
 
     periods: list[dict]
     test: dict
     cost: dict
     predictions: dict[str, np.ndarray] = field(repr=False)
+    val_predictions: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
 
 def optimizer_from(cfg: DictConfig) -> OptimizerFactory:
@@ -171,8 +173,10 @@ def fit_periods(
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     predictions = {k: torch.cat([p[k] for p in task.test_predictions]).numpy() for k in task.test_predictions[0]}
+    val_predictions = {period: {k: v.numpy() for k, v in rows.items()}
+                       for period, rows in sorted(task.val_predictions.items())}
     return FitResult(periods=list(task.period_results), test=dict(task.test_result or {}), cost=cost,
-                     predictions=predictions)
+                     predictions=predictions, val_predictions=val_predictions)
 
 
 def make_trainer(cfg: DictConfig) -> Callable[..., pl.Trainer]:
@@ -219,15 +223,34 @@ def _checkpoints(cfg: DictConfig, task: CTRTask, datamodule: ContinualDataModule
     return saver, resume_from
 
 
-def write_predictions(path: Path, predictions: dict[str, np.ndarray]) -> Path:
-    """Per-row test predictions (row, user_id, item_id, label, pred) as Parquet, atomically."""
-    table = pa.table({
+def _prediction_columns(predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {
         "row": predictions["row"].astype(np.int64),
         "user_id": predictions["user_id"].astype(np.int64),
         "item_id": predictions["item_id"].astype(np.int64),
         "label": predictions["label"].astype(np.int8),
         "pred": predictions["pred"].astype(np.float32),
-    })
+    }
+
+
+def _write_table(path: Path, table: pa.Table) -> Path:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def write_predictions(path: Path, predictions: dict[str, np.ndarray]) -> Path:
+    """Per-row test predictions (row, user_id, item_id, label, pred) as Parquet, atomically."""
+    return _write_table(path, pa.table(_prediction_columns(predictions)))
+
+
+def write_val_predictions(path: Path, val_predictions: dict[int, dict[str, np.ndarray]]) -> Path | None:
+    """Per-row validation predictions as Parquet, atomically: ``period`` (trained through; the rows are
+    of period + 1's slice), then the columns of :func:`write_predictions`. None (nothing written) if empty."""
+    if not val_predictions:
+        return None
+    parts = []
+    for period, rows in sorted(val_predictions.items()):
+        columns = _prediction_columns(rows)
+        parts.append(pa.table({"period": np.full(len(columns["row"]), period, dtype=np.int64), **columns}))
+    return _write_table(path, pa.concat_tables(parts))

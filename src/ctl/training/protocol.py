@@ -14,7 +14,11 @@
 Every transfer method is validated on the target's slice t+1 after each transfer period t and
 tested on the test slice, reuses the shared base tracks of both domains (built once, cached) and
 writes ``metrics.json``, ``predictions.parquet`` and ``config.yaml`` (resolved) into its Hydra
-output folder (keys: :mod:`ctl.training.protocols.common`).
+output folder (keys: :mod:`ctl.training.protocols.common`). CTNet also writes
+``val_predictions.parquet`` (its rows of every validated slice). A transfer run keeps a copy of
+its target base track's predictions beside its own (``baseline_predictions.parquet``, and
+``baseline_val_predictions.parquet`` where the track has them), so the run folder alone pairs
+the two models row by row, whatever becomes of the track cache.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from ctl.data.dataset import Dataset
 from ctl.data.registry import load_for
 from ctl.errors import CtlError
-from ctl.io import atomic_write_json, atomic_write_text, check_writable
+from ctl.io import atomic_copy, atomic_write_json, atomic_write_text, check_writable
 from ctl.training.distributed import is_rank_zero, scratch_run_dir
 from ctl.training.protocols.ctnet import run_ctnet
 from ctl.training.protocols.dual_embedding import run_dual_embedding
@@ -64,5 +68,10 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     domain = str(cfg.data.domain)
     dataset.schema.domain_index(domain)
     metrics = PROTOCOLS[protocol](cfg, dataset, domain, run_dir)
+    target_track = (metrics.get("tracks") or {}).get("target")
+    if metrics.get("baseline") and target_track:
+        for name in ("predictions.parquet", "val_predictions.parquet"):
+            if (Path(target_track) / name).is_file():
+                atomic_copy(Path(target_track) / name, run_dir / f"baseline_{name}")
     atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics

@@ -6,7 +6,9 @@ model's domain weights). Each row's logit is its own domain's head, so BCE over 
 already masks every row's loss to its domain.
 
 Metrics (AUC via torchmetrics, GAUC, logloss) are computed per stage and reset after every
-validation epoch, so nothing carries over from one period to the next.
+validation epoch, so nothing carries over from one period to the next. The test slice's per-row
+predictions are kept (``test_predictions``), and, from period ``keep_val_predictions_from`` on,
+each validated slice's (``val_predictions``): a run pairs them with its base model's, row by row.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ def class_path(obj: object) -> str:
 def saved_optimizer(checkpoint: dict) -> str | None:
     """The class of the optimiser whose state a checkpoint of a :class:`CTRTask` fit holds."""
     return (checkpoint.get(TASK_KEY) or {}).get("optimizer")
+
+
+def _row_predictions(batch: dict, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The per-row record of an evaluated batch: ids, label and predicted click probability."""
+    return {"row": batch["row"], "user_id": batch["user_id"], "item_id": batch["item_id"], "label": batch["label"],
+            "pred": torch.sigmoid(logits.detach()).float()}
 
 
 class StageMetrics(torch.nn.Module):
@@ -95,6 +103,7 @@ class CTRTask(pl.LightningModule):
         optimizer: OptimizerFactory,
         period_of_epoch: Callable[[int], int],
         test_period: int,
+        keep_val_predictions_from: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -107,6 +116,10 @@ class CTRTask(pl.LightningModule):
         self.period_results: list[dict] = []
         self.test_result: dict | None = None
         self.test_predictions: list[dict[str, torch.Tensor]] = []
+        self.keep_val_predictions_from = keep_val_predictions_from
+        #: trained-through period -> that period's validation rows (row, user_id, item_id, label, pred), on CPU
+        self.val_predictions: dict[int, dict[str, torch.Tensor]] = {}
+        self._val_parts: list[dict[str, torch.Tensor]] = []
         self._train_rows = 0
         self._val_rows = 0
         #: optimiser state to continue from: {parameter: state dict}, set by :meth:`inherit_optimizer_state`
@@ -175,11 +188,18 @@ class CTRTask(pl.LightningModule):
         out = self(batch)
         self.val_metrics.update(out["logits"], batch["label"], batch["user_id"])
         self._val_rows += int(batch["label"].shape[0])
+        if self._keeps_val_predictions():
+            self._val_parts.append(_row_predictions(batch, out["logits"]))
+
+    def _keeps_val_predictions(self) -> bool:
+        keep_from = self.keep_val_predictions_from
+        return keep_from is not None and self.period_of_epoch(self.current_epoch) >= keep_from
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             self.val_metrics.reset()
             self._val_rows = 0
+            self._val_parts = []
             return
         values = self.val_metrics.compute()
         self.val_metrics.reset()
@@ -193,20 +213,16 @@ class CTRTask(pl.LightningModule):
                   "rows": val_rows, **values}
         self.period_results = [r for r in self.period_results if r["period"] != period] + [record]
         self._val_rows = 0
+        if self._keeps_val_predictions():
+            # every rank takes part in the gather, as for the test predictions
+            self.val_predictions[period] = gather_rows(self._val_parts)[0]
+        self._val_parts = []
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         out = self(batch)
         logits = out["logits"]
         self.test_metrics.update(logits, batch["label"], batch["user_id"])
-        self.test_predictions.append(
-            {
-                "row": batch["row"],
-                "user_id": batch["user_id"],
-                "item_id": batch["item_id"],
-                "label": batch["label"],
-                "pred": torch.sigmoid(logits.detach()).float(),
-            }
-        )
+        self.test_predictions.append(_row_predictions(batch, logits))
 
     def on_test_epoch_start(self) -> None:
         self.test_predictions = []
@@ -227,6 +243,7 @@ class CTRTask(pl.LightningModule):
         self.raise_if_nonfinite()
         checkpoint[TASK_KEY] = {"period_results": list(self.period_results), "train_rows": self._train_rows,
                                 "optimizer": class_path(self.trainer.optimizers[0]),
+                                "val_predictions": dict(self.val_predictions),
                                 "torch_rng": torch.get_rng_state(),
                                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
@@ -236,6 +253,7 @@ class CTRTask(pl.LightningModule):
             return
         self.period_results = list(state["period_results"])
         self._train_rows = int(state["train_rows"])
+        self.val_predictions = dict(state.get("val_predictions", {}))
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -34,7 +34,14 @@ from ctl.io import (
 )
 from ctl.training.callbacks import period_checkpoint_name
 from ctl.training.distributed import barrier, is_rank_zero
-from ctl.training.fitting import build_net, fit_periods, make_datamodule, optimizer_from, write_predictions
+from ctl.training.fitting import (
+    build_net,
+    fit_periods,
+    make_datamodule,
+    optimizer_from,
+    write_predictions,
+    write_val_predictions,
+)
 from ctl.training.task import CTRTask
 
 log = logging.getLogger(__name__)
@@ -125,11 +132,15 @@ def _build(cfg: DictConfig, dataset: Dataset, domain: str, net_cfg: DictConfig, 
     periods = list(range(spec["periods"][0], schema.test_period))
     net = build_net(net_cfg, dataset, spec["model"])
     datamodule = make_datamodule(cfg, dataset, [domain], periods, eval_domain=domain, seed=seed)
-    task = CTRTask(net, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)
+    # a target track's validation rows of the transfer periods: transfer runs pair their own with them
+    keep_from = schema.t0 if domain != schema.source else None
+    task = CTRTask(net, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period,
+                   keep_val_predictions_from=keep_from)
     result = fit_periods(cfg, task, datamodule, tmp, label=f"track {name}", identity={"track": spec},
                          strict_resume=False)
     if is_rank_zero():
         write_predictions(tmp / "predictions.parquet", result.predictions)
+        write_val_predictions(tmp / "val_predictions.parquet", result.val_predictions)
         atomic_write_json(tmp / "metrics.json", {
             "kind": "track", "model": spec["model"], "domain": domain, "seed": int(cfg.seed), "spec": spec,
             "periods": result.periods, "test": result.test, "cost": result.cost,

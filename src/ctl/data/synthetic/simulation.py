@@ -6,6 +6,10 @@ in ``chunks_per_period`` time slices; after each slice every user's *recent-beha
 (an exponential moving average of the latents of the items they clicked, in any domain) absorbs
 that slice's clicks, so a click raises the click probability of similar items later on, which a
 model can only see through the behaviour sequence.
+
+The test slice keeps every row's true click probability (:attr:`WorldSample.click_prob`), read
+off the logits the clicks were drawn from: no random draw is added, so every other column is the
+same with or without it.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ class WorldSample:
     initial ones). With logits requested, ``oracle_logit [n_rows]`` is each row's true click
     logit without the click noise, and ``source_view_logit [n_rows]`` the logit the same
     impression would have under the source domain's click model (its weights, offsets and biases;
-    no source-only feature); both None otherwise.
+    no source-only feature); both None otherwise. ``click_prob [n_rows]`` is the true click
+    probability of each row of the test slice (:func:`marginal_click_prob` of its logit), NaN on
+    the rows of every other period.
     """
 
     rows: dict[str, np.ndarray]
@@ -47,6 +53,7 @@ class WorldSample:
     user_arrival: np.ndarray
     oracle_logit: np.ndarray | None
     source_view_logit: np.ndarray | None
+    click_prob: np.ndarray
 
 
 def _bucketise(z: np.ndarray, n_buckets: int) -> np.ndarray:
@@ -62,6 +69,26 @@ def _rowwise_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+#: Gauss-Hermite nodes of :func:`marginal_click_prob`: within 1e-12 of the integral for noise std up to 1
+_HERMITE_NODES = 32
+
+
+def marginal_click_prob(logit: np.ndarray, noise_std: float) -> np.ndarray:
+    """``E[sigmoid(logit + noise)]`` with ``noise ~ N(0, noise_std^2)``, per row. ``[N] -> [N]``
+
+    The per-impression noise is independent of everything a model could know, so the click
+    probability of a row given the whole state of the world is this average over it (Gauss-Hermite
+    quadrature, no random draw). It is increasing in ``logit``: it ranks rows as the logit does.
+    """
+    logit = np.asarray(logit, dtype=np.float64)
+    if noise_std == 0.0:
+        return _sigmoid(logit)
+    nodes, weights = np.polynomial.hermite.hermgauss(_HERMITE_NODES)
+    # E f(x + s Z) = sum_i w_i f(x + s sqrt(2) t_i) / sqrt(pi) for the physicists' nodes t_i
+    shifted = logit[:, None] + noise_std * np.sqrt(2.0) * nodes[None, :]
+    return _sigmoid(shifted) @ weights / np.sqrt(np.pi)
 
 
 @dataclass
@@ -227,7 +254,7 @@ class Simulation:
             )
         return pools[0], pools[1]
 
-    def _draw_block(self, domain: int, period: int, n_rows: int, with_logits: bool) -> _Block:
+    def _draw_block(self, domain: int, period: int, n_rows: int, with_logits: bool, keep_oracle: bool) -> _Block:
         w = self.world
         spec, name = self.specs[domain], self.names[domain]
         rng = stream(w.seed, f"impressions/{name}", period)
@@ -287,7 +314,7 @@ class Simulation:
             scene=scene,
             label=np.zeros(n_rows, dtype=np.int8),
             hist_end=np.zeros(n_rows, dtype=np.int32),
-            oracle_logit=np.zeros(n_rows) if with_logits else None,
+            oracle_logit=np.zeros(n_rows) if with_logits or keep_oracle else None,
             source_view_logit=np.zeros(n_rows) if with_logits else None,
             static_logit=self._static_logit(domain, user, item, hour, scene),
             source_static_logit=self._static_logit(self.source, user, item, hour, None)
@@ -336,6 +363,7 @@ class Simulation:
         logit = block.static_logit[lo:hi] + self.specs[block.domain].recent_weight * recent_affinity
         if block.oracle_logit is not None:
             block.oracle_logit[lo:hi] = logit
+        if block.source_view_logit is not None:
             block.source_view_logit[lo:hi] = (
                 block.source_static_logit[lo:hi] + self.specs[self.source].recent_weight * recent_affinity
             )
@@ -350,7 +378,8 @@ class Simulation:
         self._advance(period)
         is_test = period == w.n_periods - 1
         blocks = [
-            self._draw_block(d, period, spec.test_rows if is_test else spec.rows_per_period, with_logits)
+            self._draw_block(d, period, spec.test_rows if is_test else spec.rows_per_period, with_logits,
+                             keep_oracle=is_test)
             for d, spec in enumerate(self.specs)
         ]
         edges = (
@@ -391,6 +420,12 @@ class Simulation:
         user, item, ts, label = joined("user"), joined("item"), joined("ts"), joined("label")
         domain = np.concatenate([np.full(b.user.size, b.domain, dtype=np.int8) for b in blocks])
         period = np.concatenate([np.full(b.user.size, b.period, dtype=np.int16) for b in blocks])
+        test_period = self.world.n_periods - 1
+        click_prob = np.concatenate([
+            marginal_click_prob(b.oracle_logit, self.world.click_noise) if b.period == test_period
+            else np.full(b.user.size, np.nan)
+            for b in blocks
+        ])
         clicked = np.flatnonzero(label)
         # Stable: simultaneous events of a user keep the (period, domain, ts) order of the rows.
         events = clicked[np.argsort(user[clicked] * self.span + ts[clicked], kind="stable")]
@@ -423,4 +458,5 @@ class Simulation:
             user_arrival=self.users.arrival,
             oracle_logit=joined("oracle_logit") if with_logits else None,
             source_view_logit=joined("source_view_logit") if with_logits else None,
+            click_prob=click_prob,
         )

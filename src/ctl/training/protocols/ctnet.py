@@ -25,6 +25,7 @@ from ctl.training.fitting import (
     optimizer_from,
     optimizer_name,
     write_predictions,
+    write_val_predictions,
 )
 from ctl.training.protocols.common import (
     ProductionTracks,
@@ -47,7 +48,8 @@ def run_ctnet(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     checkpoint = load_model_state(net.target, production, what=f"the target model of period {schema.t0 - 1}")
     periods = transfer_periods(schema)
     datamodule = make_datamodule(cfg, dataset, [target], periods, eval_domain=target, seed=seed)
-    task = CTRTask(net, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period)
+    task = CTRTask(net, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period,
+                   keep_val_predictions_from=schema.t0)
     # every parameter of the tower: the base model it was trained as had none frozen (a frozen one here,
     # e.g. shared attention, gets its state dropped by CTRTask.configure_optimizers)
     tower = dict(net.target.named_parameters())
@@ -59,6 +61,7 @@ def run_ctnet(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     result = fit_periods(cfg, task, datamodule, run_dir, label=f"{method_label(cfg)} {schema.source}->{target}",
                          callbacks=[refresh])
     write_predictions(run_dir / "predictions.parquet", result.predictions)
+    write_val_predictions(run_dir / "val_predictions.parquet", result.val_predictions)
     inherited = {
         "target_tower": f"{production} (weights and {optimizer_name(cfg)} state: "
                         f"{len(task.inherited_optimizer_state)} tensors)",

@@ -1,0 +1,246 @@
+"""``ctl eval --table findings``: the rule of every verdict by hand, then on hand-made run folders
+whose predictions make each finding hold, fail or go unmeasured, in every output format."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hydra import compose, initialize_config_module
+
+from ctl.errors import CtlError
+from ctl.metrics import auc, gauc, paired_bootstrap
+from ctl.report.cli import eval_main, evaluate
+from ctl.report.findings import (
+    DOES_NOT_HOLD,
+    HOLDS,
+    MIXED,
+    NOT_MEASURED,
+    Z95,
+    SeedDelta,
+    combine,
+    rule_verdict,
+    slope,
+)
+from ctl.report.records import RECORD_KEYS
+
+DATASET = "0123456789abcdef"
+SEEDS = (0, 1, 2)
+ROWS, USERS = 3000, 300
+
+
+# --- the rules by hand -------------------------------------------------------------------------
+
+
+def test_a_part_holds_when_the_mean_is_positive_and_most_seeds_are_significant() -> None:
+    # mean +0.00967; seeds 0 and 1 lie above 0 (2 of 3 > 1.5)
+    deltas = [SeedDelta(0, 0.01, 0.002, 0.02), SeedDelta(1, 0.02, 0.005, 0.03), SeedDelta(2, -0.001, -0.01, 0.008)]
+    assert rule_verdict(deltas) == HOLDS
+
+
+def test_a_part_does_not_hold_with_a_mean_at_or_below_zero_or_mostly_significant_losses() -> None:
+    # mean (0.01 - 0.005 - 0.006) / 3 < 0, though one seed is significantly above 0
+    assert rule_verdict([SeedDelta(0, 0.01, 0.002, 0.02), SeedDelta(1, -0.005, -0.01, 0.001),
+                         SeedDelta(2, -0.006, -0.012, -0.001)]) == DOES_NOT_HOLD
+    # mean +0.01 > 0, but 2 of 3 seeds lie entirely below 0
+    assert rule_verdict([SeedDelta(0, 0.05, 0.01, 0.09), SeedDelta(1, -0.01, -0.02, -0.001),
+                         SeedDelta(2, -0.01, -0.02, -0.002)]) == DOES_NOT_HOLD
+    assert rule_verdict([SeedDelta(0, 0.0, -0.01, 0.01)]) == DOES_NOT_HOLD
+
+
+def test_a_part_is_mixed_when_positive_but_not_significant_in_a_majority() -> None:
+    # mean > 0, 1 of 2 seeds above 0: not more than half
+    assert rule_verdict([SeedDelta(0, 0.01, -0.001, 0.02), SeedDelta(1, 0.02, 0.005, 0.03)]) == MIXED
+
+
+def test_a_part_without_seeds_is_not_measured_and_parts_combine() -> None:
+    assert rule_verdict([]) == NOT_MEASURED
+    assert combine([HOLDS, NOT_MEASURED, HOLDS]) == HOLDS
+    assert combine([DOES_NOT_HOLD, NOT_MEASURED]) == DOES_NOT_HOLD
+    assert combine([HOLDS, DOES_NOT_HOLD]) == MIXED
+    assert combine([HOLDS, MIXED]) == MIXED
+    assert combine([NOT_MEASURED, NOT_MEASURED]) == NOT_MEASURED
+
+
+def test_the_growing_gap_is_a_least_squares_slope() -> None:
+    assert slope([4, 5, 6], [0.0, 0.01, 0.02]) == pytest.approx(0.01)
+    # sum (x - 5)(y - 0.002) / sum (x - 5)^2 = (-1 * 0 + 0 * 0.002 + 1 * -0.002) / 2
+    assert slope([4, 5, 6], [0.002, 0.004, 0.0]) == pytest.approx(-0.001)
+    assert slope([4], [0.01]) is None and slope([4, 4], [0.0, 1.0]) is None
+
+
+# --- hand-made run folders -----------------------------------------------------------------------
+
+#: std of the noise each method adds to the true score on each target: a smaller noise ranks better
+NOISE = {
+    "B": {"base": 1.0, "ctnet": 0.5, "ctnet_linear": 0.3, "ft_all": 2.0, "ple": 0.9, "ctnet_once": 0.8},
+    "C": {"base": 2.0, "ctnet": 0.5, "ctnet_linear": 0.3, "ft_all": 3.0, "ple": 1.8, "ctnet_once": 0.8},
+}
+#: per transfer period (4, 5, 6): validation AUC of ctnet_once and the gap ctnet opens over it
+ONCE_PERIODS = {4: 0.70, 5: 0.69, 6: 0.68}
+GROWING, SHRINKING = {4: 0.0, 5: 0.01, 6: 0.02}, {4: 0.02, 5: 0.01, 6: 0.0}
+
+
+def target_slice(target: str) -> dict[str, np.ndarray]:
+    """A test slice of ``target``: rows, users, labels drawn from a true score."""
+    rng = np.random.default_rng({"B": 11, "C": 12}[target])
+    score = rng.normal(size=ROWS)
+    label = (rng.random(ROWS) < 1 / (1 + np.exp(-(score * 2 - 1)))).astype(np.int8)
+    first = {"B": 0, "C": ROWS}[target]
+    return {"row": np.arange(first, first + ROWS), "user_id": rng.integers(1, USERS, ROWS),
+            "item_id": rng.integers(1, 500, ROWS), "label": label, "score": score}
+
+
+def write_run(root: Path, method: str, target: str, seed: int, gaps: dict[int, float]) -> Path:
+    """A run folder as ``ctl train`` writes it: metrics.json, config.yaml and predictions.parquet."""
+    rows = target_slice(target)
+    rng = np.random.default_rng([seed, list(NOISE[target]).index(method), ord(target)])
+    pred = 1 / (1 + np.exp(-(rows["score"] + rng.normal(0, NOISE[target][method], ROWS))))
+    folder = root / f"{method}-{target}-s{seed}"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"row": rows["row"], "user_id": rows["user_id"], "item_id": rows["item_id"],
+                             "label": rows["label"], "pred": pred.astype(np.float32)}), folder / "predictions.parquet")
+    pred32 = pred.astype(np.float32)
+    periods = []
+    if method.startswith("ctnet"):
+        gap = gaps if method == "ctnet" else dict.fromkeys(gaps, 0.0)
+        periods = [{"period": p, "eval_period": p + 1, "train_rows": 100, "rows": 500, "auc": ONCE_PERIODS[p] + gap[p],
+                    "gauc": ONCE_PERIODS[p] - 0.05 + gap[p], "logloss": 0.4} for p in sorted(ONCE_PERIODS)]
+    metrics = {
+        "kind": "run", "model": "ctnet" if method == "ctnet_once" else method, "method": method, "source": "A",
+        "target": target, "seed": seed, "dataset": DATASET, "periods": periods,
+        "test": {"period": 7, "rows": ROWS, "auc": auc(pred32, rows["label"]),
+                 "gauc": gauc(pred32, rows["label"], rows["user_id"]), "logloss": 0.4},
+        "cost": {"train_rows": 100, "wall_s": 1.0, "cpu_s": 1.0},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "config.yaml").write_text(f"model:\n  name: {metrics['model']}\nseed: {seed}\n")
+    return folder
+
+
+def make_runs(root: Path, methods: tuple[str, ...], gaps: dict[int, float] = GROWING) -> Path:
+    for target in ("B", "C"):
+        for method in methods:
+            for seed in SEEDS:
+                write_run(root, method, target, seed, gaps)
+    return root
+
+
+ALL_BUT_ONCE = ("base", "ft_all", "ple", "ctnet_linear", "ctnet")
+
+
+@pytest.fixture(scope="module")
+def without_once(tmp_path_factory) -> Path:
+    return make_runs(tmp_path_factory.mktemp("runs"), ALL_BUT_ONCE)
+
+
+def verdicts(records: list[dict]) -> dict[str, str]:
+    return {r["finding"].split()[0]: r["verdict"] for r in records}
+
+
+def test_each_finding_gets_its_verdict_from_the_hand_made_predictions(without_once) -> None:
+    records = evaluate([without_once], ["findings"], bootstrap=200).records["findings"]
+    assert [list(r) for r in records] == [list(RECORD_KEYS)] * 6
+    assert verdicts(records) == {
+        "F1": HOLDS,          # ctnet (noise 0.5) above ple (0.9 on B, 1.8 on C), the best other method
+        "F2": HOLDS,          # base (1.0 / 2.0) above ft_all (2.0 / 3.0)
+        "F3": NOT_MEASURED,   # no ctnet_once runs
+        "F4": DOES_NOT_HOLD,  # ctnet_linear (0.3) ranks better than ctnet (0.5)
+        "F5": HOLDS,          # base is worse on C (2.0 vs 1.0), so ctnet's gain is larger there
+        "F6": NOT_MEASURED,   # the runs name no dataset: no cold-start slices
+    }
+    f1 = records[0]
+    assert {p["best_other"] for p in f1["evidence"]} == {"ple"} and f1["target"] == "B,C" and f1["seeds"] == [0, 1, 2]
+    f3 = records[2]
+    assert all(p["note"] == f"no ctnet_once runs on {p['target']}" for p in f3["evidence"])
+
+
+def _paired(method: str, reference: str, target: str, seed: int, root: Path) -> dict:
+    def load(name: str) -> dict:
+        table = pq.read_table(root / f"{name}-{target}-s{seed}" / "predictions.parquet").to_pydict()
+        return {k: np.asarray(v) for k, v in table.items()}
+
+    mine, theirs = load(method), load(reference)
+    return paired_bootstrap(mine["label"], mine["pred"], theirs["pred"], mine["user_id"], 200, seed=0)
+
+
+def test_the_evidence_is_the_paired_bootstrap_of_each_seed(without_once) -> None:
+    records = evaluate([without_once], ["findings"], bootstrap=200).records["findings"]
+    f2 = next(p for p in records[1]["evidence"] if p["target"] == "C" and p["metric"] == "gauc")
+    for entry in f2["per_seed"]:
+        boot = _paired("base", "ft_all", "C", entry["seed"], without_once)["gauc"]
+        assert (entry["delta"], entry["low"], entry["high"]) == (boot["delta"], boot["low"], boot["high"])
+    assert f2["mean"] == pytest.approx(np.mean([e["delta"] for e in f2["per_seed"]]))
+    assert f2["above"] == sum(e["low"] > 0 for e in f2["per_seed"]) >= 2
+    # F5: the difference of the two targets' gains, its half-width from both intervals
+    f5 = next(p for p in records[4]["evidence"] if p["metric"] == "auc")
+    for entry in f5["per_seed"]:
+        c, b = (_paired("ctnet", "base", t, entry["seed"], without_once)["auc"] for t in ("C", "B"))
+        half = Z95 * np.hypot((c["high"] - c["low"]) / (2 * Z95), (b["high"] - b["low"]) / (2 * Z95))
+        assert entry["delta"] == pytest.approx(c["delta"] - b["delta"])
+        assert (entry["low"], entry["high"]) == pytest.approx((entry["delta"] - half, entry["delta"] + half))
+
+
+@pytest.mark.parametrize(("gaps", "expected"), [(GROWING, HOLDS), (SHRINKING, MIXED)])
+def test_continual_above_once_holds_only_with_a_growing_gap(tmp_path, gaps, expected) -> None:
+    root = make_runs(tmp_path, ("base", "ctnet", "ctnet_once"), gaps)
+    records = evaluate([root], ["findings"], bootstrap=200).records["findings"]
+    f3 = records[2]
+    assert f3["verdict"] == expected
+    for part in f3["evidence"]:
+        assert part["test_verdict"] == HOLDS  # ctnet (noise 0.5) above ctnet_once (0.8) on the test slice
+        assert part["slope"] == pytest.approx(0.01 if gaps is GROWING else -0.01)
+        assert [g["gap"] for g in part["period_gaps"]] == pytest.approx([gaps[p] for p in (4, 5, 6)])
+    # base and the three CTNets only: no baseline besides base for F1
+    assert records[0]["verdict"] == NOT_MEASURED
+    assert all(p["note"] == f"no baseline besides base on {p['target']}" for p in records[0]["evidence"])
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "json"])
+def test_every_format_prints_the_six_findings(without_once, fmt, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # rich folds cells to the terminal's width
+    eval_main([str(without_once), "--table", "findings", "--bootstrap", "50", "--format", fmt])
+    out = capsys.readouterr().out
+    names = [f"F{i} " for i in range(1, 7)]
+    if fmt == "json":
+        rows = json.loads(out)
+        assert [r["finding"][:3] for r in rows] == names
+        assert [r["verdict"] for r in rows] == [HOLDS, HOLDS, NOT_MEASURED, DOES_NOT_HOLD, HOLDS, NOT_MEASURED]
+    elif fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(out)))
+        assert [r["finding"][:3] for r in rows] == names
+        assert "ctnet − ple" in rows[0]["evidence"] and rows[0]["rule"].startswith("per target and metric")
+    else:
+        lines = [line for line in out.splitlines() if any(line.lstrip("│| ").startswith(n) for n in names)]
+        assert len(lines) == 6, out
+        assert "does not hold" in out and "not measured" in out and "ctnet − ctnet_linear" in out
+
+
+def test_findings_need_intervals(without_once) -> None:
+    with pytest.raises(CtlError, match=r"findings table needs --bootstrap N > 0"):
+        evaluate([without_once], ["findings"], bootstrap=0)
+
+
+def test_findings_on_the_tiny_world_measure_the_cold_start_slices(tmp_path) -> None:
+    from ctl.training.protocol import run_train
+
+    with initialize_config_module(config_module="ctl.conf", version_base="1.3"):
+        for model in ("ctnet", "ctnet_once"):
+            cfg = compose("train", overrides=["data=synthetic_tiny", f"home={tmp_path / 'home'}", "progress=false",
+                                              "print_table=false", f"model={model}"])
+            run_train(cfg, tmp_path / "runs" / model)
+    records = evaluate([tmp_path / "runs"], ["findings"], bootstrap=100).records["findings"]
+    assert len(records) == 6
+    found = verdicts(records)
+    assert found["F1"] == found["F2"] == found["F4"] == found["F5"] == NOT_MEASURED
+    assert found["F3"] != NOT_MEASURED
+    f6 = records[5]["evidence"]
+    assert {(p["target"], p["slice"], p["metric"]) for p in f6} == {
+        ("B", s, m) for s in ("new users", "new items") for m in ("auc", "gauc")}
+    assert any(p["seeds"] == 1 for p in f6)  # measured on the slices the world has both labels on

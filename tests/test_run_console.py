@@ -1,0 +1,163 @@
+"""The lines under a CTNet run's table: the test slice paired with base (bootstrap intervals and
+DeLong's p), the oracle's headroom, and the warning when validation falls below base beyond the
+noise. Checked on the tiny world against the metrics recomputed from the saved predictions."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hydra import compose, initialize_config_module
+from rich.console import Console
+
+from ctl.data.dataset import load_click_prob
+from ctl.metrics import auc, delong_test, gauc, paired_bootstrap
+from ctl.report.console import comparison_lines, print_run
+from ctl.training.protocol import run_train
+
+CTL = str(Path(sys.executable).with_name("ctl"))
+
+
+@pytest.fixture(scope="module")
+def ctnet_run(tmp_path_factory) -> tuple[Path, dict]:
+    home = tmp_path_factory.mktemp("home")
+    run_dir = tmp_path_factory.mktemp("ctnet")
+    with initialize_config_module(config_module="ctl.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["data=synthetic_tiny", f"home={home}", "progress=false",
+                                          "print_table=false", "model=ctnet"])
+    return run_dir, run_train(cfg, run_dir)
+
+
+def read(path: Path) -> dict[str, np.ndarray]:
+    table = pq.read_table(path).to_pydict()
+    order = np.lexsort((table["row"], table.get("period", np.zeros(len(table["row"])))))
+    return {k: np.asarray(v)[order] for k, v in table.items()}
+
+
+def of_period(columns: dict[str, np.ndarray], period: int) -> dict[str, np.ndarray]:
+    keep = columns["period"] == period
+    return {k: v[keep] for k, v in columns.items()}
+
+
+def test_the_run_keeps_validation_predictions_beside_its_base_tracks(ctnet_run) -> None:
+    run_dir, metrics = ctnet_run
+    own, base = read(run_dir / "val_predictions.parquet"), read(run_dir / "baseline_val_predictions.parquet")
+    track = Path(metrics["tracks"]["target"])
+    assert (run_dir / "baseline_predictions.parquet").read_bytes() == (track / "predictions.parquet").read_bytes()
+    assert (run_dir / "baseline_val_predictions.parquet").read_bytes() == (track / "val_predictions.parquet").read_bytes()
+    for mine, theirs in ((metrics["periods"], own), (metrics["baseline"]["periods"], base)):
+        assert sorted(set(theirs["period"].tolist())) == [r["period"] for r in mine] == [4, 5]
+        for row in mine:
+            rows = of_period(theirs, row["period"])
+            assert len(rows["row"]) == row["rows"]
+            # metrics.json holds torchmetrics' float32 AUC
+            assert auc(rows["pred"], rows["label"]) == pytest.approx(row["auc"], abs=1e-6)
+            assert gauc(rows["pred"], rows["label"], rows["user_id"]) == pytest.approx(row["gauc"], abs=1e-6)
+    # the base track keeps the transfer periods only (t0 = 4 on), not its whole history
+    assert set(read(track / "val_predictions.parquet")["period"].tolist()) == {4, 5}
+
+
+def _signed(text: str) -> float:
+    return float(text.replace("−", "-"))
+
+
+def test_the_test_line_is_the_paired_bootstrap_and_delong_of_ctnet_against_base(ctnet_run) -> None:
+    run_dir, metrics = ctnet_run
+    lines = [line.plain for line in comparison_lines(metrics, run_dir)]
+    own, base = read(run_dir / "predictions.parquet"), read(run_dir / "baseline_predictions.parquet")
+    assert np.array_equal(own["row"], base["row"])
+    boot = paired_bootstrap(own["label"], own["pred"], base["pred"], own["user_id"], 1000, seed=0)
+    p_value = delong_test(own["label"], own["pred"], base["pred"])["p_value"]
+    number = r"([+-]\d\.\d{4})"
+    found = re.fullmatch(rf"test: ctnet − base  ΔAUC {number} \[{number}, {number}\] \(DeLong p (\S+)\)  "
+                         rf"ΔGAUC {number} \[{number}, {number}\]  → (.+)", lines[0])
+    assert found, lines[0]
+    values = [float(found.group(i)) for i in (1, 2, 3, 5, 6, 7)]
+    expected = [boot[m][k] for m in ("auc", "gauc") for k in ("delta", "low", "high")]
+    assert values == pytest.approx(expected, abs=5e-5)
+    assert float(found.group(4)) == pytest.approx(p_value, rel=0.05)
+    above = [m.upper() for m in ("auc", "gauc") if boot[m]["low"] > 0]
+    below = [m.upper() for m in ("auc", "gauc") if boot[m]["high"] < 0]
+    verdict = found.group(8)
+    assert verdict.startswith("not significant") == (not above and not below)
+    for name in above:
+        assert "above" in verdict and name in verdict
+
+
+def test_the_oracle_line_gives_the_true_probabilities_and_the_headroom_covered(ctnet_run) -> None:
+    run_dir, metrics = ctnet_run
+    oracle_line = next(line.plain for line in comparison_lines(metrics, run_dir) if line.plain.startswith("oracle"))
+    own, base = read(run_dir / "predictions.parquet"), read(run_dir / "baseline_predictions.parquet")
+    known, prob = load_click_prob(metrics["dataset_path"])
+    truth = prob[np.searchsorted(known, own["row"])]
+    oracle_auc, base_auc, own_auc = (auc(p, own["label"]) for p in (truth, base["pred"], own["pred"]))
+    share = (own_auc - base_auc) / (oracle_auc - base_auc)
+    assert f"AUC {oracle_auc:.4f}" in oracle_line and f"covers {share:.0%} (AUC)" in oracle_line
+
+
+def _expected_warnings(run_dir: Path, metrics: dict) -> list[str]:
+    """The periods whose AUC or GAUC interval lies entirely below 0, recomputed from the files."""
+    own, base = read(run_dir / "val_predictions.parquet"), read(run_dir / "baseline_val_predictions.parquet")
+    below = []
+    for row in metrics["periods"]:
+        mine, theirs = of_period(own, row["period"]), of_period(base, row["period"])
+        assert np.array_equal(mine["row"], theirs["row"])
+        boot = paired_bootstrap(mine["label"], mine["pred"], theirs["pred"], mine["user_id"], 1000, seed=0)
+        if boot["auc"]["high"] < 0 or boot["gauc"]["high"] < 0:
+            below.append(f"{row['period']} → {row['eval_period']}:")
+    return below
+
+
+def test_a_run_below_its_base_on_validation_says_so(ctnet_run, tmp_path) -> None:
+    run_dir, metrics = ctnet_run
+    # as the run stands: a warning exactly where an interval lies below 0
+    warnings = [line.plain for line in comparison_lines(metrics, run_dir) if line.plain.startswith("warning")]
+    expected = _expected_warnings(run_dir, metrics)
+    assert bool(warnings) == bool(expected)
+    # a CTNet that ranks every click of its validation slices below every non-click is far below base
+    worse = tmp_path / "worse"
+    shutil.copytree(run_dir, worse, symlinks=True)
+    table = pq.read_table(worse / "val_predictions.parquet").to_pydict()
+    noise = np.random.default_rng(0).uniform(0.0, 0.4, size=len(table["label"]))
+    table["pred"] = (0.5 * (1 - np.asarray(table["label"])) + noise).tolist()
+    pq.write_table(pa.table(table), worse / "val_predictions.parquet")
+    expected = _expected_warnings(worse, metrics)
+    assert expected, "inverted predictions should fall below base beyond the noise"
+    (warning,) = [line for line in comparison_lines(metrics, worse) if line.plain.startswith("warning")]
+    assert warning.plain.startswith("warning: on validation ctnet is below base beyond the noise")
+    assert "red" in str(warning.style)
+    for period in expected:
+        assert period in warning.plain
+    assert "does worse than the model it would replace" in warning.plain
+
+
+def test_print_run_prints_the_lines_under_the_table(ctnet_run) -> None:
+    run_dir, metrics = ctnet_run
+    console = Console(record=True, width=250)
+    print_run(metrics, console, run_dir=run_dir)
+    text = console.export_text()
+    assert text.index("test (6)") < text.index("test: ctnet − base  ΔAUC ") < text.index("oracle (true click")
+    # without the run folder nothing is paired
+    console = Console(record=True, width=250)
+    print_run(metrics, console)
+    assert "test: ctnet − base" not in console.export_text()
+
+
+def test_ctl_train_ends_with_the_significance_line(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CTL_COMMAND"}
+    env.update(CTL_HOME=str(tmp_path / "home"), COLUMNS="250")
+    proc = subprocess.run([CTL, "train", "model=ctnet", "data=synthetic_tiny", "progress=false",
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^test: ctnet − base  ΔAUC [+-]\d\.\d{4} \[", proc.stdout, re.MULTILINE), proc.stdout
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["method"] == "ctnet"
