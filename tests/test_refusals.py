@@ -31,9 +31,9 @@ import ctl.conf
 from conftest import make_random_dataset, random_columns
 from ctl import cli
 from ctl.data.dataset import DatasetError, load_dataset, write_dataset
-from ctl.methods import method_label
 from ctl.errors import CtlError
 from ctl.io import atomic_write_json, check_writable, write_manifest
+from ctl.methods import method_label
 from ctl.models.backbone import BackboneConfig
 from ctl.models.base import BaseModel
 from ctl.training.callbacks import FIT_KEY
