@@ -160,8 +160,9 @@ def test_every_model_config_trains_one_period(model: str, train_cfg, tmp_path) -
 
 
 def test_optimiser_trainer_and_callbacks_are_swapped_from_the_command_line(train_cfg, tmp_path) -> None:
+    # one rate for both adapters (no per-width scaling), so the groups are the tower's and the adapters'
     cfg = train_cfg("model=ctnet", "optim=adam", "optim.lr=0.002", "model.net.adapter_lr=0.0005",
-                    "callbacks=lr_monitor", "trainer.log_every_n_steps=1")
+                    "model.net.adapter_base_width=null", "callbacks=lr_monitor", "trainer.log_every_n_steps=1")
     metrics = run_train(cfg, tmp_path)
     adagrad = run_train(train_cfg("model=ctnet"), tmp_path / "adagrad")
     # tracks are keyed by the optimiser: the production models were trained with Adam too ...

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_module
 
+import ctl.conf
 from ctl.methods import BASE, METHOD_ORDER, method_label, method_rank
 
 #: overrides of `ctl train` -> the label its metrics.json and tables carry (written by hand)
@@ -19,10 +22,13 @@ LABELS: dict[tuple[str, ...], str] = {
     ("model=ctnet", "model.net.share_attention=true"): "ctnet_shared",
     ("model=ctnet", "model.net.adapter_lr=0.001"): "ctnet_alr0.001",
     ("model=ctnet", "model.net.adapter_lr=1e-4"): "ctnet_alr0.0001",
-    ("model=ctnet", "model.net.adapter_base_width=128"): "ctnet_aw128",
+    ("model=ctnet", "model.net.adapter_base_width=128"): "ctnet",
+    ("model=ctnet", "model.net.adapter_base_width=256"): "ctnet_aw256",
+    ("model=ctnet", "model.net.adapter_base_width=null"): "ctnet_awnone",
     ("model=ctnet", "model.adapter_state=matched"): "ctnet_matched",
     ("model=ctnet", "model.adapter_state=matched", "model.net.adapter_base_width=64",
      "model.refresh_source=false"): "ctnet_aw64_matched_once",
+    ("model=ctnet_linear", "model.net.adapter_base_width=null"): "ctnet_linear_awnone",
     ("model=base", "model.first_period=12"): "base_from12",
     ("model=din", "model.first_period=1"): "din_from1",
     ("model=ctnet", "model.net.adapter_rank=16", "model.net.share_attention=true"): "ctnet_r16_shared",
@@ -56,3 +62,13 @@ def test_rows_follow_the_papers_order_with_variants_beside_their_method() -> Non
         BASE, "ft_all_emb", "ft_all", "ft_all_k1", "ft_all_kall", "ple_targetonly", "ctnet_linear_r64",
         "ctnet_once", "ctnet", "ctnet[model.net.adapter_init_std=0.001]", "zeta"]
     assert METHOD_ORDER[0] == BASE
+
+
+def test_the_shipped_adapter_base_width_is_the_one_labels_leave_out() -> None:
+    from omegaconf import OmegaConf
+
+    from ctl.methods import ADAPTER_BASE_WIDTH
+
+    for name in ("ctnet", "ctnet_linear"):
+        shipped = OmegaConf.load(Path(ctl.conf.__file__).parent / "model" / f"{name}.yaml")
+        assert shipped.net.adapter_base_width == ADAPTER_BASE_WIDTH == 128, name

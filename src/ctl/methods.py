@@ -13,7 +13,8 @@ config                                                 label
 ``model=ctnet model.net.adapter_rank=64``              ``ctnet_r64``
 ``model=ctnet model.net.share_attention=true``         ``ctnet_shared``
 ``model=ctnet model.net.adapter_lr=0.001``             ``ctnet_alr0.001``
-``model=ctnet model.net.adapter_base_width=128``       ``ctnet_aw128``
+``model=ctnet model.net.adapter_base_width=64``        ``ctnet_aw64``
+``model=ctnet model.net.adapter_base_width=null``      ``ctnet_awnone``
 ``model=ctnet model.adapter_state=matched``            ``ctnet_matched``
 ``model=base model.first_period=12``                   ``base_from12``
 ``model=ple model.source_rows=false``                  ``ple_targetonly``
@@ -35,6 +36,9 @@ from omegaconf import DictConfig
 #: the label of the target production model, the reference of every gain
 BASE = "base"
 
+#: CTNet's shipped ``model.net.adapter_base_width`` (conf/model/ctnet.yaml): another width is another method
+ADAPTER_BASE_WIDTH = 128
+
 #: Row order of the tables: the paper's Table 2, then anything else by name.
 METHOD_ORDER: tuple[str, ...] = (
     BASE, "source", "din", "ft_id_emb", "ft_all_emb", "ft_all", "dual_emb", "mlppp", "share_bottom",
@@ -53,8 +57,8 @@ def method_label(cfg: DictConfig) -> str:
             label += "_shared"
         if model.net.adapter_lr is not None:
             label += f"_alr{model.net.adapter_lr:g}"
-        if model.net.adapter_base_width is not None:
-            label += f"_aw{model.net.adapter_base_width}"
+        if model.net.adapter_base_width != ADAPTER_BASE_WIDTH:
+            label += f"_aw{'none' if model.net.adapter_base_width is None else model.net.adapter_base_width}"
         if model.adapter_state != "fresh":
             label += f"_{model.adapter_state}"
         if not model.refresh_source:
