@@ -88,12 +88,11 @@ def _verdict(result: dict) -> str:
 
 
 def _baseline_file(run_dir: Path, metrics: dict, name: str) -> Path | None:
-    """The target base track's ``name`` file: the run's own copy, else the track's."""
-    own = run_dir / f"baseline_{name}"
-    if own.is_file():
-        return own
-    track = (metrics.get("tracks") or {}).get("target")
-    return Path(track) / name if track and (Path(track) / name).is_file() else None
+    """The target base track's ``name`` file, if it exists (:func:`ctl.report.runs.baseline_file`)."""
+    from ctl.report.runs import baseline_file
+
+    path = baseline_file(run_dir, (metrics.get("tracks") or {}).get("target"), name)
+    return path if path is not None and path.is_file() else None
 
 
 def _test_lines(metrics: dict, run_dir: Path, n_resamples: int) -> list[Text]:

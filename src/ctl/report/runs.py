@@ -26,7 +26,6 @@ from ctl.methods import BASE, method_rank
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 PREDICTIONS_FILE = "predictions.parquet"
-BASELINE_PREDICTIONS_FILE = "baseline_predictions.parquet"
 
 # config keys that say where or how verbosely a run ran, not what it computed
 _NEUTRAL_KEYS = ("seed", "home", "progress", "print_table", "resume", "logger", "data.domain")
@@ -87,6 +86,20 @@ class RunSet:
 
     runs: tuple[Run, ...]
     notes: tuple[str, ...]
+
+
+def baseline_copy(run_dir: Path, name: str) -> Path:
+    """Where a transfer run keeps its own copy of its target base track's file ``name``."""
+    return run_dir / f"baseline_{name}"
+
+
+def baseline_file(run_dir: Path, target_track: str | None, name: str) -> Path | None:
+    """The target base track's file ``name`` for the run in ``run_dir``: the run's own copy if it has
+    one, else the track's (which may be gone); None for a run without a target track."""
+    own = baseline_copy(run_dir, name)
+    if own.is_file():
+        return own
+    return Path(target_track) / name if target_track else None
 
 
 def _metrics_files(root: Path) -> Iterable[Path]:
@@ -153,10 +166,7 @@ def read_run(metrics_path: Path, metrics: dict) -> Run:
     target, model = str(metrics["target"]), str(metrics["model"])
     predictions = run_dir / PREDICTIONS_FILE
     target_track = (metrics.get("tracks") or {}).get("target")
-    base_track_predictions = None
-    if target_track:
-        own_copy = run_dir / BASELINE_PREDICTIONS_FILE
-        base_track_predictions = own_copy if own_copy.is_file() else Path(target_track) / PREDICTIONS_FILE
+    base_track_predictions = baseline_file(run_dir, target_track, PREDICTIONS_FILE)
     dataset_path = metrics.get("dataset_path")
     return Run(
         path=run_dir,

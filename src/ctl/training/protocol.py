@@ -32,6 +32,7 @@ from ctl.data.dataset import Dataset
 from ctl.data.registry import load_for
 from ctl.errors import CtlError
 from ctl.io import atomic_copy, atomic_write_json, atomic_write_text, check_writable
+from ctl.report.runs import baseline_copy
 from ctl.training.distributed import is_rank_zero, scratch_run_dir
 from ctl.training.protocols.ctnet import run_ctnet
 from ctl.training.protocols.dual_embedding import run_dual_embedding
@@ -72,6 +73,6 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     if metrics.get("baseline") and target_track:
         for name in ("predictions.parquet", "val_predictions.parquet"):
             if (Path(target_track) / name).is_file():
-                atomic_copy(Path(target_track) / name, run_dir / f"baseline_{name}")
+                atomic_copy(Path(target_track) / name, baseline_copy(run_dir, name))
     atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics
