@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from ctl.data.dataset import HISTORY_FILE, META_FILE, ROWS_FILE, load_dataset
 from ctl.data.synthetic import DomainSpec, SyntheticWorld
 from ctl.data.synthetic.pools import CategoryPool, Urn
+from ctl.data.synthetic.simulation import Simulation
 from ctl.data.synthetic.streams import stable_hash, stream
 
 CONF = Path(__file__).resolve().parents[1] / "src" / "ctl" / "conf" / "data"
@@ -310,3 +311,52 @@ def test_domain_spec_round_trips_through_a_mapping():
     world = SyntheticWorld(domains={"A": SyntheticWorld().domains["A"], "C": spec.to_dict()})
     assert world.domains["C"] == spec
     assert isinstance(world.domains["C"], DomainSpec)
+
+
+def test_offset_persistence_ages_offsets_and_biases_of_its_domain_only_and_keeps_their_spread():
+    rho, scale, bias_scale = 0.8, 1.0, 0.5
+    world = tiny_world(
+        n_users=20000,
+        n_items=20000,
+        **{
+            "domains.B.offset_persistence": rho,
+            "domains.B.user_offset_scale": scale,
+            "domains.B.item_bias_scale": bias_scale,
+        },
+    )
+    sim = Simulation(world)
+    b, c = sim.names.index("B"), sim.names.index("C")
+    offset0, bias0 = sim.users.offset[b].copy(), sim.items.domain_bias[b].copy()
+    untouched = sim.users.offset[c].copy(), sim.items.domain_bias[c].copy()
+    for period in range(world.n_periods):
+        sim._advance(period)
+    steps = world.n_periods - 1  # period 0 starts the world, every later one ages it once
+    first_users, first_items = slice(1, world.n_users + 1), slice(1, world.n_items + 1)
+    offset, bias = sim.users.offset[b][first_users], sim.items.domain_bias[b][first_items]
+    d = world.latent_dim
+    assert offset.std() == pytest.approx(scale / np.sqrt(d), rel=0.03)
+    assert bias.std() == pytest.approx(bias_scale, rel=0.03)
+    corr = np.corrcoef(offset.ravel(), offset0[first_users].ravel())[0, 1]
+    assert corr == pytest.approx(rho**steps, abs=0.02)
+    assert np.corrcoef(bias, bias0[first_items])[0, 1] == pytest.approx(rho**steps, abs=0.02)
+    # the users arriving in the last period have not been aged yet
+    last = slice(world.total_users - world.new_users_per_period + 1, world.total_users + 1)
+    np.testing.assert_array_equal(sim.users.offset[b][last], offset0[last])
+    np.testing.assert_array_equal(sim.users.offset[c], untouched[0])
+    np.testing.assert_array_equal(sim.items.domain_bias[c], untouched[1])
+    np.testing.assert_array_equal(sim.domain_interest[b], sim.users.offset[b] + sim.interest)
+
+
+def test_full_offset_persistence_is_the_world_without_the_knob(tiny_path, tmp_path):
+    world = tiny_world(**{"domains.B.offset_persistence": 1.0, "domains.C.offset_persistence": 1.0})
+    assert world.config() == tiny_world().config()
+    again = world.generate(tmp_path / "explicit", progress=False)
+    for name in (ROWS_FILE, HISTORY_FILE, META_FILE):
+        assert (again / name).read_bytes() == (tiny_path / name).read_bytes()
+    aged = tiny_world(**{"domains.B.offset_persistence": 0.5}).simulate()
+    assert not np.array_equal(aged.rows["label"], tiny_world().simulate().rows["label"])
+
+
+def test_refuses_an_offset_persistence_outside_zero_one():
+    with pytest.raises(ValueError, match=r"offset_persistence must lie in \[0, 1\], got 1.5"):
+        tiny_world(**{"domains.C.offset_persistence": 1.5})

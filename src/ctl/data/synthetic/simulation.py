@@ -202,7 +202,27 @@ class Simulation:
             0.0, w.interest_drift / np.sqrt(w.latent_dim), size=(present, w.latent_dim)
         )
         self.interest[1 : present + 1] += step.astype(np.float32)
+        self._age_domain_state(period, present, w.n_items + w.new_items_per_period * period)
         self.domain_interest = self.users.offset + self.interest[None]
+
+    def _age_domain_state(self, period: int, users: int, items: int) -> None:
+        """One AR(1) step of each domain's user offsets and item biases (``offset_persistence``),
+        for the users and items that exist before ``period``; keeps their spread."""
+        w = self.world
+        for d, (name, spec) in enumerate(zip(self.names, self.specs, strict=True)):
+            rho = spec.offset_persistence
+            if rho == 1.0:
+                continue
+            rng = stream(w.seed, f"domain_drift/{name}", period)
+            fresh = np.sqrt(1.0 - rho**2)
+            offset = self.users.offset[d, 1 : users + 1]
+            offset *= rho
+            offset += (fresh * spec.user_offset_scale / np.sqrt(w.latent_dim)) * rng.normal(
+                size=offset.shape
+            ).astype(np.float32)
+            bias = self.items.domain_bias[d, 1 : items + 1]
+            bias *= rho
+            bias += fresh * spec.item_bias_scale * rng.normal(size=bias.shape)
 
     def _absorb_clicks(self, user: np.ndarray, item: np.ndarray) -> None:
         """Fold clicked items into their users' recent-behaviour summaries (EMA, one step per click)."""

@@ -28,6 +28,10 @@ class DomainSpec:
         item_share: fraction of the catalogue (old and new items alike) this domain can show.
         recent_item_share: fraction of impressions on items launched in the last
             ``recent_periods`` periods (the rest go to older items).
+        offset_persistence: how much of its user offsets and item biases this domain keeps from
+            one period to the next (an AR(1) step ``x <- rho x + sqrt(1 - rho^2) eps`` that keeps
+            their spread): 1 never changes them; below 1 old logs of the domain age, so a model
+            trained on all of them gains little over one trained on the recent ones.
     """
 
     rows_per_period: int
@@ -45,6 +49,7 @@ class DomainSpec:
     item_bias_scale: float
     hour_amplitude: float
     hour_peak: float
+    offset_persistence: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("rows_per_period", "test_rows"):
@@ -59,6 +64,15 @@ class DomainSpec:
             if getattr(self, name) < 0.0:
                 raise ValueError(f"DomainSpec.{name} must be >= 0, got {getattr(self, name)}")
 
+        if not 0.0 <= self.offset_persistence <= 1.0:
+            raise ValueError(
+                f"DomainSpec.offset_persistence must lie in [0, 1], got {self.offset_persistence}"
+            )
+
     def to_dict(self) -> dict:
-        """Plain values, for provenance."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Plain values, for provenance. ``offset_persistence`` only when it moves anything, so
+        worlds made before it existed keep their provenance and fingerprint."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.offset_persistence == 1.0:
+            del values["offset_persistence"]
+        return values

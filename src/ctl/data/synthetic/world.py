@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import MISSING
 from pathlib import Path
 
 import numpy as np
@@ -86,12 +87,13 @@ def _as_domain_spec(name: str, spec: DomainSpec | Mapping[str, float]) -> Domain
             f"SyntheticWorld: domains.{name} must be a DomainSpec or a mapping, got {type(spec).__name__}"
         )
     expected = set(DomainSpec.__dataclass_fields__)
-    unknown, missing = sorted(set(spec) - expected), sorted(expected - set(spec))
+    optional = {name for name, f in DomainSpec.__dataclass_fields__.items() if f.default is not MISSING}
+    unknown, missing = sorted(set(spec) - expected), sorted(expected - optional - set(spec))
     if unknown or missing:
         raise ValueError(
             f"SyntheticWorld: domains.{name} has unknown keys {unknown} and lacks keys {missing}"
         )
-    return DomainSpec(**{key: spec[key] for key in expected})
+    return DomainSpec(**{key: spec[key] for key in expected & set(spec)})
 
 
 class SyntheticWorld:
