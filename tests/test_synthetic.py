@@ -96,6 +96,7 @@ def test_sparse_preset_keeps_the_first_default_world():
     assert rows == {"A": 72_000, "B": 1_200, "C": 360}
     assert rows["A"] / rows["B"] == 60 and rows["A"] / rows["C"] == 200
     assert (sparse.domains["B"].test_rows, sparse.domains["C"].test_rows) == (6_000, 3_000)
+    assert {spec.offset_persistence for spec in sparse.domains.values()} == {1.0}
 
 
 def test_refuses_rows_that_do_not_fill_whole_requests():

@@ -58,6 +58,7 @@ def default_domains() -> dict[str, DomainSpec]:
             item_bias_scale=0.8,
             hour_amplitude=0.2,
             hour_peak=12.0,
+            offset_persistence=0.95,
         ),
         "C": DomainSpec(
             rows_per_period=2_040,
@@ -75,6 +76,7 @@ def default_domains() -> dict[str, DomainSpec]:
             item_bias_scale=0.8,
             hour_amplitude=0.3,
             hour_peak=22.0,
+            offset_persistence=0.95,
         ),
     }
 
