@@ -92,7 +92,7 @@ def start_adapter_state(inherited: dict, net, how: str) -> str:
     if how not in ADAPTER_STATES:
         raise CtlError(f"model.adapter_state={how!r}: choose one of {', '.join(ADAPTER_STATES)}")
     if how == "fresh":
-        return "fresh Adagrad state"
+        return "fresh optimiser state"
     states = [inherited[p] for p in (layer.weight for layer in net.target.tower.mlp.linears) if p in inherited]
     if states and any("sum" not in state for state in states):
         raise CtlError("model.adapter_state=matched reads Adagrad's accumulators, and this run's optimiser keeps "
