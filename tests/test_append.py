@@ -1,0 +1,119 @@
+"""``ctl data append``: an imported dataset grows by a period of new logs as importing everything at
+once would make it, keeps its ids, and refuses older records, another schema and a doubled append
+in one line each; a killed append leaves the dataset as it was."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from ctl.data.append import append_logs
+from ctl.data.dataset import load_dataset
+from ctl.data.importer import import_dataset, load_spec
+from ctl.data.lineage import read_lineage
+from ctl.errors import CtlError
+from ctl.io import KILL_AT_ENV
+from test_importer import log_schema, make_log, write_csv, write_schema
+
+LAST_DAY = "2024-03-06"
+
+
+@pytest.fixture()
+def logs(tmp_path):
+    """The test log cut into the days before 2024-03-06 and that day; the dataset of the first part."""
+    records = make_log(n=600)
+    old = [r for r in records if r["when"] < LAST_DAY]
+    new = [r for r in records if r["when"] >= LAST_DAY]
+    schema = write_schema(tmp_path / "schema.yaml", log_schema())
+    paths = {"old": write_csv(tmp_path / "old.csv", old), "new": write_csv(tmp_path / "new.csv", new),
+             "all": write_csv(tmp_path / "all.csv", old + new)}
+    dataset = import_dataset(load_spec(schema), [paths["old"]], tmp_path / "ds").path
+    return tmp_path, schema, paths, dataset
+
+
+def test_an_append_equals_importing_everything_at_once(logs) -> None:
+    tmp_path, schema, paths, dataset = logs
+    before = load_dataset(dataset).schema
+    shutil.copy(dataset / "rows.parquet", tmp_path / "old_rows.parquet")
+    report = append_logs(dataset, [paths["new"]])
+    at_once = import_dataset(load_spec(schema), [paths["old"], paths["new"]], tmp_path / "at_once").path
+    for name in ("rows.parquet", "history.parquet", "origin.parquet"):
+        assert pq.read_table(dataset / name).equals(pq.read_table(at_once / name)), name
+    for table in sorted((at_once / "id_maps").glob("*.parquet")):
+        assert pq.read_table(dataset / "id_maps" / table.name).equals(pq.read_table(table)), table.name
+    after = load_dataset(dataset).schema  # validates
+    # the history periods stay; the earlier test slice became a transfer period, the new day is the test slice
+    assert (after.n_history, after.n_transfer) == (before.n_history, before.n_transfer + 1)
+    assert report.periods == (before.test_period + 1,) and after.test_period == before.test_period + 1
+    assert after.feature("user_id").vocab >= before.feature("user_id").vocab
+    (ancestor,) = read_lineage(dataset)
+    assert ancestor.test_period == before.test_period
+    assert report.new_rows == report.n_rows - pq.read_metadata(tmp_path / "old_rows.parquet").num_rows
+
+
+def test_appending_the_same_logs_twice_is_refused(logs) -> None:
+    tmp_path, _, paths, dataset = logs
+    with pytest.raises(CtlError, match=r"old.csv is already an input of .*: each append takes new logs only"):
+        append_logs(dataset, [paths["old"]])
+    append_logs(dataset, [paths["new"]])
+    copy = shutil.copy(paths["new"], tmp_path / "new_again.csv")
+    with pytest.raises(CtlError, match=r"new_again.csv holds the same bytes as .*new.csv"):
+        append_logs(dataset, [Path(copy)])
+
+
+def test_records_of_a_stored_period_are_refused_naming_file_and_line(logs) -> None:
+    tmp_path, _, _paths, dataset = logs
+    records = make_log(n=600)
+    late = [r for r in records if r["when"] >= LAST_DAY]
+    early = dict(late[0], when="2024-03-03 10:00:00")
+    mixed = write_csv(tmp_path / "mixed.csv", [*late[:3], early, *late[3:]])
+    meta = (dataset / "meta.yaml").read_bytes()
+    with pytest.raises(CtlError, match=r"mixed.csv: line 5 falls in period 1 \(2024-03-03 .*which the dataset already "
+                                       r"has \(its last period is 3"):
+        append_logs(dataset, [mixed])
+    assert (dataset / "meta.yaml").read_bytes() == meta
+
+
+def test_inputs_of_another_schema_are_refused(logs) -> None:
+    tmp_path, _, _paths, dataset = logs
+    other = tmp_path / "other.csv"
+    other.write_text("user,item,when\nu1,i1,2024-03-06 10:00:00\n")
+    with pytest.raises(Exception, match="other.csv") as refusal:
+        append_logs(dataset, [other])
+    assert "\n" not in str(refusal.value)
+
+
+def test_a_killed_append_leaves_the_dataset_as_it_was(logs) -> None:
+    tmp_path, _, paths, dataset = logs
+    files = {p.relative_to(dataset): p.read_bytes() for p in dataset.rglob("*") if p.is_file()}
+    env = dict(os.environ, **{KILL_AT_ENV: "append-swap"})
+    code = ("import sys; from ctl.data.append import append_logs; "
+            f"append_logs({str(dataset)!r}, [{str(paths['new'])!r}])")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300, check=False)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert {p.relative_to(dataset): p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == files
+    assert list(tmp_path.glob(".ds.append-*"))  # the killed append's staging folder, left for the next one
+    append_logs(dataset, [paths["new"]])
+    assert not list(tmp_path.glob(".ds.append-*"))
+    assert yaml.safe_load((dataset / "meta.yaml").read_text())["schema"]["n_transfer"] == 2
+
+
+def test_the_cli_appends_and_says_what_it_added(logs) -> None:
+    _tmp_path, _, paths, dataset = logs
+    ctl = Path(sys.executable).with_name("ctl")
+    env = {k: v for k, v in os.environ.items() if k != "CTL_COMMAND"}
+    done = subprocess.run([str(ctl), "data", "append", str(dataset), f"inputs=[{paths['new']}]", "progress=false"],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "as period(s) 4" in done.stdout and "the test slice is now period 4" in done.stdout
+    again = subprocess.run([str(ctl), "data", "append", str(dataset), f"inputs=[{paths['new']}]"],
+                           capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert again.returncode != 0 and "already an input" in again.stderr
+    assert len([line for line in again.stderr.splitlines() if line.strip()]) == 1
