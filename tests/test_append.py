@@ -117,3 +117,12 @@ def test_the_cli_appends_and_says_what_it_added(logs) -> None:
                            capture_output=True, text=True, env=env, timeout=300, check=False)
     assert again.returncode != 0 and "already an input" in again.stderr
     assert len([line for line in again.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_a_dataset_cut_in_file_order_is_refused(tmp_path) -> None:
+    time = {"column": None, "periods": 4, "n_transfer": 1}
+    schema = write_schema(tmp_path / "schema.yaml", log_schema(time=time))
+    records = make_log(n=400)
+    dataset = import_dataset(load_spec(schema), [write_csv(tmp_path / "a.csv", records[:300])], tmp_path / "ds").path
+    with pytest.raises(CtlError, match=r"cuts its records into 4 equal chunks in file order \(time.periods\)"):
+        append_logs(dataset, [write_csv(tmp_path / "b.csv", records[300:])])

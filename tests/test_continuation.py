@@ -218,3 +218,10 @@ def test_a_continuation_killed_midway_resumes_to_the_same_end(continued, tmp_pat
         torch.set_num_threads(threads)
     assert_close(comparable(resumed), comparable(runs["ctnet"][1]))
     assert resumed["cost"]["own"]["train_rows"] == 60
+
+
+def test_a_base_run_refuses_to_continue_a_run_of_an_unrelated_dataset(continued, tmp_path) -> None:
+    root, _, _ = continued
+    with pytest.raises(CtlError, match="not an earlier version"):
+        run_train(make_cfg(root / "home", 3, "model=base", "data.generator.seed=1",
+                           f"continue_from={root / 'short-base'}"), tmp_path / "a")

@@ -154,6 +154,10 @@ def append_logs(dataset: Path | str, inputs: Sequence[Path | str], log: Callable
     for stale in dataset.parent.glob(f".{dataset.name}.append-*"):
         shutil.rmtree(stale, ignore_errors=True)  # a killed append's leftovers
     spec = parse_spec(provenance["schema"], str(provenance.get("schema_origin", dataset / META_FILE)))
+    if spec.time.periods is not None:
+        raise CtlError(f"{dataset} cuts its records into {spec.time.periods} equal chunks in file order "
+                       "(time.periods): more records would move every chunk; import with time.period or "
+                       "time.period_column to append new logs as new periods")
     staged = dataset.parent / f".{dataset.name}.append-{uuid.uuid4().hex[:8]}"
     try:
         report = import_dataset(spec, [*earlier, *new], staged, log=log)
@@ -163,7 +167,11 @@ def append_logs(dataset: Path | str, inputs: Sequence[Path | str], log: Callable
             raise CtlError(f"inputs={[str(p) for p in new]} add no period after the dataset's last one "
                            f"({spans[schema.test_period]})")
         _check_id_maps(dataset, staged)
-        check_prefix(dataset, staged, schema.test_period + 1)
+        try:
+            check_prefix(dataset, staged, schema.test_period + 1)
+        except CtlError as exc:
+            raise CtlError(f"cannot append to {dataset}: importing the new logs with its inputs changes what it "
+                           f"holds ({str(exc).split(': ', 1)[-1]})") from None
         _relayout(staged, schema.n_history, len(spans))
         write_lineage(staged, lineage_after(dataset, schema.test_period))
         fsync_path(staged)

@@ -211,11 +211,14 @@ def revalidate(task: CTRTask, batches, keep_predictions: bool) -> tuple[dict, di
     return {"rows": rows, "metrics": metrics.compute()}, (gather_rows(parts)[0] if keep_predictions else None)
 
 
-def continued_cost(cost: dict, continuation: Continuation, records: list[dict]) -> dict:
-    """A continued fit's cost: the rows of the new periods only (its wall and CPU time are its own
-    already), with what the earlier fit had trained under ``continued_from``."""
-    summary = _summary(continuation, records)
+def continued_cost(cost: dict, continuation: Continuation, records: list[dict],
+                   prepared: tuple[float, float] = (0.0, 0.0)) -> dict:
+    """A continued fit's cost: the rows of the new periods only, its own wall and CPU time with the
+    ``prepared`` (wall, CPU) seconds of :func:`prepare` (growing and copying the earlier checkpoints,
+    validating the last period again), and under ``continued_from`` what the earlier fit had trained."""
+    summary = {**_summary(continuation, records), "prepare_wall_s": round(prepared[0], 3)}
     return {**cost, "train_rows": int(sum(r["train_rows"] for r in records if r["period"] > continuation.last_period)),
+            "wall_s": round(cost["wall_s"] + prepared[0], 3), "cpu_s": round(cost["cpu_s"] + prepared[1], 3),
             "continued_from": summary}
 
 

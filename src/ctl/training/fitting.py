@@ -146,8 +146,10 @@ def fit_periods(
     if identity is None and continuation is None:  # a run's own fit (a track's has an identity of its own)
         continuation = continuation_of_run(cfg, datamodule.dataset, out_dir)
     identity = run_identity(cfg, datamodule.dataset) if identity is None else identity
+    prepared = (time.perf_counter(), time.process_time())
     if continuation is not None and is_rank_zero():
         prepare(continuation, task, datamodule, list(callbacks), out_dir / "checkpoints", identity)
+    prepared = (time.perf_counter() - prepared[0], time.process_time() - prepared[1])
     strict = bool(cfg.resume) if strict_resume is None else strict_resume
     saver, resume_from = _checkpoints(cfg, task, datamodule, out_dir, label, identity, strict)
     n_epochs = len(datamodule.periods)
@@ -183,7 +185,7 @@ def fit_periods(
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if continuation is not None:
-        cost = continued_cost(cost, continuation, task.period_results)
+        cost = continued_cost(cost, continuation, task.period_results, prepared)
     predictions = {k: torch.cat([p[k] for p in task.test_predictions]).numpy() for k in task.test_predictions[0]}
     val_predictions = {period: {k: v.numpy() for k, v in rows.items()}
                        for period, rows in sorted(task.val_predictions.items())}
