@@ -126,3 +126,34 @@ def test_a_dataset_cut_in_file_order_is_refused(tmp_path) -> None:
     dataset = import_dataset(load_spec(schema), [write_csv(tmp_path / "a.csv", records[:300])], tmp_path / "ds").path
     with pytest.raises(CtlError, match=r"cuts its records into 4 equal chunks in file order \(time.periods\)"):
         append_logs(dataset, [write_csv(tmp_path / "b.csv", records[300:])])
+
+
+def test_a_run_continued_after_an_append_equals_a_run_on_everything_imported_at_once(logs) -> None:
+    from hydra import compose, initialize_config_module
+
+    from ctl.training.protocol import run_train
+    from test_continuation import assert_close, assert_same_checkpoint, comparable
+
+    tmp_path, schema, paths, dataset = logs
+    at_once = tmp_path / "at_once"
+    spec = yaml.safe_load(schema.read_text())
+    spec["time"]["n_transfer"] = 2  # the appended dataset's layout: the history stays, the transfer periods grow
+    import_dataset(load_spec(write_schema(tmp_path / "schema_t2.yaml", spec)), [paths["old"], paths["new"]], at_once)
+
+    def cfg(home: Path, path: Path, *overrides: str):
+        with initialize_config_module(config_module="ctl.conf", version_base="1.3"):
+            return compose(config_name="train", overrides=[
+                f"home={home}", f"+data.path={path}", "data.name=shop_log", "data.domain=T1",
+                "model=ctnet", "model/size=small", "progress=false", "print_table=false", *overrides])
+
+    run_train(cfg(tmp_path / "home", dataset), tmp_path / "short")
+    append_logs(dataset, [paths["new"]])
+    continued = run_train(cfg(tmp_path / "home", dataset, f"continue_from={tmp_path / 'short'}"), tmp_path / "cont")
+    full = run_train(cfg(tmp_path / "scratch", at_once), tmp_path / "full")
+    assert continued["dataset"] != full["dataset"]  # the provenance differs (two imports), the rows do not
+    assert_close(comparable({k: v for k, v in continued.items() if k != "dataset"}),
+                 comparable({k: v for k, v in full.items() if k != "dataset"}))
+    last = f"period_{full['test']['period'] - 1}.ckpt"
+    assert_same_checkpoint(tmp_path / "cont" / "checkpoints" / last, tmp_path / "full" / "checkpoints" / last)
+    new_rows = next(r["train_rows"] for r in full["periods"] if r["period"] == full["test"]["period"] - 1)
+    assert continued["cost"]["own"]["train_rows"] == new_rows

@@ -17,6 +17,7 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 
 from ctl.errors import CtlError
 from ctl.io import atomic_write
+from ctl.models.blocks.embeddings import GrowingEmbedding, grow_table
 
 MODEL_PREFIX = "model."
 
@@ -83,8 +84,6 @@ def model_state(checkpoint: dict, prefix: str = MODEL_PREFIX) -> dict[str, torch
 
 def grown_model_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` with every embedding table that is smaller than ``module``'s grown to its size."""
-    from ctl.models.blocks.embeddings import GrowingEmbedding, grow_table
-
     grown = dict(state)
     for name, table in module.named_modules():
         key = f"{name}.weight" if name else "weight"

@@ -6,6 +6,11 @@ jobs of a sweep build it once; a build killed midway resumes there from its ``la
 finished build gets ``manifest.json`` (every file's size and sha256, written last) and is renamed
 to ``<home>/tracks/<model>-<domain>-<key>``. A track is used only if its manifest verifies; a
 damaged one (a file truncated, removed or altered) is rebuilt.
+
+A track on a dataset that grew by whole periods (``lineage.json``, :mod:`ctl.data.lineage`) is not
+retrained: the finished track of the same key on the nearest earlier version of the dataset is
+extended from its last checkpoint (:mod:`ctl.training.continuation`), its earlier checkpoints
+copied grown to the new vocabulary. That earlier track stays in the cache.
 """
 
 from __future__ import annotations
