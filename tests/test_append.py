@@ -1,6 +1,6 @@
-"""``ctl data append``: an imported dataset grows by a period of new logs as importing everything at
-once would make it, keeps its ids, and refuses older records, another schema and a doubled append
-in one line each; a killed append leaves the dataset as it was."""
+"""``ctl data append``: an imported dataset grows by a period of new logs, keeping every stored row
+and id (with explicit labels: as importing everything at once makes it), and refuses older records,
+another schema and a doubled append in one line each; a killed append leaves the dataset as it was."""
 
 from __future__ import annotations
 
@@ -157,3 +157,35 @@ def test_a_run_continued_after_an_append_equals_a_run_on_everything_imported_at_
     assert_same_checkpoint(tmp_path / "cont" / "checkpoints" / last, tmp_path / "full" / "checkpoints" / last)
     new_rows = next(r["train_rows"] for r in full["periods"] if r["period"] == full["test"]["period"] - 1)
     assert continued["cost"]["own"]["train_rows"] == new_rows
+
+
+def test_sampled_negatives_of_the_stored_periods_are_kept_and_the_new_period_gets_its_own(tmp_path) -> None:
+    from test_importer import IMPLICIT_SCHEMA, write_event_lines
+
+    from ctl.data.importer import parse_spec
+
+    everything = tmp_path / "all.txt"
+    write_event_lines(everything, users=60, seed=3)
+    cut = 1_700_000_000 + 30 * 86_400  # the first second of the fourth 10-day period
+    parts = {"old": [], "new": []}
+    for line in everything.read_text().splitlines():
+        user, seq, *events = line.split("\t")
+        for part, keep in (("old", lambda ts: ts < cut), ("new", lambda ts: ts >= cut)):
+            chosen = [e for e in events if keep(int(e.split("|")[1]))]
+            if chosen:
+                parts[part].append("\t".join([user, seq, *chosen]))
+    for part, lines in parts.items():
+        (tmp_path / f"{part}.txt").write_text("\n".join(lines) + "\n")
+    spec = parse_spec(IMPLICIT_SCHEMA, "implicit schema")
+    dataset = import_dataset(spec, [tmp_path / "old.txt"], tmp_path / "ds").path
+    stored = pq.read_table(dataset / "rows.parquet")
+    append_logs(dataset, [tmp_path / "new.txt"])
+    grown = load_dataset(dataset)  # validated: every stored row's hist_end still counts the right events
+    rows = pq.read_table(dataset / "rows.parquet")
+    assert rows.slice(0, stored.num_rows).equals(stored)
+    new = rows.slice(stored.num_rows).to_pydict()
+    assert set(new["period"]) == {3} and 0 in new["label"] and 1 in new["label"]
+    assert (grown.schema.n_history, grown.schema.n_transfer) == (1, 2)
+    origin = pq.read_table(dataset / "origin.parquet").to_pydict()
+    assert len(origin["input"]) == rows.num_rows and set(origin["input"][stored.num_rows:]) == {1}
+    assert grown.meta["provenance"]["appended"] == [{"inputs": [str(tmp_path / "new.txt")], "periods": [3]}]

@@ -1,12 +1,18 @@
 """``ctl data append DATASET inputs=[...]``: an imported dataset grows by the periods of new logs.
 
 The new logs are imported together with the inputs the dataset was made from (its
-``provenance.inputs``), with its own import schema, and the result is accepted only as a
-*continuation* of the stored dataset:
+``provenance.inputs``), with its own import schema, and the new periods' rows of that import are
+added to the stored dataset:
 
-* every row of the stored periods (the test slice included, which becomes a transfer period),
-  every history event before the new periods and every id of the stored id maps stays as it was
-  (new users, items and categories get the next ids; the tables only grow);
+* every stored row (the test slice included, which becomes a transfer period) is kept as it is,
+  and every id of the stored id maps (new users, items and categories get the next ids; the tables
+  only grow); the import of all logs must agree with the stored dataset on every history event
+  before the new periods, so that stored rows see the same behaviour sequences;
+* the new periods' rows and the extended histories are the import's: for logs with explicit labels
+  the result is the dataset an import of all logs at once gives; with sampled negatives only the
+  stored periods' negatives differ from such an import (they were drawn before the new logs
+  existed, and an import draws them from one stream over all positives, avoiding every item a
+  user ever touched), and they are kept, never redrawn;
 * the history periods stay, the transfer periods grow by the new ones but the last, which is the
   new test slice;
 * the dataset keeps the earlier version in ``lineage.json``, so tracks and runs extend
@@ -31,15 +37,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from ctl.data.dataset import META_FILE, ROWS_FILE
+from ctl.data.dataset import HISTORY_FILE, META_FILE, ROWS_FILE, write_dataset
 from ctl.data.importer import ID_MAPS_DIR, ORIGIN_FILE, import_dataset, parse_spec
-from ctl.data.lineage import check_prefix, lineage_after, write_lineage
+from ctl.data.lineage import check_history_prefix, lineage_after, write_lineage
 from ctl.data.schema import Schema
 from ctl.errors import CtlError
-from ctl.io import atomic_write_text, crash_point, fsync_path
+from ctl.io import crash_point, fsync_path
 
 #: renameat2's flag that swaps two paths atomically (Linux)
 _RENAME_EXCHANGE = 2
@@ -168,29 +176,49 @@ def append_logs(dataset: Path | str, inputs: Sequence[Path | str], log: Callable
                            f"({spans[schema.test_period]})")
         _check_id_maps(dataset, staged)
         try:
-            check_prefix(dataset, staged, schema.test_period + 1)
+            check_history_prefix(dataset, staged, schema.test_period + 1)
         except CtlError as exc:
             raise CtlError(f"cannot append to {dataset}: importing the new logs with its inputs changes what it "
                            f"holds ({str(exc).split(': ', 1)[-1]})") from None
-        _relayout(staged, schema.n_history, len(spans))
-        write_lineage(staged, lineage_after(dataset, schema.test_period))
-        fsync_path(staged)
+        grown = _merge(dataset, staged, schema, new, spans)
+        write_lineage(grown, lineage_after(dataset, schema.test_period))
+        fsync_path(grown)
         crash_point("append-swap")
-        _exchange(dataset, staged)
+        _exchange(dataset, grown)
         fsync_path(dataset.parent)
     finally:
-        shutil.rmtree(staged, ignore_errors=True)  # after the swap: the earlier version
+        shutil.rmtree(staged, ignore_errors=True)  # after the swap it holds the earlier version
     added = tuple(range(schema.n_periods, len(spans)))
+    n_rows = int(_read_meta(dataset)["n_rows"])
     return AppendReport(path=dataset, periods=added, spans=tuple(spans[p] for p in added),
-                        new_rows=report.n_rows - int(meta["n_rows"]), n_rows=report.n_rows)
+                        new_rows=n_rows - int(meta["n_rows"]), n_rows=n_rows)
 
 
-def _relayout(staged: Path, n_history: int, n_periods: int) -> None:
-    """Keep the dataset's history periods: every new period but the last is a transfer period."""
+def _merge(dataset: Path, staged: Path, schema: Schema, new: Sequence[Path], spans: list[str]) -> Path:
+    """The grown dataset inside ``staged`` (``staged/grown``): the stored rows and origins as they are,
+    then the import's rows of the new periods; the import's history and id maps; the stored
+    history periods, every new period but the last a transfer period."""
+    stored_rows, imported = pq.read_table(dataset / ROWS_FILE), pq.read_table(staged / ROWS_FILE)
+    later = pc.greater(imported.column("period"), schema.test_period)
+    rows = pa.concat_tables([stored_rows, imported.filter(later).select(stored_rows.column_names)])
+    origin = pa.concat_tables([pq.read_table(dataset / ORIGIN_FILE),
+                               pq.read_table(staged / ORIGIN_FILE).filter(later)])
     meta = _read_meta(staged)
-    meta["schema"]["n_history"] = n_history
-    meta["schema"]["n_transfer"] = n_periods - n_history - 1
-    atomic_write_text(staged / META_FILE, yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
+    layout = dict(meta["schema"], n_history=schema.n_history, n_transfer=len(spans) - schema.n_history - 1)
+    provenance = dict(meta["provenance"])
+    provenance["appended"] = [*_read_meta(dataset)["provenance"].get("appended", []),
+                              {"inputs": [str(p) for p in new], "periods": list(range(schema.n_periods, len(spans)))}]
+    grown = write_dataset(staged / "grown", Schema.from_dict(layout), _columns(rows),
+                          _columns(pq.read_table(staged / HISTORY_FILE)), provenance)
+    shutil.copytree(staged / ID_MAPS_DIR, grown / ID_MAPS_DIR)
+    pq.write_table(origin, grown / ORIGIN_FILE)
+    for path in (grown / ID_MAPS_DIR, grown / ORIGIN_FILE, grown):
+        fsync_path(path)
+    return grown
+
+
+def _columns(table: pa.Table) -> dict[str, np.ndarray]:
+    return {name: table.column(name).to_numpy() for name in table.column_names}
 
 
 def append_main(argv: list[str]) -> None:

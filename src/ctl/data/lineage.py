@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -75,6 +76,16 @@ def check_prefix(parent: Path | str, child: Path | str, test_period: int) -> Non
     kept = int(pc.sum(pc.less(old.column("period"), test_period)).as_py() or 0)
     if new.num_rows < kept or not new.slice(0, kept).equals(old.slice(0, kept)):
         raise CtlError(f"{child} does not continue {parent}: their rows of periods 0..{test_period - 1} differ")
+    check_history_prefix(parent, child, test_period, old, new)
+
+
+def check_history_prefix(parent: Path | str, child: Path | str, test_period: int, old: pa.Table | None = None,
+                         new: pa.Table | None = None) -> None:
+    """Refuse ``child`` unless it has the history events of ``parent`` before its period ``test_period``
+    (``old``/``new``: the two ``rows.parquet`` tables, if already read)."""
+    parent, child = Path(parent), Path(child)
+    old = pq.read_table(parent / ROWS_FILE, columns=["period", "ts"]) if old is None else old
+    new = pq.read_table(child / ROWS_FILE, columns=["period", "ts"]) if new is None else new
     # events before the first impression of a period from test_period on (in either dataset) are kept
     starts = [table.filter(pc.greater_equal(table.column("period"), test_period)).column("ts") for table in (old, new)]
     boundary = min([pc.min(ts).as_py() for ts in starts if len(ts)] or [np.iinfo(np.int64).max])
