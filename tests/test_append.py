@@ -16,11 +16,11 @@ import yaml
 
 from ctl.data.append import append_logs
 from ctl.data.dataset import load_dataset
-from ctl.data.importer import import_dataset, load_spec
+from ctl.data.importer import import_dataset, load_spec, parse_spec
 from ctl.data.lineage import read_lineage
 from ctl.errors import CtlError
 from ctl.io import KILL_AT_ENV
-from test_importer import log_schema, make_log, write_csv, write_schema
+from test_importer import IMPLICIT_SCHEMA, log_schema, make_log, write_csv, write_event_lines, write_schema
 
 LAST_DAY = "2024-03-06"
 
@@ -160,10 +160,6 @@ def test_a_run_continued_after_an_append_equals_a_run_on_everything_imported_at_
 
 
 def test_sampled_negatives_of_the_stored_periods_are_kept_and_the_new_period_gets_its_own(tmp_path) -> None:
-    from test_importer import IMPLICIT_SCHEMA, write_event_lines
-
-    from ctl.data.importer import parse_spec
-
     everything = tmp_path / "all.txt"
     write_event_lines(everything, users=60, seed=3)
     cut = 1_700_000_000 + 30 * 86_400  # the first second of the fourth 10-day period
