@@ -93,7 +93,7 @@ def _earlier_inputs(dataset: Path, provenance: dict) -> list[Path]:
     return inputs
 
 
-def _refuse_doubled(dataset: Path, earlier: list[Path], provenance: dict, new: Sequence[Path]) -> None:
+def _refuse_doubled(dataset: Path, earlier: list[Path], new: Sequence[Path]) -> None:
     seen = {p.resolve(): i for i, p in enumerate(earlier)}
     for path in new:
         if not path.is_file():
@@ -158,7 +158,7 @@ def append_logs(dataset: Path | str, inputs: Sequence[Path | str], log: Callable
                        "`ctl data generate data=... extend=k`")
     schema = Schema.from_dict(meta["schema"])
     earlier = _earlier_inputs(dataset, provenance)
-    _refuse_doubled(dataset, earlier, provenance, new)
+    _refuse_doubled(dataset, earlier, new)
     for stale in dataset.parent.glob(f".{dataset.name}.append-*"):
         shutil.rmtree(stale, ignore_errors=True)  # a killed append's leftovers
     spec = parse_spec(provenance["schema"], str(provenance.get("schema_origin", dataset / META_FILE)))

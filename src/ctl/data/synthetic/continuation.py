@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ctl.data.dataset import META_FILE
 from ctl.data.lineage import check_prefix, lineage_after, read_lineage, write_lineage
 from ctl.data.registry import ensure_dataset
 from ctl.data.schema import Schema
@@ -58,7 +60,5 @@ def continue_world(data_cfg: DictConfig, home: str | Path, periods: int, out: Pa
 
 
 def _test_period(path: Path) -> int:
-    import yaml
-
-    meta = yaml.safe_load((path / "meta.yaml").read_text())
+    meta = yaml.safe_load((path / META_FILE).read_text())
     return Schema.from_dict(meta["schema"]).test_period
