@@ -225,3 +225,18 @@ def test_a_base_run_refuses_to_continue_a_run_of_an_unrelated_dataset(continued,
     with pytest.raises(CtlError, match="not an earlier version"):
         run_train(make_cfg(root / "home", 3, "model=base", "data.generator.seed=1",
                            f"continue_from={root / 'short-base'}"), tmp_path / "a")
+
+
+def test_a_run_that_skipped_a_period_continues_over_both_new_ones(continued, tmp_path) -> None:
+    root, _, _ = continued
+    home = root / "home"
+    longer = continue_world(make_cfg(home, 3).data, home, 1, progress=False)  # periods 0..8, test 8
+    assert [a.test_period for a in read_lineage(longer)] == [7, 6]
+    cont = run_train(make_cfg(home, 4, "model=ctnet", f"continue_from={root / 'short-ctnet'}"), tmp_path / "cont")
+    full = run_train(make_cfg(tmp_path / "scratch", 4, "model=ctnet"), tmp_path / "full")
+    assert_close(comparable(cont), comparable(full))
+    assert_same_checkpoint(tmp_path / "cont" / "checkpoints" / "period_7.ckpt",
+                           tmp_path / "full" / "checkpoints" / "period_7.ckpt")
+    assert cont["cost"]["own"]["train_rows"] == 2 * 60  # periods 6 and 7 of B
+    # the tracks extended from the nearest earlier version's (periods 0..6), one new period each
+    assert cont["cost"]["tracks"]["base-A"]["train_rows"] == 150
