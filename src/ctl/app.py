@@ -44,7 +44,12 @@ def generate_task(cfg: DictConfig) -> None:
     from ctl.data.registry import ensure_dataset
 
     with errors.friendly():
-        if cfg.out:
+        if int(cfg.extend):
+            from ctl.data.synthetic.continuation import continue_world
+
+            out = Path(str(cfg.out)).expanduser() if cfg.out else None
+            path = continue_world(cfg.data, cfg.home, int(cfg.extend), out, progress=bool(cfg.progress))
+        elif cfg.out:
             out = Path(str(cfg.out)).expanduser()
             if out.exists():
                 raise errors.CtlError(f"out={out} already exists; choose a new folder")

@@ -25,10 +25,12 @@ commands:
 `ctl <command> --help` shows each command's options; train/sweep accept Hydra's --cfg job, -m, ...
 """
 
-DATA_USAGE = """usage: ctl data <generate|import|validate|describe> ...
+DATA_USAGE = """usage: ctl data <generate|import|append|validate|describe> ...
 
-  generate [overrides]   write a synthetic world (e.g. data=synthetic_tiny) into the cache
+  generate [overrides]   write a synthetic world (e.g. data=synthetic_tiny) into the cache;
+                         extend=k continues it by k periods
   import [overrides]     convert Parquet/CSV logs with a schema YAML into a dataset
+  append DATASET inputs=[...]   add new logs to an imported dataset as its next period(s)
   validate PATH          check a dataset folder; one clear message on the first problem
   describe PATH          per-domain/per-period counts, CTR, users, items, new-item share
 """
@@ -90,12 +92,16 @@ def _data(argv: list[str]) -> None:
         _hydra("generate", rest, multirun=False)
     elif sub == "import":
         _hydra("import", rest, multirun=False)
+    elif sub == "append":
+        from ctl.data.append import append_main
+
+        append_main(rest)
     elif sub in ("validate", "describe"):
         from ctl.data.cli import describe_main, validate_main
 
         (validate_main if sub == "validate" else describe_main)(rest)
     else:
-        _fail(f"unknown data command {sub!r}; expected generate, import, validate or describe")
+        _fail(f"unknown data command {sub!r}; expected generate, import, append, validate or describe")
 
 
 def _hydra(config_name: str, argv: list[str], multirun: bool) -> None:

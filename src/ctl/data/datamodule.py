@@ -181,6 +181,11 @@ class ContinualDataModule(pl.LightningDataModule):
         period = self.period_of_epoch(min(self.current_epoch, len(self.periods) - 1)) + 1
         return self._eval_batcher(self._rows((self.eval_domain,), period, "validation"))
 
+    def eval_batches(self, period: int) -> RowBatcher:
+        """``eval_domain``'s rows of ``period``, batched as validation batches them (a continued fit
+        validates its earlier last period again with them)."""
+        return self._eval_batcher(self._rows((self.eval_domain,), period, "validation"))
+
     def test_dataloader(self) -> RowBatcher:
         return self._eval_batcher(self._rows((self.eval_domain,), self.dataset.schema.test_period, "test"))
 

@@ -19,11 +19,12 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ctl.data.dataset import ORACLE_FILE, Dataset, DatasetError, load_dataset
+from ctl.data.dataset import ORACLE_FILE, Dataset, DatasetError, load_dataset, read_fingerprint
 from ctl.errors import CtlError
 from ctl.io import check_writable, file_lock, stable_hash
 
-_LOADED: dict[Path, Dataset] = {}
+#: loaded datasets by folder and fingerprint (an append changes a folder's dataset in place)
+_LOADED: dict[tuple[Path, str], Dataset] = {}
 
 
 def dataset_dir(data_cfg: DictConfig, home: str | Path) -> Path:
@@ -85,11 +86,12 @@ def load_for(data_cfg: DictConfig, home: str | Path, progress: bool = True) -> D
         from ctl.data.streaming import load_row_index
 
         return load_row_index(path)
-    if path not in _LOADED:
-        try:
-            _LOADED[path] = load_dataset(path)
-        except DatasetError as exc:
-            if data_cfg.get("path"):
-                raise
-            raise CtlError(f"the cached dataset {path} is damaged ({exc}); delete that folder so it is made again") from exc
-    return _LOADED[path]
+    try:
+        key = (path, read_fingerprint(path))
+        if key not in _LOADED:
+            _LOADED[key] = load_dataset(path)
+    except DatasetError as exc:
+        if data_cfg.get("path"):
+            raise
+        raise CtlError(f"the cached dataset {path} is damaged ({exc}); delete that folder so it is made again") from exc
+    return _LOADED[key]

@@ -17,6 +17,7 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 
 from ctl.errors import CtlError
 from ctl.io import atomic_write
+from ctl.models.blocks.embeddings import GrowingEmbedding, grow_table
 
 MODEL_PREFIX = "model."
 
@@ -81,6 +82,20 @@ def model_state(checkpoint: dict, prefix: str = MODEL_PREFIX) -> dict[str, torch
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def grown_model_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every embedding table that is smaller than ``module``'s grown to its size."""
+    grown = dict(state)
+    for name, table in module.named_modules():
+        key = f"{name}.weight" if name else "weight"
+        if not isinstance(table, GrowingEmbedding) or key not in state:
+            continue
+        weight = state[key]
+        if weight.shape[0] < table.num_embeddings and tuple(weight.shape[1:]) == tuple(table.weight.shape[1:]):
+            seed_key = f"{name}.init_seed" if name else "init_seed"
+            grown[key] = grow_table(weight, int(state.get(seed_key, table.init_seed)), table.num_embeddings)
+    return grown
+
+
 def check_fits(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, source: Path) -> None:
     """Refuse a state that does not fit ``module``, naming the first mismatching parameter."""
     own = module.state_dict()
@@ -99,9 +114,13 @@ def check_fits(module: torch.nn.Module, state: dict[str, torch.Tensor], what: st
 
 
 def load_model_state(module: torch.nn.Module, path: Path, what: str) -> dict:
-    """Copy a checkpoint's model weights into ``module`` in place; returns the checkpoint."""
+    """Copy a checkpoint's model weights into ``module`` in place; returns the checkpoint.
+
+    A checkpoint written for a smaller vocabulary (the dataset grew since) loads too: its embedding
+    tables get the never-trained rows the larger model starts with (:func:`grown_model_state`).
+    """
     checkpoint = read_checkpoint(path)
-    state = model_state(checkpoint)
+    state = grown_model_state(module, model_state(checkpoint))
     check_fits(module, state, what, path)
     with torch.no_grad():
         module.load_state_dict(state, strict=True)

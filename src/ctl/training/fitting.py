@@ -37,11 +37,12 @@ from ctl.io import atomic_write_bytes, check_free_space, check_writable, remove_
 from ctl.models import build_model
 from ctl.training.callbacks import FIT_KEY, PeriodCheckpoints, PeriodProgressBar
 from ctl.training.checkpoints import AtomicCheckpointIO, resume_point
+from ctl.training.continuation import Continuation, continuation_of_run, continued_cost, prepare
 from ctl.training.distributed import is_rank_zero
 from ctl.training.task import CTRTask, OptimizerFactory
 
 #: config keys that change how a run is shown or resumed, never what it computes
-RUN_ONLY_KEYS = ("resume", "progress", "print_table", "checkpoint_every_n_steps")
+RUN_ONLY_KEYS = ("resume", "progress", "print_table", "checkpoint_every_n_steps", "continue_from")
 #: Trainer arguments the protocol sets itself: a trainer config may not set them
 PROTOCOL_TRAINER_ARGS = ("max_epochs", "reload_dataloaders_every_n_epochs", "num_sanity_val_steps", "callbacks",
                          "logger", "plugins", "enable_progress_bar", "enable_model_summary", "default_root_dir")
@@ -127,6 +128,7 @@ def fit_periods(
     callbacks: Sequence[pl.Callback] = (),
     identity: dict | None = None,
     strict_resume: bool | None = None,
+    continuation: Continuation | None = None,
 ) -> FitResult:
     """Train ``task`` over the datamodule's periods, test it, and write checkpoints under ``out_dir``.
 
@@ -134,10 +136,20 @@ def fit_periods(
     same identity in ``out_dir/checkpoints`` is resumed (see the module docstring). With
     ``strict_resume`` (default: the config's ``resume``) a ``last.ckpt`` of another identity is
     refused rather than replaced.
+
+    A fit on a dataset grown from an earlier version starts from the earlier fit's checkpoint of its
+    last period (``continuation``; for a run's own fit, ``cfg.continue_from``) and trains only the
+    new periods (:mod:`ctl.training.continuation`); its cost counts those periods' rows.
     """
     out_dir = Path(out_dir)
     new_trainer, own_callbacks = make_trainer(cfg), configured_callbacks(cfg)
+    if identity is None and continuation is None:  # a run's own fit (a track's has an identity of its own)
+        continuation = continuation_of_run(cfg, datamodule.dataset, out_dir)
     identity = run_identity(cfg, datamodule.dataset) if identity is None else identity
+    prepared = (time.perf_counter(), time.process_time())
+    if continuation is not None and is_rank_zero():
+        prepare(continuation, task, datamodule, list(callbacks), out_dir / "checkpoints", identity)
+    prepared = (time.perf_counter() - prepared[0], time.process_time() - prepared[1])
     strict = bool(cfg.resume) if strict_resume is None else strict_resume
     saver, resume_from = _checkpoints(cfg, task, datamodule, out_dir, label, identity, strict)
     n_epochs = len(datamodule.periods)
@@ -172,6 +184,8 @@ def fit_periods(
         "cpu_s": round(saver.spent_before["cpu_s"] + time.process_time() - cpu0, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    if continuation is not None:
+        cost = continued_cost(cost, continuation, task.period_results, prepared)
     predictions = {k: torch.cat([p[k] for p in task.test_predictions]).numpy() for k in task.test_predictions[0]}
     val_predictions = {period: {k: v.numpy() for k, v in rows.items()}
                        for period, rows in sorted(task.val_predictions.items())}

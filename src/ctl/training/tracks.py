@@ -6,6 +6,11 @@ jobs of a sweep build it once; a build killed midway resumes there from its ``la
 finished build gets ``manifest.json`` (every file's size and sha256, written last) and is renamed
 to ``<home>/tracks/<model>-<domain>-<key>``. A track is used only if its manifest verifies; a
 damaged one (a file truncated, removed or altered) is rebuilt.
+
+A track on a dataset that grew by whole periods (``lineage.json``, :mod:`ctl.data.lineage`) is not
+retrained: the finished track of the same key on the nearest earlier version of the dataset is
+extended from its last checkpoint (:mod:`ctl.training.continuation`), its earlier checkpoints
+copied grown to the new vocabulary. That earlier track stays in the cache.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from ctl.data.dataset import Dataset
+from ctl.data.lineage import read_lineage
 from ctl.errors import CtlError
 from ctl.io import (
     atomic_write_json,
@@ -33,6 +39,7 @@ from ctl.io import (
     write_manifest,
 )
 from ctl.training.callbacks import period_checkpoint_name
+from ctl.training.continuation import Continuation
 from ctl.training.distributed import barrier, is_rank_zero
 from ctl.training.fitting import (
     build_net,
@@ -82,6 +89,8 @@ def track_spec(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig, 
         "batch_size": int(cfg.data.batch_size),
         "seed": int(cfg.seed),
         "periods": [first_period, dataset.schema.test_period - 1],
+        # embedding rows drawn per row block (GrowingEmbedding): tracks trained before have other weights
+        "embedding_init": "row-blocks",
     }
     if not cfg.data.in_memory:
         spec["rows"] = "streamed"  # another shuffle order, hence other weights
@@ -105,8 +114,9 @@ def ensure_track(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig
     path = root / f"{name}-{stable_hash(spec)}"
     if manifest_problem(path) is not None:
         check_writable(root, "the track cache (home= or CTL_HOME)")
+        earlier = earlier_track(root, name, spec, dataset)
         if not is_rank_zero():  # DDP: rank zero builds under the lock; the other ranks join its fits
-            _build(cfg, dataset, domain, net, name, spec, path)
+            _build(cfg, dataset, domain, net, name, spec, path, earlier)
             return Track(path=path, name=name)
         with file_lock(root / f".{path.name}.lock"):
             problem = manifest_problem(path)
@@ -114,8 +124,23 @@ def ensure_track(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig
                 if path.exists():
                     log.warning("track %s is damaged (%s): rebuilding it", path, problem)
                     shutil.rmtree(path)
-                _build(cfg, dataset, domain, net, name, spec, path)
+                _build(cfg, dataset, domain, net, name, spec, path, earlier)
     return Track(path=path, name=name)
+
+
+def earlier_track(root: Path, name: str, spec: dict, dataset: Dataset) -> Continuation | None:
+    """The finished track of the same model on an earlier version of ``dataset`` (its lineage,
+    nearest first) that this track extends, as a :class:`Continuation`; None if there is none."""
+    first = spec["periods"][0]
+    for ancestor in read_lineage(dataset.path):
+        last = ancestor.test_period - 1
+        if last < first or last >= spec["periods"][1]:
+            continue
+        path = root / f"{name}-{stable_hash(dict(spec, dataset=ancestor.fingerprint, periods=[first, last]))}"
+        if manifest_problem(path) is None:
+            return Continuation(checkpoint=path / "checkpoints" / period_checkpoint_name(last), last_period=last,
+                                origin=str(path), copy_earlier=True)
+    return None
 
 
 def building_folder(path: Path) -> Path:
@@ -124,7 +149,7 @@ def building_folder(path: Path) -> Path:
 
 
 def _build(cfg: DictConfig, dataset: Dataset, domain: str, net_cfg: DictConfig, name: str, spec: dict,
-           path: Path) -> None:
+           path: Path, earlier: Continuation | None = None) -> None:
     tmp = building_folder(path)
     seed = derived_seed(int(cfg.seed), f"track/{name}")
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -137,7 +162,7 @@ def _build(cfg: DictConfig, dataset: Dataset, domain: str, net_cfg: DictConfig, 
     task = CTRTask(net, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period,
                    keep_val_predictions_from=keep_from)
     result = fit_periods(cfg, task, datamodule, tmp, label=f"track {name}", identity={"track": spec},
-                         strict_resume=False)
+                         strict_resume=False, continuation=earlier)
     if is_rank_zero():
         write_predictions(tmp / "predictions.parquet", result.predictions)
         write_val_predictions(tmp / "val_predictions.parquet", result.val_predictions)

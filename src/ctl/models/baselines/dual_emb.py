@@ -12,7 +12,8 @@ from ctl.data.schema import ID_FEATURES, Schema
 from ctl.models.backbone import Backbone, BackboneConfig, require_batch_keys
 from ctl.models.baselines.joint import DomainPair
 from ctl.models.baselines.reuse import Reuse, head_layers, reuse_parameters, same_names
-from ctl.models.blocks import EMBEDDING_INIT_STD, MlpHead
+from ctl.models.blocks import MlpHead
+from ctl.models.blocks.embeddings import GrowingEmbedding
 
 #: where a BaseModel state keeps its embedding tables
 BASE_TABLES = "backbone.embeddings.tables"
@@ -54,13 +55,7 @@ class DualEmbedding(nn.Module):
         self.backbone = Backbone(schema, backbone)
         self.source_tables = nn.ModuleDict()
         for name in ID_FEATURES:
-            table = nn.Embedding(
-                schema.feature(name).vocab, self.backbone.embeddings.dim(name), padding_idx=0
-            )
-            with torch.no_grad():
-                table.weight.normal_(0.0, EMBEDDING_INIT_STD)
-                table.weight[0].zero_()
-            self.source_tables[name] = table
+            self.source_tables[name] = GrowingEmbedding(schema.feature(name).vocab, self.backbone.embeddings.dim(name))
         extra_dim = sum(table.embedding_dim for table in self.source_tables.values())
         self.tower = MlpHead(self.backbone.out_dim + extra_dim, backbone.mlp_dims)
 
@@ -87,6 +82,7 @@ class DualEmbedding(nn.Module):
         with torch.no_grad():
             for name in ID_FEATURES:
                 self.source_tables[name].weight.copy_(source_state[f"{BASE_TABLES}.{name}.weight"])
+                self.source_tables[name].init_seed.copy_(source_state[f"{BASE_TABLES}.{name}.init_seed"])
 
     def init_from(
         self, source_state: Mapping[str, torch.Tensor], target_state: Mapping[str, torch.Tensor]
@@ -96,4 +92,6 @@ class DualEmbedding(nn.Module):
         plan.update(head_layers("tower.", self.tower, "target", widen_input=True))
         for name in ID_FEATURES:
             plan[f"source_tables.{name}.weight"] = Reuse("source", f"{BASE_TABLES}.{name}.weight")
+            # the seed of the rows the copied table grows by: the source table's
+            plan[f"source_tables.{name}.init_seed"] = Reuse("source", f"{BASE_TABLES}.{name}.init_seed")
         return reuse_parameters(self, plan, source_state, target_state)

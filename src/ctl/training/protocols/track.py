@@ -12,11 +12,14 @@ from omegaconf import DictConfig
 
 from ctl.data.dataset import Dataset
 from ctl.io import atomic_copy
+from ctl.training.continuation import continuation_of_run
 from ctl.training.protocols.common import common_fields, link_folder, total_cost
 from ctl.training.tracks import ensure_track
 
 
 def run_track(cfg: DictConfig, dataset: Dataset, domain: str, run_dir: Path) -> dict:
+    # the track extends from the earlier dataset's track by itself; continue_from is only checked
+    continuation_of_run(cfg, dataset, run_dir)
     track = ensure_track(cfg, dataset, domain, cfg.model.net, str(cfg.model.name),
                          first_period=int(cfg.model.first_period))
     metrics = track.metrics()
