@@ -11,9 +11,11 @@ staging folder that is renamed to ``out`` once the manifest is written.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,9 +188,19 @@ def _export_onnx(wrapped: Probabilities, args: tuple[torch.Tensor, ...], file: P
         raise CtlError("format=onnx needs onnx and onnxscript, which are not installed: "
                        "pip install 'ctl[serve]'") from None
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(wrapped, args, dynamic_shapes=(tuple({0: batch} for _ in args),),
-                                input_names=list(wrapped.keys), output_names=["probability"], dynamo=True,
-                                verbose=False)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    # the exporter's chatter (optional torchvision ops, its renaming of the one batch axis) says nothing
+    # about this graph; real problems raise
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(wrapped, args, dynamic_shapes=(tuple({0: batch} for _ in args),),
+                                        input_names=list(wrapped.keys), output_names=["probability"], dynamo=True,
+                                        verbose=False)
+    finally:
+        exporter_log.setLevel(level)
     program.save(str(file))
 
 
