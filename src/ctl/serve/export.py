@@ -159,19 +159,24 @@ def trace_batch(run: RunModel, n_rows: int = TRACE_ROWS) -> Batch:
     return BatchAssembler.from_dataset(dataset, rows, run.domain_sequences).batch(torch.arange(rows.size))
 
 
-def graph_inputs(run: RunModel, batch: Batch) -> Probabilities:
-    """The model wrapped to take exactly the batch keys it reads, checked against the whole batch."""
-    viewed = run.view(batch) if run.view is not None else batch
-    recorder = _KeyRecorder(viewed)
+def graph_inputs(net: torch.nn.Module, batch: Batch, view: DomainView | None = None) -> Probabilities:
+    """``net`` (in eval mode) wrapped to take exactly the batch keys it reads, checked against the whole batch."""
+    recorder = _KeyRecorder(view(batch) if view is not None else batch)
     with torch.no_grad():
-        out = run.net(recorder)
+        out = net(recorder)
         expected = torch.sigmoid(out["logits"] if isinstance(out, dict) else out).float()
-        wrapped = Probabilities(run.net, tuple(recorder.read), run.view)
+        wrapped = Probabilities(net, tuple(recorder.read), view)
         got = wrapped(*(batch[k] for k in wrapped.keys))
     if not torch.equal(got, expected):
-        raise CtlError(f"{type(run.net).__name__} reads batch keys beyond those it was seen to read (through a "
+        raise CtlError(f"{type(net).__name__} reads batch keys beyond those it was seen to read (through a "
                        "copy of the batch?): its inputs cannot be found by running it, so it cannot be exported")
     return wrapped
+
+
+def export_graph(wrapped: Probabilities, batch: Batch, fmt: str, file: Path) -> None:
+    """Write ``wrapped`` as a graph of ``fmt`` to ``file``, traced on ``batch``, its first dimension dynamic."""
+    args = tuple(batch[k] for k in wrapped.keys)
+    (_export_onnx if fmt == "onnx" else _export_torch)(wrapped, args, file)
 
 
 def _export_torch(wrapped: Probabilities, args: tuple[torch.Tensor, ...], file: Path) -> None:
@@ -226,13 +231,13 @@ def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export") 
         raise CtlError(f"out={out} already exists; choose a new folder")
     run = load_run_model(run_dir)
     batch = trace_batch(run)
-    wrapped = graph_inputs(run, batch)
+    wrapped = graph_inputs(run.net, batch, run.view)
     args = tuple(batch[k] for k in wrapped.keys)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        (_export_onnx if fmt == "onnx" else _export_torch)(wrapped, args, staging / MODEL_FILES[fmt])
+        export_graph(wrapped, batch, fmt, staging / MODEL_FILES[fmt])
         atomic_write_json(staging / SCHEMA_FILE, run.dataset.schema.to_dict())
         maps = run.dataset.path / ID_MAPS_DIR
         if maps.is_dir():
