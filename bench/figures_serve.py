@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from bench import Figure
-from bench.workloads import build_net, load_world
+from bench.workloads import build_net, load_world, machine_load
 from ctl.data.batch import Batch
 from ctl.data.batcher import BatchAssembler, row_columns
 from ctl.data.dataset import Dataset
@@ -153,7 +153,7 @@ def serve(quick: bool) -> Figure:
                         table[f"{name}/{runtime}"][f"p50_ms_n{n}"] / table[f"base/{runtime}"][f"p50_ms_n{n}"], 3)
         return {"size": size, "dataset": "synthetic_paper", "domain": DOMAIN, "candidates": list(CANDIDATES),
                 "timed_calls_per_cell": len(seconds["base", "eager", CANDIDATES[0]]), "warmup_calls": WARMUP_CALLS,
-                "batch_rows": BATCH_ROWS, "onnx": onnx_available(), "latency": table,
+                "batch_rows": BATCH_ROWS, "onnx": onnx_available(), "load_average": machine_load(), "latency": table,
                 "ratios": dict(sorted(ratios.items())),
                 "claim": f"CTNet with shared SIM/ETA attention answers as fast as base (p50 ratio <= {CLAIM_TOLERANCE})",
                 "claim_holds": bool(median <= CLAIM_TOLERANCE)}
