@@ -40,13 +40,9 @@ class ScoreReport:
     def lines(self) -> list[str]:
         lines = [f"scored {self.rows:,} request rows in {self.seconds:.2f} s -> {self.out}",
                  f"histories: {self.history}"]
-        unknown = {k: v for k, v in self.unknown.items() if v}
-        if unknown:
-            lines.append("unknown ids scored as the absent id: "
-                         + ", ".join(f"{k} {v:,} of {self.rows if not k.startswith('history_') else 'their'} values"
-                                     .replace("of their values", "events") for k, v in unknown.items()))
-        else:
-            lines.append("unknown ids: none")
+        unknown = [f"{column} {count:,} " + ("events" if column.startswith("history_") else f"of {self.rows:,} values")
+                   for column, count in self.unknown.items() if count]
+        lines.append(f"unknown ids scored as the absent id: {', '.join(unknown)}" if unknown else "unknown ids: none")
         return lines + list(self.notes)
 
 
