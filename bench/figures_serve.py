@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from bench import Figure
 from bench.workloads import build_net, load_world, machine_load
@@ -78,6 +79,14 @@ def onnx_available() -> bool:
     return True
 
 
+def forward_mflop_per_row(wrapped: Probabilities, inputs: list[torch.Tensor]) -> float:
+    """Matmul-like MFLOPs of one scoring call per row (``torch.utils.flop_counter``, as executed)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        wrapped(*inputs)
+    return counter.get_total_flops() / inputs[0].shape[0] / 1e6
+
+
 def runners(wrapped: Probabilities, batch: Batch, folder: Path, name: str) -> dict[str, Callable]:
     """The model's three ways to score a list of input tensors."""
 
@@ -103,6 +112,7 @@ def serve(quick: bool) -> Figure:
     folder = Path(tempfile.mkdtemp(prefix="ctl-serve-bench-"))
     cells: dict[tuple[str, str], Callable] = {}
     inputs: dict[tuple[str, int], list[torch.Tensor]] = {}
+    mflop: dict[str, float] = {}
     for name, (model, *overrides) in MODELS.items():
         net = build_net(model, size, dataset, *overrides).eval()
         wrapped = graph_inputs(net, requests[CANDIDATES[0]])
@@ -110,6 +120,7 @@ def serve(quick: bool) -> Figure:
             cells[name, runtime] = run
         for n, batch in [*requests.items(), (BATCH_ROWS, many)]:
             inputs[name, n] = [batch[k] for k in wrapped.keys]
+        mflop[name] = round(forward_mflop_per_row(wrapped, inputs[name, CANDIDATES[-1]]), 3)
     for (name, _), run in cells.items():  # warm-up: first-call allocations, lazy initialisation
         for n in CANDIDATES:
             for _ in range(WARMUP_CALLS):
@@ -154,7 +165,7 @@ def serve(quick: bool) -> Figure:
         return {"size": size, "dataset": "synthetic_paper", "domain": DOMAIN, "candidates": list(CANDIDATES),
                 "timed_calls_per_cell": len(seconds["base", "eager", CANDIDATES[0]]), "warmup_calls": WARMUP_CALLS,
                 "batch_rows": BATCH_ROWS, "onnx": onnx_available(), "load_average": machine_load(), "latency": table,
-                "ratios": dict(sorted(ratios.items())),
+                "ratios": dict(sorted(ratios.items())), "forward_mflop_per_row": mflop,
                 "claim": f"CTNet with shared SIM/ETA attention answers as fast as base (p50 ratio <= {CLAIM_TOLERANCE})",
                 "claim_holds": bool(median <= CLAIM_TOLERANCE)}
 

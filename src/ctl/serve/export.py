@@ -176,7 +176,14 @@ def graph_inputs(net: torch.nn.Module, batch: Batch, view: DomainView | None = N
 def export_graph(wrapped: Probabilities, batch: Batch, fmt: str, file: Path) -> None:
     """Write ``wrapped`` as a graph of ``fmt`` to ``file``, traced on ``batch``, its first dimension dynamic."""
     args = tuple(batch[k] for k in wrapped.keys)
-    (_export_onnx if fmt == "onnx" else _export_torch)(wrapped, args, file)
+    try:
+        (_export_onnx if fmt == "onnx" else _export_torch)(wrapped, args, file)
+    except CtlError:
+        raise
+    except Exception as exc:  # the exporter has many error types: name the model and the first line
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise CtlError(f"{type(wrapped.model).__name__} cannot be exported as {fmt} ({type(exc).__name__}: "
+                       f"{first.strip()}); CTL_DEBUG=1 shows the exporter's whole report") from exc
 
 
 def _export_torch(wrapped: Probabilities, args: tuple[torch.Tensor, ...], file: Path) -> None:
