@@ -282,6 +282,15 @@ def test_export_refusals(runs, tmp_path, monkeypatch) -> None:
         export_run(runs["base"], tmp_path / "taken")
     with pytest.raises(CtlError, match="lacks metrics.json or config.yaml"):
         export_run(tmp_path / "taken", tmp_path / "b")
+    def fails(*args, **kwargs):
+        raise RuntimeError("Could not guard on data-dependent expression\n(the exporter's long report)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.export, "export", fails)
+        with pytest.raises(CtlError, match=r"^BaseModel cannot be exported as torch_export \(RuntimeError: Could not "
+                                           r"guard on data-dependent expression\); CTL_DEBUG=1 shows"):
+            export_run(runs["base"], tmp_path / "d")
+    assert not (tmp_path / "d").exists() and not list(tmp_path.glob(".d.export-*"))
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the serve extra were not installed
     with pytest.raises(CtlError, match=r"needs ONNX Runtime, which is not installed: pip install 'ctl\[serve\]'"):
         export_run(runs["base"], tmp_path / "c", "onnx")
