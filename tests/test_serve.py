@@ -273,6 +273,19 @@ def test_bad_requests_are_refused_in_one_line(runs, artifacts, tmp_path) -> None
     with pytest.raises(CtlError, match=r"expected a .parquet or .csv file"):
         score_file(artifact, write_requests(good, tmp_path / "ok.parquet"), tmp_path / "out.json")
 
+    # without an id map, an id outside the vocabulary is unknown: counted, scored as the absent id 0
+    items = good.column("item_id").to_numpy().copy()
+    items[[1, 2]] = [10**9, -4]
+    outside = good.set_column(good.column_names.index("item_id"), "item_id", pa.array(items))
+    report = score_file(artifact, write_requests(outside, tmp_path / "outside.parquet"), tmp_path / "o.parquet")
+    assert report.unknown["item_id"] == 2 and "item_id 2 of 180 values" in "\n".join(report.lines())
+    items[[1, 2]] = 0
+    absent = good.set_column(good.column_names.index("item_id"), "item_id", pa.array(items))
+    reference = score_file(artifact, write_requests(absent, tmp_path / "absent.parquet"), tmp_path / "a.parquet")
+    assert reference.unknown["item_id"] == 0
+    np.testing.assert_array_equal(pq.read_table(report.out).column("pred").to_numpy(),
+                                  pq.read_table(reference.out).column("pred").to_numpy())
+
 
 def test_export_refusals(runs, tmp_path, monkeypatch) -> None:
     with pytest.raises(CtlError, match="format='pt' is unknown"):
