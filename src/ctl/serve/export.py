@@ -34,6 +34,7 @@ from ctl.serve.artifact import (
     ID_MAPS_DIR,
     MODEL_FILES,
     SCHEMA_FILE,
+    Artifact,
     InputSpec,
     require_onnxruntime,
 )
@@ -230,7 +231,6 @@ def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export") 
             whose dataset is gone or replaced, or a graph whose probabilities differ from the
             eager model's by more than :data:`EXPORT_TOLERANCE`.
     """
-
     run_dir, out = Path(run_dir).expanduser(), Path(out).expanduser()
     if fmt not in FORMATS:
         raise CtlError(f"format={fmt!r} is unknown; choose one of {', '.join(FORMATS)}")
@@ -284,8 +284,6 @@ def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export") 
 
 def _check_artifact(folder: Path, wrapped: Probabilities, args: tuple[torch.Tensor, ...]) -> None:
     """Refuse an artifact whose graph, loaded back, disagrees with the eager model on the traced rows."""
-    from ctl.serve.artifact import Artifact
-
     with torch.no_grad():
         expected = wrapped(*args).numpy()
     got = Artifact.load(folder).score(list(args))
