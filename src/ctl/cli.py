@@ -1,7 +1,8 @@
-"""The ``ctl`` console script: ``train | sweep | eval | data``.
+"""The ``ctl`` console script: ``train | sweep | eval | data | export | score``.
 
 ``train``, ``sweep`` and ``data generate`` are Hydra apps (configs ship in ``ctl/conf``); ``eval``,
-``data validate`` and ``data describe`` read paths and take plain flags. The subcommand is kept in
+``data validate`` and ``data describe`` read paths and take plain flags; ``export`` and ``score``
+take paths and ``key=value`` options, without Hydra. The subcommand is kept in
 ``CTL_COMMAND`` so a process that Lightning's DDP launcher re-executes with the remaining
 arguments still knows what it is running.
 """
@@ -21,6 +22,8 @@ commands:
   sweep      train several methods/seeds in one multirun (e.g. model=base,ctnet seed=0,1,2)
   eval       read run or sweep directories and print the paper's tables (never re-trains)
   data       generate | import | validate | describe datasets
+  export     write a run's latest model as a serving artifact (torch.export or ONNX)
+  score      score raw-id requests with an artifact
 
 `ctl <command> --help` shows each command's options; train/sweep accept Hydra's --cfg job, -m, ...
 """
@@ -35,7 +38,7 @@ DATA_USAGE = """usage: ctl data <generate|import|append|validate|describe> ...
   describe PATH          per-domain/per-period counts, CTR, users, items, new-item share
 """
 
-COMMANDS = ("train", "sweep", "eval", "data")
+COMMANDS = ("train", "sweep", "eval", "data", "export", "score")
 
 
 def _fail(message: str) -> None:
@@ -79,6 +82,10 @@ def _run_command(command: str, argv: list[str]) -> None:
             from ctl.report.cli import eval_main
 
             eval_main(argv)
+        elif command in ("export", "score"):
+            from ctl.serve.cli import export_main, score_main
+
+            (export_main if command == "export" else score_main)(argv)
         else:
             _data(argv)
 

@@ -117,9 +117,10 @@ class DDTCDR(nn.Module):
             return self.target_model.backbone.embeddings.lookup("user_id", users) @ self.mapping
 
         source = target = None
-        if not bool(is_target.all()):
+        exporting = torch.compiler.is_exporting()  # no branch on data in a graph: both heads, each row its own
+        if exporting or not bool(is_target.all()):
             source = self._domain_logits(self.source_model, batch, mapped_target_user if with_cross else None)
-        if bool(is_target.any()):
+        if exporting or bool(is_target.any()):
             target = self._domain_logits(self.target_model, batch, mapped_source_user if with_cross else None)
         if source is None or target is None:
             return target if source is None else source

@@ -47,7 +47,8 @@ class DomainPair:
         require_batch_keys(batch, ("domain",), "DomainPair")
         domain = batch["domain"]
         other = (domain != self.source_index) & (domain != self.target_index)
-        if bool(other.any()):
+        # an exported graph cannot branch on data; its requests are checked for their domain before it runs
+        if not torch.compiler.is_exporting() and bool(other.any()):
             first = int(domain[other][0])
             raise ValueError(
                 f"a {self.source}->{self.target} joint model takes rows of those two domains only; "
@@ -71,6 +72,8 @@ def own_domain_logits(
         source_logits: computes the source head's logits [B] for every row.
         target_logits: computes the target head's logits [B] for every row.
     """
+    if torch.compiler.is_exporting():  # no branch on data in a graph: both heads, each row its own
+        return torch.where(is_target, target_logits(), source_logits())
     has_target = bool(is_target.any())
     has_source = not bool(is_target.all())
     if not has_source:

@@ -1,0 +1,293 @@
+"""``ctl export``: a run's latest model as a serving artifact (:mod:`ctl.serve.artifact`).
+
+The model is rebuilt from the run's own ``config.yaml`` as its protocol built it, given the
+weights of the run's last period (for CTNet, the frozen source tower of that period is part of
+them), put in eval mode and traced on some of the dataset's test rows. The inputs of the graph
+are the batch keys the model reads, found by running it once; the graph is checked to give the
+eager model's probabilities on those rows before anything is written. Files go into a hidden
+staging folder that is renamed to ``out`` once the manifest is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ctl.data.batch import Batch, DomainView
+from ctl.data.batcher import BatchAssembler
+from ctl.data.dataset import Dataset, load_dataset
+from ctl.errors import CtlError
+from ctl.io import MANIFEST_FILE, atomic_write_json, file_sha256, fsync_path
+from ctl.serve.artifact import (
+    ARTIFACT_VERSION,
+    FORMATS,
+    ID_MAPS_DIR,
+    MODEL_FILES,
+    SCHEMA_FILE,
+    Artifact,
+    InputSpec,
+    require_onnxruntime,
+)
+
+#: test rows the model is traced and checked on
+TRACE_ROWS = 64
+#: largest difference allowed between the exported graph's and the eager model's probabilities
+EXPORT_TOLERANCE = 1e-5
+
+
+class Probabilities(torch.nn.Module):
+    """A ctl model as a graph of plain tensors: the inputs named by ``keys`` -> click probabilities [B].
+
+    ``view``, if given, is applied to the batch first (the source model reads target rows as its
+    own domain does: see :class:`ctl.data.batch.DomainView`).
+    """
+
+    def __init__(self, model: torch.nn.Module, keys: tuple[str, ...], view: DomainView | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.keys = keys
+        self.view = view
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        batch = dict(zip(self.keys, inputs, strict=True))
+        if self.view is not None:
+            batch = self.view(batch)
+        out = self.model(batch)
+        logits = out["logits"] if isinstance(out, dict) else out
+        return torch.sigmoid(logits).float()
+
+
+class _KeyRecorder(dict):
+    """A batch that notes which keys are read, in the order first read."""
+
+    def __init__(self, batch: Batch) -> None:
+        super().__init__(batch)
+        self.read: list[str] = []
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self.read:
+            self.read.append(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default=None):
+        return self[key] if key in self else default  # noqa: SIM401 (dict.get would bypass the recording)
+
+
+@dataclass
+class RunModel:
+    """A run's latest model, ready to trace: the eval-mode net and what the manifest says of it."""
+
+    net: torch.nn.Module
+    view: DomainView | None
+    dataset: Dataset
+    domain: str
+    checkpoint: Path
+    metrics: dict
+    domain_sequences: tuple[str, ...]
+
+
+def _read_run(run_dir: Path) -> tuple[dict, DictConfig]:
+    metrics_file, config_file = run_dir / "metrics.json", run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise CtlError(f"{run_dir} is not a folder; pass a run folder written by ctl train")
+    if not metrics_file.is_file() or not config_file.is_file():
+        raise CtlError(f"{run_dir} lacks metrics.json or config.yaml: not a finished run of ctl train")
+    metrics = json.loads(metrics_file.read_text())
+    if metrics.get("kind") != "run":
+        raise CtlError(f"{metrics_file} is not a run's record (\"kind\": \"run\"); pass a run folder, not a track "
+                       "or sweep folder (export one job of a sweep: its own folder)")
+    return metrics, OmegaConf.load(config_file)
+
+
+def _latest_checkpoint(folder: Path, what: str) -> Path:
+    found = sorted(folder.glob("period_*.ckpt"), key=lambda p: int(p.stem.removeprefix("period_")))
+    if not found:
+        raise CtlError(f"{folder} holds no period_<p>.ckpt: {what} has no checkpoint to export")
+    return found[-1]
+
+
+def load_run_model(run_dir: Path) -> RunModel:
+    """The latest model of the run in ``run_dir``, built as its protocol built it, in eval mode."""
+    from ctl.models import build_model
+    from ctl.training.checkpoints import load_model_state
+    from ctl.training.protocols.common import base_net, build_transfer_model
+
+    metrics, cfg = _read_run(run_dir)
+    dataset_path = Path(str(metrics.get("dataset_path", "")))
+    if not (dataset_path / "meta.yaml").is_file():
+        raise CtlError(f"the run's dataset {dataset_path} (metrics.json dataset_path) is gone; the artifact needs "
+                       "its schema, id maps and test rows: regenerate or import it there")
+    dataset = load_dataset(dataset_path, validate=False)
+    if dataset.fingerprint() != metrics["dataset"]:
+        raise CtlError(f"the dataset at {dataset_path} (fingerprint {dataset.fingerprint()}) is not the one the run "
+                       f"trained on ({metrics['dataset']}); it was replaced after the run")
+    schema, domain, protocol = dataset.schema, str(metrics["target"]), str(cfg.model.protocol)
+    view = None
+    if protocol == "source":
+        net = build_model(base_net(cfg), schema)
+        view = DomainView(schema, schema.source)
+        checkpoint = _latest_checkpoint(Path(metrics["tracks"]["source"]) / "checkpoints", "the source track")
+    else:
+        if protocol in ("joint", "dual_embedding"):
+            net = build_transfer_model(cfg.model.net, schema, schema.source, domain)
+        else:
+            net = build_model(cfg.model.net, schema)
+        checkpoint = _latest_checkpoint(run_dir / "checkpoints", f"the run {run_dir}")
+    load_model_state(net, checkpoint, what=f"the model of {checkpoint.name}")
+    net.eval()
+    sequences = getattr(net, "domain_sequences", None)
+    return RunModel(net=net, view=view, dataset=dataset, domain=domain, checkpoint=checkpoint, metrics=metrics,
+                    domain_sequences=tuple(sequences()) if callable(sequences) else ())
+
+
+def trace_batch(run: RunModel, n_rows: int = TRACE_ROWS) -> Batch:
+    """A batch of the first ``n_rows`` test rows of the run's domain (all domains' rows if it has none)."""
+    dataset = run.dataset
+    rows = dataset.select([run.domain], [dataset.schema.test_period])
+    if rows.size == 0:
+        rows = np.arange(dataset.n_rows)
+    rows = rows[:n_rows]
+    return BatchAssembler.from_dataset(dataset, rows, run.domain_sequences).batch(torch.arange(rows.size))
+
+
+def graph_inputs(net: torch.nn.Module, batch: Batch, view: DomainView | None = None) -> Probabilities:
+    """``net`` (in eval mode) wrapped to take exactly the batch keys it reads, checked against the whole batch."""
+    recorder = _KeyRecorder(view(batch) if view is not None else batch)
+    with torch.no_grad():
+        out = net(recorder)
+        expected = torch.sigmoid(out["logits"] if isinstance(out, dict) else out).float()
+        wrapped = Probabilities(net, tuple(recorder.read), view)
+        got = wrapped(*(batch[k] for k in wrapped.keys))
+    if not torch.equal(got, expected):
+        raise CtlError(f"{type(net).__name__} reads batch keys beyond those it was seen to read (through a "
+                       "copy of the batch?): its inputs cannot be found by running it, so it cannot be exported")
+    return wrapped
+
+
+def export_graph(wrapped: Probabilities, batch: Batch, fmt: str, file: Path) -> None:
+    """Write ``wrapped`` as a graph of ``fmt`` to ``file``, traced on ``batch``, its first dimension dynamic."""
+    args = tuple(batch[k] for k in wrapped.keys)
+    try:
+        (_export_onnx if fmt == "onnx" else _export_torch)(wrapped, args, file)
+    except CtlError:
+        raise
+    except Exception as exc:  # the exporter has many error types: name the model and the first line
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise CtlError(f"{type(wrapped.model).__name__} cannot be exported as {fmt} ({type(exc).__name__}: "
+                       f"{first.strip()}); CTL_DEBUG=1 shows the exporter's whole report") from exc
+
+
+def _export_torch(wrapped: Probabilities, args: tuple[torch.Tensor, ...], file: Path) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(wrapped, args, dynamic_shapes=(tuple({0: batch} for _ in args),))
+    torch.export.save(program, str(file))
+
+
+def _export_onnx(wrapped: Probabilities, args: tuple[torch.Tensor, ...], file: Path) -> None:
+    require_onnxruntime("format=onnx")
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter's translation library)
+    except ImportError:
+        raise CtlError("format=onnx needs onnx and onnxscript, which are not installed: "
+                       "pip install 'ctl[serve]'") from None
+    batch = torch.export.Dim("batch", min=1)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    # the exporter's chatter (optional torchvision ops, its renaming of the one batch axis) says nothing
+    # about this graph; real problems raise
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(wrapped, args, dynamic_shapes=(tuple({0: batch} for _ in args),),
+                                        input_names=list(wrapped.keys), output_names=["probability"], dynamo=True,
+                                        verbose=False)
+    finally:
+        exporter_log.setLevel(level)
+    program.save(str(file))
+
+
+def _files_of(folder: Path) -> dict[str, dict]:
+    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    return {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+            for name in names if name != MANIFEST_FILE}
+
+
+def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export") -> Path:
+    """Write the artifact of the run in ``run_dir`` to the new folder ``out``; returns ``out``.
+
+    Raises:
+        CtlError: an unknown format, an existing ``out``, a folder that is no finished run, a run
+            whose dataset is gone or replaced, or a graph whose probabilities differ from the
+            eager model's by more than :data:`EXPORT_TOLERANCE`.
+    """
+    run_dir, out = Path(run_dir).expanduser(), Path(out).expanduser()
+    if fmt not in FORMATS:
+        raise CtlError(f"format={fmt!r} is unknown; choose one of {', '.join(FORMATS)}")
+    if out.exists():
+        raise CtlError(f"out={out} already exists; choose a new folder")
+    run = load_run_model(run_dir)
+    batch = trace_batch(run)
+    wrapped = graph_inputs(run.net, batch, run.view)
+    args = tuple(batch[k] for k in wrapped.keys)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        export_graph(wrapped, batch, fmt, staging / MODEL_FILES[fmt])
+        atomic_write_json(staging / SCHEMA_FILE, run.dataset.schema.to_dict())
+        maps = run.dataset.path / ID_MAPS_DIR
+        if maps.is_dir():
+            shutil.copytree(maps, staging / ID_MAPS_DIR)
+        metrics = run.metrics
+        inputs = [InputSpec(k, str(batch[k].dtype).removeprefix("torch."), (-1, *batch[k].shape[1:]))
+                  for k in wrapped.keys]
+        manifest = {
+            "kind": "ctl-artifact",
+            "version": ARTIFACT_VERSION,
+            "format": fmt,
+            "method": metrics["method"],
+            "model": metrics["model"],
+            "source": metrics.get("source"),
+            "domain": run.domain,
+            "seed": metrics["seed"],
+            "periods": [int(r["period"]) for r in metrics["periods"]],
+            "checkpoint": run.checkpoint.name,
+            "test_period": run.dataset.schema.test_period,
+            "dataset": metrics["dataset"],
+            "dataset_path": str(run.dataset.path),
+            "run": str(run_dir.resolve()),
+            "domain_sequences": list(run.domain_sequences),
+            "inputs": [spec.as_dict() for spec in inputs],
+            "torch": torch.__version__,
+            "files": _files_of(staging),
+        }
+        atomic_write_json(staging / MANIFEST_FILE, manifest)
+        _check_artifact(staging, wrapped, args)
+        fsync_path(staging)
+        os.rename(staging, out)
+        fsync_path(out.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _check_artifact(folder: Path, wrapped: Probabilities, args: tuple[torch.Tensor, ...]) -> None:
+    """Refuse an artifact whose graph, loaded back, disagrees with the eager model on the traced rows."""
+    with torch.no_grad():
+        expected = wrapped(*args).numpy()
+    got = Artifact.load(folder).score(list(args))
+    worst = float(np.max(np.abs(got - expected)))
+    if not worst <= EXPORT_TOLERANCE:
+        raise CtlError(f"the exported graph's probabilities differ from the model's by up to {worst:.3g} "
+                       f"(> {EXPORT_TOLERANCE}) on the dataset's test rows; the artifact was not written")
