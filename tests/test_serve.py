@@ -209,7 +209,8 @@ def test_id_maps_translate_raw_ids_and_unknown_ids_score_as_absent(mapped_run, t
         reference = torch.sigmoid(run.net(batch)).numpy()
     got = pq.read_table(report.out).column("pred").to_numpy()
     np.testing.assert_allclose(got, reference, atol=TOLERANCE, rtol=0)
-    assert not np.allclose(got[strangers], expected["pred"][strangers], atol=1e-4)
+    # the strangers' scores moved (a tiny world's user rows are near their small init: a small move)
+    assert np.abs(got[strangers] - expected["pred"][strangers]).max() > 1e-6
 
 
 def test_a_changed_artifact_file_is_refused(artifacts, tmp_path) -> None:
