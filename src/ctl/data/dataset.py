@@ -314,6 +314,18 @@ def _rows_order(rows: dict[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
+def meta_yaml(schema: Schema, n_rows: int, n_events: int, provenance: dict) -> str:
+    """The text of a dataset's ``meta.yaml``."""
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "n_rows": int(n_rows),
+        "n_events": int(n_events),
+        "schema": schema.to_dict(),
+        "provenance": provenance,
+    }
+    return yaml.safe_dump(meta, sort_keys=False)
+
+
 def write_dataset(
     path: Path | str,
     schema: Schema,
@@ -354,14 +366,7 @@ def write_dataset(
     oracle_table = _oracle_table(click_prob, rows64["label"].shape[0], order)
     rows_table = pa.table(_to_disk_dtypes(rows64, row_types))
     history_table = pa.table(_to_disk_dtypes(history64, history_types))
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "n_rows": rows_table.num_rows,
-        "n_events": history_table.num_rows,
-        "schema": schema.to_dict(),
-        "provenance": provenance,
-    }
-    meta_text = yaml.safe_dump(meta, sort_keys=False)
+    meta_text = meta_yaml(schema, rows_table.num_rows, history_table.num_rows, provenance)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
