@@ -60,8 +60,8 @@ def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
     con.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
 
 
-def _encode(con: duckdb.DuckDBPyConnection, spec: ImportSpec, period: str, shown: str) -> None:
-    """``encoded``: every kept record with dense ids, its period (-1: history only)."""
+def _encode(con: duckdb.DuckDBPyConnection, spec: ImportSpec, period: str, shown: str, kept: str) -> None:
+    """``encoded``: every ``kept`` record with dense ids, its period (-1: history only)."""
     selected = ["r.seq", "r.input", "r.line", "r.event", "r.domain", "r.label", "r.ts",
                 f"CASE WHEN {shown} THEN {period} ELSE -1 END AS period"]
     joins = []
@@ -73,7 +73,7 @@ def _encode(con: duckdb.DuckDBPyConnection, spec: ImportSpec, period: str, shown
             selected.append(f"r.{staged_name(i)}")
     if spec.sequences.column is not None:
         selected += ["r.seq_count", "r.seq_key"]
-    con.execute(f"CREATE TABLE encoded AS SELECT {', '.join(selected)} FROM records r {' '.join(joins)}")
+    con.execute(f"CREATE TABLE encoded AS SELECT {', '.join(selected)} FROM records r {' '.join(joins)} WHERE {kept}")
 
 
 def _negative_rows(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict[str, str]) -> str:
@@ -109,14 +109,12 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     time = spec.time
     if time.end is not None:
         counts["after_end"] = con.execute("SELECT count(*) FROM records WHERE ts >= ?", [time.end]).fetchone()[0]
-        con.execute("DELETE FROM records WHERE ts >= ?", [time.end])
-        if spec.sequences.column is not None:
-            con.execute("DELETE FROM seq_items WHERE seq NOT IN (SELECT seq FROM records)")
+    kept = "TRUE" if time.end is None else f"ts < {int(time.end)}"
     shown = "TRUE" if time.start is None else f"ts >= {int(time.start)}"
-    counts["history_only"] = con.execute(f"SELECT count(*) FROM records WHERE NOT ({shown})").fetchone()[0]
-    cut = cut_periods(con, time, shown)
+    counts["history_only"] = con.execute(f"SELECT count(*) FROM records WHERE {kept} AND NOT ({shown})").fetchone()[0]
+    cut = cut_periods(con, time, f"{kept} AND {shown}")
     say(f"numbering ids and cutting {cut.n_periods} periods")
-    _encode(con, spec, cut.expression, shown)
+    _encode(con, spec, cut.expression, shown, kept)
     per_period = con.execute("SELECT period, count(*) FROM encoded WHERE period >= 0 GROUP BY period").fetchall()
     period_counts = np.zeros(cut.n_periods, dtype=np.int64)
     for p, n in per_period:
@@ -137,18 +135,23 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
             con, column["user_id"], column["item_id"], spec.label.negatives, spec.label.seed)
         parts.append(_negative_rows(con, spec, column))
     say("sorting and writing the rows")
-    con.execute(f"CREATE TABLE final AS SELECT * FROM ({' UNION ALL '.join(parts)}) "
-                "ORDER BY period, domain, ts, sampled, seq, j")
+    rows = " UNION ALL ".join(parts)
+    # ties: records in input order, then the negatives in the order of their positives
+    order = "period, domain, ts, sampled, seq, j" if spec.implicit else "period, domain, ts, seq"
     row_columns = [f"{staged_name(i)}::BIGINT AS {_quoted(f.name)}" for i, f in enumerate(spec.features)]
     row_columns += ["domain::TINYINT AS domain", "period::SMALLINT AS period", "ts::BIGINT AS ts",
                     "label::TINYINT AS label", "hist_end::INTEGER AS hist_end"]
-    _copy(con, f"SELECT {', '.join(row_columns)} FROM final", folder / "rows.parquet")
-    _copy(con, "SELECT input::SMALLINT AS input, line::BIGINT AS line, event::INTEGER AS event, sampled FROM final",
-          folder / "origin.parquet")
+    _copy(con, f"SELECT {', '.join(row_columns)} FROM ({rows}) ORDER BY {order}", folder / "rows.parquet")
+    _copy(con, "SELECT input::SMALLINT AS input, line::BIGINT AS line, event::INTEGER AS event, sampled "
+               f"FROM ({rows}) ORDER BY {order}", folder / "origin.parquet")
     _copy(con, "SELECT user_id::BIGINT AS user_id, item_id::BIGINT AS item_id, category_id::BIGINT AS category_id, "
                f"domain::TINYINT AS domain, ts::BIGINT AS ts FROM history ORDER BY {HISTORY_ORDER}",
           folder / "history.parquet")
-    per_domain = dict(con.execute("SELECT domain, count(*) FROM final GROUP BY domain").fetchall())
+    per_domain = dict(con.execute("SELECT domain, count(*) FROM encoded WHERE period >= 0 GROUP BY domain").fetchall())
+    if spec.implicit:
+        for domain, n in con.execute("SELECT e.domain, count(*) FROM drawn d JOIN encoded e ON e.seq = d.seq "
+                                     "GROUP BY e.domain").fetchall():
+            per_domain[domain] += n
     schema = Schema(
         features=tuple(Feature(f.name, f.kind, vocab[f.name], f.dim, f.domains) for f in spec.features),
         domains=spec.domains.names,

@@ -140,8 +140,9 @@ def import_dataset(
     folder.mkdir(parents=True)
     con = connect(staging / "work", memory_limit, threads)
     try:
-        stager = RecordStager(spec, con)
+        stager = RecordStager(spec, staging / "work")
         described = _read(spec, inputs, stager, max_rows, block_bytes, log)
+        stager.views(con)
         sizes = number_ids(con, spec, _locator(con, spec, inputs))
         built = assemble(con, spec, sizes, folder, log)
         counts = {"records": stager.kept + sum(stager.skipped.values()), **built.counts,

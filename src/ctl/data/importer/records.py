@@ -1,8 +1,9 @@
-"""Raw blocks -> checked records staged in DuckDB: domain, label, time, place, feature values.
+"""Raw blocks -> checked records staged for DuckDB: domain, label, time, place, feature values.
 
 :class:`RecordStager` checks every value a record needs (refusing or, with ``on_bad_rows: skip``,
-dropping and counting bad records) block by block, and appends the kept records to the
-``records`` table (and their explicit sequence items to ``seq_items``). What needs no global view
+dropping and counting bad records) block by block, and writes the kept records as Parquet parts
+of ``records`` (their explicit sequence items as parts of ``seq_items``), which DuckDB reads as
+views. What needs no global view
 is encoded here: hashed ids, numeric buckets, constants; dense features stay raw text, numbered
 later in SQL (:mod:`ctl.data.importer.idmaps`). A feature is null/0 on the rows of domains that
 lack it. ``seq`` numbers the kept records in input order: it orders everything downstream.
@@ -11,11 +12,13 @@ lack it. ``seq`` numbers the kept records in input order: it orders everything d
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ctl.data.importer.encoders import (
     Refusals,
@@ -31,6 +34,9 @@ from ctl.data.importer.encoders import (
 from ctl.data.importer.readers import RawBlock
 from ctl.data.importer.spec import FeatureSpec, ImportSpec
 
+#: ``seq_items``: the items of the explicit sequences, ``pos`` within the record's list
+ITEMS_SCHEMA = pa.schema([("seq", pa.int64()), ("pos", pa.int32()), ("raw", pa.string()), ("hashed", pa.int64())])
+
 
 def staged_name(index: int) -> str:
     """Column of the ``index``-th schema feature in ``records`` (feature names may be any text)."""
@@ -38,33 +44,35 @@ def staged_name(index: int) -> str:
 
 
 class RecordStager:
-    """Checks blocks and appends their kept records to the ``records`` / ``seq_items`` tables.
+    """Checks blocks and stages their kept records as Parquet parts of ``records`` / ``seq_items``.
 
     Example::
 
-        stager = RecordStager(spec, con)
+        stager = RecordStager(spec, folder)
         stager.stage(block, input_index=0)   # bad records dropped (counted) or refused
-        stager.kept, stager.skipped
+        stager.views(con)                    # SELECT ... FROM records
     """
 
-    def __init__(self, spec: ImportSpec, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, spec: ImportSpec, folder: Path) -> None:
         self.spec = spec
-        self.con = con
+        self.folder = folder
         self.skipped: Counter[str] = Counter()
         self.kept = 0
+        self._parts = 0
         names = spec.domains.names
         self._carriers = {f.name: np.array([names.index(d) for d in f.domains], dtype=np.int8)
                           for f in spec.features}
         self._domain_values = None if spec.domains.values is None else pa.array(spec.domains.values, pa.string())
-        columns = ["seq BIGINT", "input SMALLINT", "line BIGINT", "event INTEGER", "domain TINYINT",
-                   "label TINYINT", "ts BIGINT"]
-        if spec.time.period_column is not None:
-            columns.append("period_value BIGINT")
-        columns += [f"{staged_name(i)} {'VARCHAR' if f.dense else 'BIGINT'}" for i, f in enumerate(spec.features)]
-        if spec.sequences.column is not None:
-            columns += ["seq_count INTEGER", "seq_key UBIGINT"]
-            con.execute("CREATE TABLE seq_items (seq BIGINT, pos INTEGER, raw VARCHAR, hashed BIGINT)")
-        con.execute(f"CREATE TABLE records ({', '.join(columns)})")
+        for table in ("records", "seq_items"):
+            (folder / table).mkdir(parents=True)
+
+    def views(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create the views ``records`` and ``seq_items`` (explicit sequences only) over the staged parts."""
+        if self.spec.sequences.column is not None and not any((self.folder / "seq_items").iterdir()):
+            pq.write_table(ITEMS_SCHEMA.empty_table(), self.folder / "seq_items" / "part-00000.parquet")
+        for table in ("records", "seq_items") if self.spec.sequences.column is not None else ("records",):
+            parts = str(self.folder / table / "*.parquet").replace("'", "''")
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{parts}')")
 
     # --- checks ----------------------------------------------------------------------------------
 
@@ -177,7 +185,7 @@ class RecordStager:
         item = self.spec.feature("item_id")
         hashed = (hashed_ids(flat, item.hash_buckets) if item.hash_buckets is not None
                   else np.zeros(owner.shape[0], dtype=np.int64))
-        items = pa.table({"seq": seq[owner], "pos": pos, "raw": flat, "hashed": hashed})
+        items = pa.table({"seq": seq[owner], "pos": pos, "raw": flat, "hashed": hashed}, schema=ITEMS_SCHEMA)
         return counts, hash_text(text), items
 
     def stage(self, block: RawBlock, input_index: int) -> None:
@@ -220,8 +228,7 @@ class RecordStager:
         self._append("records", pa.table(columns))
 
     def _append(self, table: str, values: pa.Table) -> None:
-        self.con.register("staged", values)
-        try:
-            self.con.execute(f"INSERT INTO {table} SELECT * FROM staged")
-        finally:
-            self.con.unregister("staged")
+        # Parquet parts, not INSERTs: DuckDB scans them as fast, and writing them costs a quarter
+        if values.num_rows:
+            pq.write_table(values, self.folder / table / f"part-{self._parts:05d}.parquet", compression="lz4")
+            self._parts += 1
