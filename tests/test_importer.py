@@ -522,3 +522,20 @@ def test_period_column_month_periods_and_end(tmp_path) -> None:
     assert ds.meta["provenance"]["periods"] == ["2024-01-01 .. 2024-02-01", "2024-02-01 .. 2024-03-01",
                                                 "2024-03-01 .. 2024-04-01"]
     assert np.bincount(ds.rows["period"]).tolist() == [4, 2, 4]
+
+
+def test_schema_types_and_choices_are_checked_with_the_key_path() -> None:
+    cases = {
+        "on_bad_rows: Invalid value 'skp', expected one of [error, skip]": {"on_bad_rows": "skp"},
+        "sequences.short_len: Value 'x' of type 'str' could not be converted to Integer":
+            {"sequences": {"short_len": "x"}},
+        "features[0].kind: Invalid value 'bucketz', expected one of [categorical, bucket]":
+            {"features": [{"name": "user_id", "column": "u", "dim": 4, "kind": "bucketz"}]},
+        "features[0].dim: is required": {"features": [{"name": "user_id", "column": "u"}]},
+        "csv.delimiter: must be one character, got ';;'": {"csv": {"delimiter": ";;"}},
+        "time.n_transfer: is required": {"time": {"column": "when", "period": "1d"}},
+    }
+    for message, change in cases.items():
+        with pytest.raises(SpecError) as caught:
+            parse_spec(log_schema(**change), "s.yaml")
+        assert str(caught.value) == f"s.yaml: {message}"

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -41,8 +41,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from ctl.data.history import UserHistory
 from ctl.data.schema import HISTORY_COLUMNS, ROW_COLUMNS, Schema
+
+if TYPE_CHECKING:  # torch is imported by loading, not by writing (the importer runs without it)
+    from ctl.data.history import UserHistory
 
 FORMAT_VERSION = 1
 META_FILE = "meta.yaml"
@@ -557,6 +559,8 @@ def load_dataset(path: Path | str, validate: bool = True) -> Dataset:
         load_click_prob(folder)
     elif n_rows == 0:
         raise DatasetError(ROWS_FILE, "the dataset has no rows")
+    from ctl.data.history import UserHistory
+
     user_history = UserHistory.from_columns(
         history, n_users=schema.feature("user_id").vocab, n_domains=len(schema.domains)
     )
