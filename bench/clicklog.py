@@ -3,11 +3,13 @@
 ``write_clicklog(folder, n_rows)`` writes ``clicks-<n>.csv`` and ``clicks-<n>.parquet`` (the same
 records) and the schema YAML that imports them: 3 scenes (domains), 7 features (dense users,
 items, categories, sellers and cities, a hashed device, a price bucket), 0/1 clicks (CTR 5%),
-Unix-second times over 8 days cut into 1-day periods. Users and items grow with the log (one
-user per 25 rows, one item per 250), so the id maps grow as real ones do.
+Unix-second times over 8 days cut into 1-day periods (5 history, 2 transfer, 1 test). Users and
+items grow with the log (one user per 25 rows, one item per 250), so the id maps grow as real
+ones do. File names carry :data:`VERSION`: a changed generator writes new files.
 
 ``python bench/clicklog.py SCHEMA INPUT OUT [THREADS] [MEMORY]`` imports INPUT into OUT and prints
-one JSON line: rows, seconds, peak RSS (``ru_maxrss`` of this process, DuckDB included).
+one JSON line: rows, seconds, CPU seconds (user + system, all threads), peak RSS (``ru_maxrss``
+of this process, DuckDB included).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pyarrow.csv as pv
 import pyarrow.parquet as pq
 import yaml
 
+VERSION = 2
 CHUNK_ROWS = 1_000_000
 START = 1_709_251_200  # 2024-03-01 00:00:00 UTC
 DAYS = 8
@@ -35,7 +38,7 @@ SCHEMA = {
     "description": "generated click log (bench/clicklog.py)",
     "domains": {"column": "scene", "values": {"home": "Home", "search": "Search", "video": "Video"}, "source": "Home"},
     "label": {"column": "clicked"},
-    "time": {"column": "time", "format": "unix", "period": "1d", "n_transfer": 2},
+    "time": {"column": "time", "format": "unix", "period": "1d", "start": START, "n_transfer": 2},
     "sequences": {"short_len": 10, "long_len": 64},
     "features": [
         {"name": "user_id", "column": "user", "dim": 16},
@@ -54,7 +57,7 @@ def _chunk(rng: np.random.Generator, n: int, n_users: int, n_items: int, first: 
     """``n`` records; time grows with the position in the log (``first`` of ``total``)."""
     item = rng.zipf(1.3, n) % n_items
     position = np.arange(first, first + n, dtype=np.int64)
-    ts = START + position * (DAYS * 86_400) // total + rng.integers(0, 60, n)
+    ts = np.minimum(START + position * (DAYS * 86_400) // total + rng.integers(0, 60, n), START + DAYS * 86_400 - 1)
     price = np.round((item % 997) * 0.15 + 1, 2)
 
     def text(prefix: str, values: np.ndarray) -> pa.Array:
@@ -80,7 +83,7 @@ def write_clicklog(folder: Path, n_rows: int, seed: int = 0) -> tuple[Path, Path
     folder.mkdir(parents=True, exist_ok=True)
     schema = folder / "clicklog.yaml"
     schema.write_text(yaml.safe_dump(SCHEMA, sort_keys=False))
-    csv_path, parquet_path = folder / f"clicks-{n_rows}.csv", folder / f"clicks-{n_rows}.parquet"
+    csv_path, parquet_path = (folder / f"clicks-{n_rows}-v{VERSION}.csv", folder / f"clicks-{n_rows}-v{VERSION}.parquet")
     if csv_path.is_file() and parquet_path.is_file():
         return schema, csv_path, parquet_path
     rng = np.random.default_rng(seed)
@@ -110,8 +113,9 @@ def main(argv: list[str]) -> None:
     started = time.perf_counter()
     report = import_dataset(load_spec(schema), [Path(source)], Path(out), threads=threads, memory_limit=memory)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"rows": report.counts["records"], "seconds": seconds, "peak_rss_bytes": peak,
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"rows": report.counts["records"], "seconds": seconds, "peak_rss_bytes": usage.ru_maxrss * 1024,
+                      "cpu_seconds": usage.ru_utime + usage.ru_stime,
                       "dataset_rows": report.n_rows, "events": report.n_events}))
 
 

@@ -24,7 +24,7 @@ from bench.workloads import ctl_home, machine_load
 SIZES = (10_000_000, 50_000_000)
 QUICK_SIZES = (1_000_000, 2_000_000)
 DUCKDB_THREADS = 2
-MEMORY_LIMIT = "1500MB"
+MEMORY_LIMIT = "1GB"
 RSS_LIMIT_BYTES = 3 * 2**30
 ROWS_PER_S_TARGET = 500_000
 
@@ -59,6 +59,7 @@ def import_scale(quick: bool) -> Figure:
                 imports.append({"rows": n, "format": kind, "input_bytes": source.stat().st_size,
                                 "seconds": round(result["seconds"], 1),
                                 "rows_per_s": round(n / result["seconds"]),
+                                "cpu_seconds": round(result.get("cpu_seconds", float("nan")), 1),
                                 "peak_rss_mib": round(result["peak_rss_bytes"] / 2**20),
                                 "dataset_rows": result["dataset_rows"], "events": result["events"]})
         return imports[-2]["rows_per_s"]
