@@ -5,7 +5,7 @@ from CSV and from Parquet, each in a fresh process with DuckDB on 2 threads, and
 import's peak RSS and rows/s. The value is the rows/s of the largest CSV import. Time grows with
 the rows; memory must not (limits: :data:`RSS_LIMIT_BYTES`, :data:`ROWS_PER_S_TARGET`). The logs
 are generated once into ``$CTL_HOME/bench/clicklog``; the largest CSV import's dataset is kept
-there (``dataset-<rows>``) for the bounded-memory training check of ``docs/data.md``.
+there (``dataset-<rows>-v<version>``) for the bounded-memory training check of ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from bench import Figure
-from bench.clicklog import write_clicklog
+from bench.clicklog import VERSION, write_clicklog
 from bench.workloads import ctl_home, machine_load
 
 SIZES = (10_000_000, 50_000_000)
@@ -52,7 +52,7 @@ def import_scale(quick: bool) -> Figure:
         for n in sizes:
             schema, csv_path, parquet_path = logs[n]
             for kind, source in (("csv", csv_path), ("parquet", parquet_path)):
-                out = folder / (f"dataset-{n}" if kind == "csv" else f"dataset-{n}-{kind}")
+                out = folder / (f"dataset-{n}-v{VERSION}" if kind == "csv" else f"dataset-{n}-v{VERSION}-{kind}")
                 result = _import(schema, source, out)
                 if not (kind == "csv" and n == sizes[-1]):
                     shutil.rmtree(out)
