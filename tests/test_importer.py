@@ -539,3 +539,19 @@ def test_schema_types_and_choices_are_checked_with_the_key_path() -> None:
         with pytest.raises(SpecError) as caught:
             parse_spec(log_schema(**change), "s.yaml")
         assert str(caught.value) == f"s.yaml: {message}"
+
+
+def test_the_same_inputs_give_the_same_bytes_whatever_the_threads(tmp_path) -> None:
+    histories = write_event_lines(tmp_path / "lines.txt", users=40, seed=11)
+    assert histories
+    spec = parse_spec(IMPLICIT_SCHEMA, "implicit schema")
+    digests = []
+    for threads, memory in ((1, "2GB"), (2, "64MB")):
+        out = import_dataset(spec, [tmp_path / "lines.txt"], tmp_path / f"t{threads}", threads=threads,
+                             memory_limit=memory).path
+        files = sorted(p for p in out.rglob("*") if p.is_file())
+        digests.append({p.relative_to(out): p.read_bytes() for p in files})
+    assert sorted(digests[0]) == sorted(digests[1]) and len(digests[0]) == 6  # meta, rows, history, origin, 2 maps
+    for name, data in digests[0].items():
+        assert digests[1][name] == data, name
+    assert not list(tmp_path.glob(".t*"))  # the staging folders (database, spill, parts) are gone
