@@ -71,8 +71,8 @@ class RecordStager:
         if self.spec.sequences.column is not None and not any((self.folder / "seq_items").iterdir()):
             pq.write_table(ITEMS_SCHEMA.empty_table(), self.folder / "seq_items" / "part-00000.parquet")
         for table in ("records", "seq_items") if self.spec.sequences.column is not None else ("records",):
-            parts = str(self.folder / table / "*.parquet").replace("'", "''")
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{parts}')")
+            parts = ", ".join("'" + str(p).replace("'", "''") + "'" for p in sorted((self.folder / table).iterdir()))
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{parts}])")
 
     # --- checks ----------------------------------------------------------------------------------
 
