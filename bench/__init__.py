@@ -27,3 +27,5 @@ class Figure:
     measure: Callable[[], float]
     unit: str
     describe: Callable[[float], dict[str, object]] = no_extra
+    #: at most this many repeats (a sweep of minutes runs once); None = as many as the run asks
+    max_repeats: int | None = None

@@ -58,6 +58,8 @@ def discover_figures() -> dict[str, FigureFactory]:
 def measure_figure(name: str, factory: FigureFactory, quick: bool, repeats: int) -> dict[str, object]:
     """Set the figure up, call its ``measure`` ``repeats`` times, summarise."""
     figure = factory(quick)
+    if figure.max_repeats is not None:
+        repeats = min(repeats, figure.max_repeats)
     values = [float(figure.measure()) for _ in range(repeats)]
     median = statistics.median(values)
     result: dict[str, object] = {

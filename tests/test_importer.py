@@ -522,3 +522,36 @@ def test_period_column_month_periods_and_end(tmp_path) -> None:
     assert ds.meta["provenance"]["periods"] == ["2024-01-01 .. 2024-02-01", "2024-02-01 .. 2024-03-01",
                                                 "2024-03-01 .. 2024-04-01"]
     assert np.bincount(ds.rows["period"]).tolist() == [4, 2, 4]
+
+
+def test_schema_types_and_choices_are_checked_with_the_key_path() -> None:
+    cases = {
+        "on_bad_rows: Invalid value 'skp', expected one of [error, skip]": {"on_bad_rows": "skp"},
+        "sequences.short_len: Value 'x' of type 'str' could not be converted to Integer":
+            {"sequences": {"short_len": "x"}},
+        "features[0].kind: Invalid value 'bucketz', expected one of [categorical, bucket]":
+            {"features": [{"name": "user_id", "column": "u", "dim": 4, "kind": "bucketz"}]},
+        "features[0].dim: is required": {"features": [{"name": "user_id", "column": "u"}]},
+        "csv.delimiter: must be one character, got ';;'": {"csv": {"delimiter": ";;"}},
+        "time.n_transfer: is required": {"time": {"column": "when", "period": "1d"}},
+    }
+    for message, change in cases.items():
+        with pytest.raises(SpecError) as caught:
+            parse_spec(log_schema(**change), "s.yaml")
+        assert str(caught.value) == f"s.yaml: {message}"
+
+
+def test_the_same_inputs_give_the_same_bytes_whatever_the_threads(tmp_path) -> None:
+    histories = write_event_lines(tmp_path / "lines.txt", users=40, seed=11)
+    assert histories
+    spec = parse_spec(IMPLICIT_SCHEMA, "implicit schema")
+    digests = []
+    for threads, memory in ((1, "2GB"), (2, "64MB")):
+        out = import_dataset(spec, [tmp_path / "lines.txt"], tmp_path / f"t{threads}", threads=threads,
+                             memory_limit=memory).path
+        files = sorted(p for p in out.rglob("*") if p.is_file())
+        digests.append({p.relative_to(out): p.read_bytes() for p in files})
+    assert sorted(digests[0]) == sorted(digests[1]) and len(digests[0]) == 6  # meta, rows, history, origin, 2 maps
+    for name, data in digests[0].items():
+        assert digests[1][name] == data, name
+    assert not list(tmp_path.glob(".t*"))  # the staging folders (database, spill, parts) are gone

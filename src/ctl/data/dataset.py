@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -41,8 +41,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from ctl.data.history import UserHistory
 from ctl.data.schema import HISTORY_COLUMNS, ROW_COLUMNS, Schema
+
+if TYPE_CHECKING:  # torch is imported by loading, not by writing (the importer runs without it)
+    from ctl.data.history import UserHistory
 
 FORMAT_VERSION = 1
 META_FILE = "meta.yaml"
@@ -314,6 +316,18 @@ def _rows_order(rows: dict[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
+def meta_yaml(schema: Schema, n_rows: int, n_events: int, provenance: dict) -> str:
+    """The text of a dataset's ``meta.yaml``."""
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "n_rows": int(n_rows),
+        "n_events": int(n_events),
+        "schema": schema.to_dict(),
+        "provenance": provenance,
+    }
+    return yaml.safe_dump(meta, sort_keys=False)
+
+
 def write_dataset(
     path: Path | str,
     schema: Schema,
@@ -354,14 +368,7 @@ def write_dataset(
     oracle_table = _oracle_table(click_prob, rows64["label"].shape[0], order)
     rows_table = pa.table(_to_disk_dtypes(rows64, row_types))
     history_table = pa.table(_to_disk_dtypes(history64, history_types))
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "n_rows": rows_table.num_rows,
-        "n_events": history_table.num_rows,
-        "schema": schema.to_dict(),
-        "provenance": provenance,
-    }
-    meta_text = yaml.safe_dump(meta, sort_keys=False)
+    meta_text = meta_yaml(schema, rows_table.num_rows, history_table.num_rows, provenance)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -430,19 +437,45 @@ def load_click_prob(path: Path | str) -> tuple[np.ndarray, np.ndarray] | None:
 # --- loading -----------------------------------------------------------------------------------
 
 
+def part_files(folder: Path, file: str) -> list[Path]:
+    """The Parquet files holding ``file`` (``rows.parquet``) of a dataset: the file itself, or the
+    part files of the folder of its stem (``rows/``, as Spark and DuckDB write it), in name order.
+
+    In a folder, files whose names start with ``_`` or ``.`` (``_SUCCESS``, ``.crc`` checksums)
+    and files not ending in ``.parquet`` are skipped.
+    """
+    single, parts = folder / file, folder / Path(file).stem
+    if single.is_file():
+        return [single]
+    if parts.is_dir():
+        found = sorted(p for p in parts.iterdir()
+                       if p.is_file() and p.suffix == ".parquet" and not p.name.startswith(("_", ".")))
+        if not found:
+            raise DatasetError(f"{parts.name}/", f"holds no .parquet part files (in {folder})")
+        return found
+    raise DatasetError(file, f"missing from the dataset folder {folder} (nor is there a folder {parts.name}/ of "
+                             "part files)")
+
+
+def read_parquet_parts(folder: Path, file: str, columns: Sequence[str]) -> pa.Table:
+    """``columns`` of ``file`` (a single file or its part files, concatenated in order)."""
+    tables = []
+    for path in part_files(folder, file):
+        name = file if path.name == file else f"{path.parent.name}/{path.name}"
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as exc:
+            raise DatasetError(name, f"not a readable Parquet file ({exc})") from exc
+        missing = [column for column in columns if column not in names]
+        if missing:
+            raise DatasetError(name, f"missing (the file has {names})", column=missing[0])
+        tables.append(pq.read_table(path, columns=list(columns)))
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+
+
 def _read_columns(folder: Path, file: str, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
-    """Read the expected columns of one Parquet file, refusing missing columns and nulls."""
-    target = folder / file
-    if not target.is_file():
-        raise DatasetError(file, f"missing from the dataset folder {folder}")
-    try:
-        names = pq.read_schema(target).names
-    except (pa.ArrowException, OSError) as exc:
-        raise DatasetError(file, f"not a readable Parquet file ({exc})") from exc
-    missing = [name for name in dtypes if name not in names]
-    if missing:
-        raise DatasetError(file, f"missing (the file has {names})", column=missing[0])
-    table = pq.read_table(target, columns=list(dtypes))
+    """Read the expected columns of one Parquet file (or its part files), refusing missing columns and nulls."""
+    table = read_parquet_parts(folder, file, list(dtypes))
     columns = {}
     for name in dtypes:
         column = table.column(name)
@@ -552,6 +585,8 @@ def load_dataset(path: Path | str, validate: bool = True) -> Dataset:
         load_click_prob(folder)
     elif n_rows == 0:
         raise DatasetError(ROWS_FILE, "the dataset has no rows")
+    from ctl.data.history import UserHistory
+
     user_history = UserHistory.from_columns(
         history, n_users=schema.feature("user_id").vocab, n_domains=len(schema.domains)
     )

@@ -28,7 +28,15 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ctl.data.batch import Batch
 from ctl.data.batcher import BatchAssembler, check_shard, row_columns
-from ctl.data.dataset import ROWS_FILE, Dataset, _read_meta, history_dtypes
+from ctl.data.dataset import (
+    HISTORY_FILE,
+    ROWS_FILE,
+    Dataset,
+    _read_meta,
+    history_dtypes,
+    part_files,
+    read_parquet_parts,
+)
 from ctl.data.history import UserHistory
 
 #: the row columns an index-only dataset keeps in memory (``label`` gives ``Dataset.n_rows``)
@@ -44,11 +52,11 @@ def load_row_index(path: Path | str) -> Dataset:
     """
     folder = Path(path)
     meta, schema = _read_meta(folder)
-    index = pq.read_table(folder / ROWS_FILE, columns=list(INDEX_COLUMNS))
+    index = read_parquet_parts(folder, ROWS_FILE, INDEX_COLUMNS)
     rows = {name: index.column(name).to_numpy() for name in INDEX_COLUMNS}
     if rows["label"].shape[0] != meta["n_rows"]:
         raise ValueError(f"{folder / ROWS_FILE}: {rows['label'].shape[0]} rows, meta.yaml says {meta['n_rows']}")
-    history_table = pq.read_table(folder / "history.parquet", columns=list(history_dtypes()))
+    history_table = read_parquet_parts(folder, HISTORY_FILE, list(history_dtypes()))
     history = {name: history_table.column(name).to_numpy() for name in history_dtypes()}
     user_history = UserHistory.from_columns(
         history, n_users=schema.feature("user_id").vocab, n_domains=len(schema.domains)
@@ -56,10 +64,27 @@ def load_row_index(path: Path | str) -> Dataset:
     return Dataset(path=folder, schema=schema, meta=meta, rows=rows, history=user_history)
 
 
-def row_group_offsets(file: pq.ParquetFile) -> np.ndarray:
-    """First row of every row group, and the number of rows at the end: int64 ``[n_groups + 1]``."""
-    sizes = [file.metadata.row_group(g).num_rows for g in range(file.metadata.num_row_groups)]
-    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+class RowGroups:
+    """The row groups of a dataset's rows in order, across its part files (``rows.parquet`` or ``rows/``).
+
+    ``offsets[g]`` is the first dataset row of group ``g`` and ``offsets[-1]`` the number of rows.
+    Files are opened per read, so the object pickles into DataLoader workers as paths.
+    """
+
+    def __init__(self, folder: Path | str) -> None:
+        self.groups: list[tuple[Path, int]] = []
+        sizes = []
+        for path in part_files(Path(folder), ROWS_FILE):
+            metadata = pq.ParquetFile(path).metadata
+            for group in range(metadata.num_row_groups):
+                self.groups.append((path, group))
+                sizes.append(metadata.row_group(group).num_rows)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def read(self, group: int, columns: Sequence[str]) -> dict[str, np.ndarray]:
+        path, local = self.groups[group]
+        table = pq.ParquetFile(path).read_row_group(local, columns=list(columns))
+        return {name: table.column(name).to_numpy() for name in columns}
 
 
 def read_rows(path: Path | str, rows: np.ndarray, columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -67,17 +92,17 @@ def read_rows(path: Path | str, rows: np.ndarray, columns: Sequence[str]) -> dic
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size and np.any(rows[1:] <= rows[:-1]):
         raise ValueError("read_rows: rows must be strictly ascending")
-    file = pq.ParquetFile(Path(path) / ROWS_FILE)
-    offsets = row_group_offsets(file)
+    groups = RowGroups(path)
+    offsets = groups.offsets
     if rows.size and (rows[0] < 0 or rows[-1] >= offsets[-1]):
         raise ValueError(f"read_rows: row indices must lie in [0, {offsets[-1]}), got {rows[0]} .. {rows[-1]}")
     group_of = np.searchsorted(offsets, rows, side="right") - 1
     parts: dict[str, list[np.ndarray]] = {name: [] for name in columns}
     for group in np.unique(group_of):
-        table = file.read_row_group(int(group), columns=list(columns))
+        values = groups.read(int(group), columns)
         local = rows[group_of == group] - offsets[group]
         for name in columns:
-            parts[name].append(table.column(name).to_numpy()[local])
+            parts[name].append(values[name][local])
     return {name: np.concatenate(values) if values else np.empty(0, np.int64) for name, values in parts.items()}
 
 
@@ -120,7 +145,7 @@ class ParquetRowStream(IterableDataset):
         check_shard(rank, world_size, "ParquetRowStream")
         for name in domain_sequences:
             dataset.schema.domain_index(name)
-        self.path = Path(dataset.path) / ROWS_FILE
+        self.row_groups = RowGroups(dataset.path)
         self.schema = dataset.schema
         self.history = dataset.history
         self.domain_sequences = tuple(domain_sequences)
@@ -131,7 +156,7 @@ class ParquetRowStream(IterableDataset):
         self.world_size = world_size
         self.epoch = 0
         self.start_batch = 0
-        offsets = row_group_offsets(pq.ParquetFile(self.path))
+        offsets = self.row_groups.offsets
         if rows[-1] >= offsets[-1]:
             raise ValueError(f"ParquetRowStream: row indices must lie in [0, {offsets[-1]}), got {rows[-1]}")
         self.n_rows = int(rows.size)
@@ -167,23 +192,22 @@ class ParquetRowStream(IterableDataset):
     def _group_order(self) -> np.ndarray:
         return self.groups[self._permutation(self.groups.size, 0)] if self.shuffle else self.groups
 
-    def _read_group(self, file: pq.ParquetFile, group: int) -> dict[str, np.ndarray]:
+    def _read_group(self, group: int) -> dict[str, np.ndarray]:
         """The group's selected rows (shuffled per epoch), with their dataset row ids under ``row``."""
         local = self._local[group]
         if self.shuffle:
             local = local[self._permutation(local.size, group + 1)]
-        table = file.read_row_group(group, columns=list(row_columns(self.schema)))
-        columns = {name: table.column(name).to_numpy()[local] for name in row_columns(self.schema)}
+        values = self.row_groups.read(group, row_columns(self.schema))
+        columns = {name: values[name][local] for name in row_columns(self.schema)}
         columns["row"] = local + self._first_row[group]
         return columns
 
     def _rank_chunks(self) -> Iterator[dict[str, np.ndarray]]:
         """This rank's rows of the epoch, group by group, ending with its padding row if it has one."""
-        file = pq.ParquetFile(self.path)
         seen = 0
         head: dict[str, np.ndarray] | None = None  # the stream's first world_size rows, for padding
         for group in self._group_order():
-            columns = self._read_group(file, int(group))
+            columns = self._read_group(int(group))
             size = columns["row"].size
             if head is None or head["row"].size < self.world_size:
                 taken = {k: v[: self.world_size] for k, v in columns.items()}

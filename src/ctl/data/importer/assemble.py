@@ -1,36 +1,41 @@
-"""Encoded records -> the dataset's rows, history and schema.
+"""Staged records -> the dataset's ``rows``, ``history`` and ``origin`` Parquet files, in SQL.
 
 Order of the steps: leave out records at or after ``time.end`` (counted); records before
 ``time.start`` feed the behaviour history only (counted); cut the rest into periods and lay them
-out; build the history (events or explicit lists); sample negatives for implicit feedback; set
-every row's ``hist_end``; sort rows by ``(period, domain, ts)`` as the dataset stores them, with
-each row's origin (input file, line, event, sampled or not) kept in the same order.
+out; number the dense features and encode every record (``encoded``); build the history (events
+or explicit lists) and every row's ``hist_end``; sample negatives for implicit feedback; sort rows
+by ``(period, domain, ts)`` as the dataset stores them (ties: records in input order, then their
+negatives), with each row's origin (input file, line, event, sampled or not) in the same order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import duckdb
 import numpy as np
 
-from ctl.data.importer.histories import sequence_history, sort_events, visible_counts
+from ctl.data.importer.histories import HISTORY_ORDER, build_history
+from ctl.data.importer.idmaps import map_table
 from ctl.data.importer.periods import cut_periods, layout
+from ctl.data.importer.records import staged_name
 from ctl.data.importer.sampling import sample_negatives
 from ctl.data.importer.spec import FeatureSpec, ImportSpec
 from ctl.data.schema import Feature, Schema
 
-#: Columns that say where a dataset row came from (``origin.parquet``).
-ORIGIN_COLUMNS = ("input", "line", "event", "sampled")
+#: Parquet row groups of the written files: streamed training reads one at a time.
+ROW_GROUP_SIZE = 1_000_000
 
 
 @dataclass
 class Assembled:
-    """Everything ``write_dataset`` needs, plus each row's origin and what the import left out."""
+    """What the import wrote (``rows``, ``history``, ``origin`` files) and what it left out."""
 
     schema: Schema
-    rows: dict[str, np.ndarray]
-    history: dict[str, np.ndarray]
-    origin: dict[str, np.ndarray]
+    n_rows: int
+    n_events: int
+    rows_per_domain: dict[str, int]
     spans: tuple[str, ...]
     counts: dict[str, int]
 
@@ -46,116 +51,107 @@ def feature_vocab(feature: FeatureSpec, dense_size: int) -> int:
     return feature.vocab if feature.vocab is not None else max(dense_size + 1, 2)
 
 
-def _keep_records(records: dict[str, np.ndarray], items: np.ndarray | None, keep: np.ndarray) -> np.ndarray | None:
-    """Keep the records where ``keep`` (in place) and return their sequence items."""
-    if items is not None:
-        items = items[np.repeat(keep, records["seq_count"])]
-    for name in list(records):
-        records[name] = records[name][keep]
-    return items
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
-def _item_table(item: np.ndarray, values: np.ndarray, n_items: int) -> np.ndarray:
-    """``[n_items]``: each item's value on its last record (0 for items without records)."""
-    table = np.zeros(n_items, dtype=values.dtype)
-    _, first_from_end = np.unique(item[::-1], return_index=True)
-    last = item.shape[0] - 1 - first_from_end
-    table[item[last]] = values[last]
-    return table
+def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
+    target = str(path).replace("'", "''")
+    con.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
 
 
-def _zero_off_domains(spec: ImportSpec, rows: dict[str, np.ndarray]) -> None:
+def _encode(con: duckdb.DuckDBPyConnection, spec: ImportSpec, period: str, shown: str, kept: str) -> None:
+    """``encoded``: every ``kept`` record with dense ids, its period (-1: history only)."""
+    selected = ["r.seq", "r.input", "r.line", "r.event", "r.domain", "r.label", "r.ts",
+                f"CASE WHEN {shown} THEN {period} ELSE -1 END AS period"]
+    joins = []
+    for i, feature in enumerate(spec.features):
+        if feature.dense:
+            selected.append(f"coalesce(m{i}.id, 0) AS {staged_name(i)}")
+            joins.append(f"LEFT JOIN {map_table(i)} m{i} ON m{i}.raw = r.{staged_name(i)}")
+        else:
+            selected.append(f"r.{staged_name(i)}")
+    if spec.sequences.column is not None:
+        selected += ["r.seq_count", "r.seq_key"]
+    con.execute(f"CREATE TABLE encoded AS SELECT {', '.join(selected)} FROM records r {' '.join(joins)} WHERE {kept}")
+
+
+def _negative_rows(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict[str, str]) -> str:
+    """SELECT of the sampled negatives' rows: the positive's row, its own item and item attributes."""
+    attributes = [i for i, f in enumerate(spec.features) if f.of == "item" and f.name != "item_id"]
+    item = column["item_id"]
+    if attributes:  # each item's values on its last record
+        values = ", ".join(f"arg_max({staged_name(i)}, seq) AS {staged_name(i)}" for i in attributes)
+        con.execute(f"CREATE TABLE item_attributes AS SELECT {item} AS item_id, {values} FROM encoded GROUP BY {item}")
     names = spec.domains.names
-    for feature in spec.features:
-        carriers = [names.index(d) for d in feature.domains]
-        rows[feature.name][~np.isin(rows["domain"], carriers)] = 0
+    selected = []
+    for i, feature in enumerate(spec.features):
+        if feature.name == "item_id":
+            selected.append(f"d.item_id AS {staged_name(i)}")
+        elif i in attributes:
+            carriers = ", ".join(str(names.index(d)) for d in feature.domains)
+            selected.append(f"CASE WHEN e.domain IN ({carriers}) THEN coalesce(a.{staged_name(i)}, 0) ELSE 0 END "
+                            f"AS {staged_name(i)}")
+        else:
+            selected.append(f"e.{staged_name(i)}")
+    join = "LEFT JOIN item_attributes a ON a.item_id = d.item_id" if attributes else ""
+    return (f"SELECT {', '.join(selected)}, e.domain, e.period, e.ts, 0 AS label, v.hist_end, e.input, e.line, "
+            f"e.event, TRUE AS sampled, e.seq, d.j FROM drawn d JOIN encoded e ON e.seq = d.seq "
+            f"JOIN visible v ON v.seq = d.seq {join}")
 
 
-def _append_negatives(spec: ImportSpec, rows: dict[str, np.ndarray], origin: dict[str, np.ndarray],
-                      seen: np.ndarray, item_tables: dict[str, np.ndarray], n_items: int, n_periods: int,
-                      counts: dict[str, int]) -> None:
-    """Append sampled negatives to ``rows`` and ``origin`` (in place)."""
-    cell = rows["domain"].astype(np.int64) * n_periods + rows["period"]
-    drawn = sample_negatives(rows["user_id"].astype(np.int64), rows["item_id"].astype(np.int64), cell, seen,
-                             n_items, spec.label.negatives, spec.label.seed)
-    negative = {name: values[drawn.positive] for name, values in rows.items()}
-    negative["item_id"] = drawn.item.astype(rows["item_id"].dtype)
-    negative["label"] = np.zeros(drawn.item.shape[0], dtype=rows["label"].dtype)
-    for name, table in item_tables.items():
-        negative[name] = table[drawn.item]
-    _zero_off_domains(spec, negative)
-    negative_origin = {name: values[drawn.positive] for name, values in origin.items()}
-    negative_origin["sampled"] = np.ones(drawn.item.shape[0], dtype=bool)
-    counts["negatives"] = int(drawn.item.shape[0])
-    counts["negatives_unavailable"] = drawn.unavailable
-    for target, extra in ((rows, negative), (origin, negative_origin)):
-        for name in list(target):
-            target[name] = np.concatenate([target[name], extra.pop(name)])
-
-
-def assemble(
-    spec: ImportSpec, records: dict[str, np.ndarray], items: np.ndarray | None, dense_sizes: dict[str, int]
-) -> Assembled:
-    """Build the dataset from encoded ``records`` (every column ``[n]``) and sequence ``items``.
-
-    ``records`` is consumed (emptied): its columns move into the rows, so the import never holds
-    the records and the rows side by side. ``dense_sizes`` holds the id-map size of every dense
-    feature. Row features come out as int64, the dtype ``write_dataset`` keeps without a copy.
-    """
+def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict[str, int], folder: Path,
+             log=None) -> Assembled:
+    """Write ``rows.parquet``, ``history.parquet`` and ``origin.parquet`` of the staged ``records``
+    into ``folder``; ``dense_sizes`` holds the id-map size of every dense feature."""
+    say = log or (lambda message: None)
     counts: dict[str, int] = {}
     time = spec.time
     if time.end is not None:
-        late = records["ts"] >= time.end
-        counts["after_end"] = int(late.sum())
-        items = _keep_records(records, items, ~late)
-    early = records["ts"] < time.start if time.start is not None else np.zeros(records["ts"].shape[0], bool)
-    counts["history_only"] = int(early.sum())
-    shown = ~early
-
-    def pick(values: np.ndarray) -> np.ndarray:
-        return values[shown] if early.any() else values  # no copy when every record is shown
-
-    cut = cut_periods(time, pick(records["ts"]), pick(records["period_value"]) if "period_value" in records else None)
-    n_periods = cut.n_periods
-    n_history = layout(cut, time.n_transfer, np.bincount(cut.period, minlength=n_periods))
+        counts["after_end"] = con.execute("SELECT count(*) FROM records WHERE ts >= ?", [time.end]).fetchone()[0]
+    kept = "TRUE" if time.end is None else f"ts < {int(time.end)}"
+    shown = "TRUE" if time.start is None else f"ts >= {int(time.start)}"
+    counts["history_only"] = con.execute(f"SELECT count(*) FROM records WHERE {kept} AND NOT ({shown})").fetchone()[0]
+    cut = cut_periods(con, time, f"{kept} AND {shown}")
+    say(f"numbering ids and cutting {cut.n_periods} periods")
+    _encode(con, spec, cut.expression, shown, kept)
+    per_period = con.execute("SELECT period, count(*) FROM encoded WHERE period >= 0 GROUP BY period").fetchall()
+    period_counts = np.zeros(cut.n_periods, dtype=np.int64)
+    for p, n in per_period:
+        period_counts[p] = n
+    n_history = layout(cut, time.n_transfer, period_counts)
     vocab = {f.name: feature_vocab(f, dense_sizes.get(f.name, 0)) for f in spec.features}
-    n_items = vocab["item_id"]
+    column = {f.name: staged_name(i) for i, f in enumerate(spec.features)}
+    item_map = map_table(spec.features.index(spec.feature("item_id"))) if spec.feature("item_id").dense else None
 
-    # what needs every record (history-only ones too), before the records move into the rows
-    user, item, domain = records["user_id"], records["item_id"], records["domain"].astype(np.int64)
-    if spec.sequences.column is not None:
-        category = _item_table(item, records["category_id"], n_items)
-        history, list_end = sequence_history(user, records["ts"], domain, records["seq_count"], records["seq_key"],
-                                             items, category)
-    else:
-        event = slice(None) if spec.implicit or spec.sequences.events == "all" else records["label"] == 1
-        history = sort_events(user[event], item[event], records["category_id"][event], domain[event],
-                              records["ts"][event])
-        list_end = np.full(user.shape[0], -1, dtype=np.int64)
-    item_tables, seen = {}, None
+    say("building the behaviour history")
+    build_history(con, spec, column, item_map)
+    features = ", ".join(staged_name(i) for i in range(len(spec.features)))
+    parts = [(f"SELECT {features}, e.domain, e.period, e.ts, e.label, v.hist_end, e.input, e.line, e.event, "
+              "FALSE AS sampled, e.seq, -1 AS j FROM encoded e JOIN visible v ON v.seq = e.seq WHERE e.period >= 0")]
     if spec.implicit:
-        item_tables = {f.name: _item_table(item, records[f.name], n_items)
-                       for f in spec.features if f.of == "item" and f.name != "item_id"}
-        seen = np.unique(user.astype(np.int64) * n_items + item)
-    del user, item, domain
-
-    rows = {f.name: pick(records.pop(f.name)) for f in spec.features}
-    rows.update(domain=pick(records.pop("domain")), period=cut.period, ts=pick(records.pop("ts")),
-                label=pick(records.pop("label")), hist_end=pick(list_end))
-    origin = {name: pick(records.pop(name)) for name in ("input", "line", "event")}
-    origin["sampled"] = np.zeros(origin["line"].shape[0], dtype=bool)
-    records.clear()
+        say("sampling negatives")
+        counts["negatives"], counts["negatives_unavailable"] = sample_negatives(
+            con, column["user_id"], column["item_id"], spec.label.negatives, spec.label.seed)
+        parts.append(_negative_rows(con, spec, column))
+    say("sorting and writing the rows")
+    rows = " UNION ALL ".join(parts)
+    # ties: records in input order, then the negatives in the order of their positives
+    order = "period, domain, ts, sampled, seq, j" if spec.implicit else "period, domain, ts, seq"
+    row_columns = [f"{staged_name(i)}::BIGINT AS {_quoted(f.name)}" for i, f in enumerate(spec.features)]
+    row_columns += ["domain::TINYINT AS domain", "period::SMALLINT AS period", "ts::BIGINT AS ts",
+                    "label::TINYINT AS label", "hist_end::INTEGER AS hist_end"]
+    _copy(con, f"SELECT {', '.join(row_columns)} FROM ({rows}) ORDER BY {order}", folder / "rows.parquet")
+    _copy(con, "SELECT input::SMALLINT AS input, line::BIGINT AS line, event::INTEGER AS event, sampled "
+               f"FROM ({rows}) ORDER BY {order}", folder / "origin.parquet")
+    _copy(con, "SELECT user_id::BIGINT AS user_id, item_id::BIGINT AS item_id, category_id::BIGINT AS category_id, "
+               f"domain::TINYINT AS domain, ts::BIGINT AS ts FROM history ORDER BY {HISTORY_ORDER}",
+          folder / "history.parquet")
+    per_domain = dict(con.execute("SELECT domain, count(*) FROM encoded WHERE period >= 0 GROUP BY domain").fetchall())
     if spec.implicit:
-        _append_negatives(spec, rows, origin, seen, item_tables, n_items, n_periods, counts)
-    unset = rows["hist_end"] < 0
-    rows["hist_end"][unset] = visible_counts(history, rows["user_id"][unset], rows["ts"][unset])
-
-    order = np.lexsort((rows["ts"], rows["domain"], rows["period"]))
-    for target in (rows, origin):
-        for name in list(target):  # one column at a time: the unsorted one is freed as it is replaced
-            target[name] = target[name][order]
-    for feature in spec.features:
-        rows[feature.name] = rows[feature.name].astype(np.int64)
+        for domain, n in con.execute("SELECT e.domain, count(*) FROM drawn d JOIN encoded e ON e.seq = d.seq "
+                                     "GROUP BY e.domain").fetchall():
+            per_domain[domain] += n
     schema = Schema(
         features=tuple(Feature(f.name, f.kind, vocab[f.name], f.dim, f.domains) for f in spec.features),
         domains=spec.domains.names,
@@ -166,4 +162,11 @@ def assemble(
         long_len=spec.sequences.long_len,
         description=spec.description,
     )
-    return Assembled(schema, rows, history, origin, cut.spans, counts)
+    return Assembled(
+        schema=schema,
+        n_rows=sum(per_domain.values()),
+        n_events=con.execute("SELECT count(*) FROM history").fetchone()[0],
+        rows_per_domain={name: int(per_domain.get(i, 0)) for i, name in enumerate(spec.domains.names)},
+        spans=cut.spans,
+        counts=counts,
+    )

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ctl.data.importer.convert import IMPORTER_VERSION, import_dataset
+from ctl.data.importer.engine import DEFAULT_MEMORY_LIMIT
 from ctl.data.importer.spec import ImportSpec, load_spec, parse_spec
 from ctl.errors import CtlError
 from ctl.io import stable_hash
@@ -99,14 +100,16 @@ def import_key(data_cfg: DictConfig) -> str:
                         "max_rows": importer.get("max_rows")})
 
 
-def import_preset(data_cfg: DictConfig, out: Path, progress: bool) -> Path:
+def import_preset(data_cfg: DictConfig, out: Path, progress: bool, memory_limit: str = DEFAULT_MEMORY_LIMIT,
+                  threads: int | None = None) -> Path:
     """Import a preset's data into ``out`` (the registry calls this under its lock)."""
     origin = f"data {data_cfg.name!r} importer"
     importer = _importer(data_cfg.importer, origin)
     spec = schema_from(importer.get("schema"), f"{origin}.schema")
     inputs = resolve_inputs(importer["inputs"], public_data_root(importer.get("root")), origin)
     log = Console(stderr=True).print if progress else None
-    import_dataset(spec, inputs, out, max_rows=importer.get("max_rows"), log=log)
+    import_dataset(spec, inputs, out, max_rows=importer.get("max_rows"), log=log, memory_limit=memory_limit,
+                   threads=threads)
     return out
 
 
@@ -143,13 +146,15 @@ def run_import(cfg: DictConfig) -> Path:
             raise CtlError("inputs=[a.csv,b.parquet] is required with schema=...")
         root = Path(str(cfg.root)).expanduser() if cfg.root else Path.cwd()
         inputs = resolve_inputs(list(cfg.inputs), root, "import")
-        import_dataset(spec, inputs, out, max_rows=cfg.max_rows, block_bytes=int(cfg.block_bytes), log=log)
+        import_dataset(spec, inputs, out, max_rows=cfg.max_rows, block_bytes=int(cfg.block_bytes), log=log,
+                       memory_limit=str(cfg.memory_limit), threads=cfg.threads)
         path = out
     elif cfg.get("data") is not None and cfg.data.get("importer") is not None:
         if out is not None:
             if out.exists():
                 raise CtlError(f"out={out} already exists; choose a new folder")
-            path = import_preset(cfg.data, out, progress=bool(cfg.progress))
+            path = import_preset(cfg.data, out, progress=bool(cfg.progress), memory_limit=str(cfg.memory_limit),
+                                 threads=cfg.threads)
         else:
             path = ensure_dataset(cfg.data, cfg.home, progress=bool(cfg.progress))
     else:

@@ -22,19 +22,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ctl.data.dataset import write_dataset
-from ctl.data.importer.assemble import ORIGIN_COLUMNS, Assembled, assemble
-from ctl.data.importer.readers import DEFAULT_BLOCK_BYTES, read_blocks
-from ctl.data.importer.records import ColumnStore, RecordEncoder
+from ctl.data.dataset import META_FILE, meta_yaml
+from ctl.data.importer.assemble import assemble
+from ctl.data.importer.engine import DEFAULT_MEMORY_LIMIT, connect
+from ctl.data.importer.idmaps import map_table, number_ids
+from ctl.data.importer.readers import DEFAULT_BLOCK_BYTES, read_blocks, reader_kind
+from ctl.data.importer.records import RecordStager
 from ctl.data.importer.spec import ImportSpec
 from ctl.errors import CtlError
 from ctl.io import fsync_path
 
-IMPORTER_VERSION = 1
+IMPORTER_VERSION = 2
 ID_MAPS_DIR = "id_maps"
 ORIGIN_FILE = "origin.parquet"
 
@@ -53,72 +55,52 @@ class ImportReport:
     counts: dict[str, int]
 
 
-def _read(spec: ImportSpec, inputs: Sequence[Path], max_rows: int | None, block_bytes: int,
-          log: Callable[[str], None] | None) -> tuple[RecordEncoder, dict[str, np.ndarray], np.ndarray | None, list]:
-    encoder = RecordEncoder(spec)
-    store = ColumnStore()
-    item_parts: list[np.ndarray] = []
+def _read(spec: ImportSpec, inputs: Sequence[Path], stager: RecordStager, max_rows: int | None, block_bytes: int,
+          log: Callable[[str], None] | None) -> list[dict]:
+    """Stage every input's checked records; returns each input's path, bytes and records read."""
     described = []
     remaining = max_rows
     for index, path in enumerate(inputs):
         records = 0
         if remaining is None or remaining > 0:
             for block in read_blocks(path, spec.reader, spec.needed_columns(), remaining, block_bytes):
-                columns, items = encoder.encode(block, index)
-                store.add(columns)
-                if items is not None:
-                    item_parts.append(items)
+                stager.stage(block, index)
                 records += block.records
             if remaining is not None:
                 remaining -= records
         described.append({"path": str(path), "bytes": path.stat().st_size, "records": records})
         if log is not None:
             log(f"read {records:,} records from {path}")
-    if "domain" not in store:
+    if stager.kept == 0:
+        if stager.skipped:
+            raise CtlError(f"no records left after skipping bad ones ({dict(stager.skipped)})")
         raise CtlError("the inputs hold no records")
-    names = ["domain", "label", "ts", "input", "line", "event", *(f.name for f in spec.features)]
-    names += [n for n in ("period_value", "seq_count", "seq_key") if n in store]
-    records = {name: store.take(name) for name in names}
-    if records["domain"].shape[0] == 0:
-        raise CtlError(f"no records left after skipping bad ones ({dict(encoder.skipped)})")
-    items = None
-    if spec.sequences.column is not None:
-        items = np.concatenate(item_parts) if item_parts else np.zeros(0, dtype=np.int64)
-    return encoder, records, items, described
+    return described
 
 
-def _write_parquet(path: Path, table: pa.Table) -> None:
-    pq.write_table(table, path)
-    fsync_path(path)
+def _locator(con: duckdb.DuckDBPyConnection, spec: ImportSpec, inputs: Sequence[Path]):
+    """``locate(seq)``: the file and the place (``line 4``, ``row 9``, ``line 3, event 2``) of a record."""
+
+    def locate(seq: int) -> tuple[str, str]:
+        index, line, event = con.execute("SELECT input, line, event FROM records WHERE seq = ?", [seq]).fetchone()
+        kind = reader_kind(inputs[index], spec.reader)
+        where = f"{'row' if kind == 'parquet' else 'line'} {line}"
+        return str(inputs[index]), where + (f", event {event}" if kind == "event_lines" else "")
+
+    return locate
 
 
-def _write(out: Path, built: Assembled, encoder: RecordEncoder, provenance: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.import-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        folder = write_dataset(staging / "dataset", built.schema, built.rows, built.history, provenance)
-        maps = folder / ID_MAPS_DIR
-        maps.mkdir()
-        for name, mapping in encoder.id_maps.items():
-            values = mapping.values()
-            _write_parquet(maps / f"{name}.parquet",
-                           pa.table({"id": np.arange(1, len(values) + 1, dtype=np.int64), "raw": values}))
-        fsync_path(maps)
-        origin = {name: built.origin[name] for name in ORIGIN_COLUMNS}
-        origin["input"] = origin["input"].astype(np.int16)
-        origin["event"] = origin["event"].astype(np.int32)
-        _write_parquet(folder / ORIGIN_FILE, pa.table(origin))
-        fsync_path(folder)
-        try:
-            os.rename(folder, out)
-        except OSError as exc:
-            if out.exists():
-                raise FileExistsError(f"{out}: another import created this dataset meanwhile") from exc
-            raise
-        fsync_path(out.parent)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _write_id_maps(con: duckdb.DuckDBPyConnection, spec: ImportSpec, folder: Path) -> list[str]:
+    maps = folder / ID_MAPS_DIR
+    maps.mkdir()
+    names = []
+    for i, feature in enumerate(spec.features):
+        if feature.dense:
+            target = str(maps / f"{feature.name}.parquet").replace("'", "''")
+            con.execute(f"COPY (SELECT id::BIGINT AS id, raw FROM {map_table(i)} ORDER BY id) TO '{target}' "
+                        "(FORMAT parquet)")
+            names.append(feature.name)
+    return sorted(names)
 
 
 def import_dataset(
@@ -128,6 +110,8 @@ def import_dataset(
     max_rows: int | None = None,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     log: Callable[[str], None] | None = None,
+    memory_limit: str = DEFAULT_MEMORY_LIMIT,
+    threads: int | None = None,
 ) -> ImportReport:
     """Convert ``inputs`` (read in order, as one log) with ``spec`` into the dataset folder ``out``.
 
@@ -137,7 +121,10 @@ def import_dataset(
         out: the new dataset folder; it must not exist.
         max_rows: read at most this many records (CSV lines, Parquet rows, event lines), in order.
         block_bytes: text read per block; memory grows with it, not with the file size.
-        log: called with a line of progress per input.
+        log: called with a line of progress per input and per step.
+        memory_limit: DuckDB's memory limit (``"2GB"``); beyond it the import spills to disk
+            (a ``spill/`` folder inside the hidden staging folder next to ``out``).
+        threads: DuckDB's threads; None = one per core.
     """
     out = Path(out).expanduser()
     inputs = [Path(p).expanduser() for p in inputs]
@@ -147,28 +134,52 @@ def import_dataset(
         raise CtlError("no input files given (inputs=[a.csv,b.parquet])")
     if max_rows is not None and max_rows < 1:
         raise CtlError(f"max_rows must be >= 1 or null, got {max_rows}")
-    encoder, records, items, described = _read(spec, inputs, max_rows, block_bytes, log)
-    n_records = int(records["domain"].shape[0])
-    built = assemble(spec, records, items, {name: len(m) for name, m in encoder.id_maps.items()})  # empties records
-    counts = {"records": n_records + sum(encoder.skipped.values()),
-              **built.counts, **{f"skipped {reason}": int(n) for reason, n in sorted(encoder.skipped.items())}}
-    provenance = {
-        "importer": IMPORTER_VERSION,
-        "name": spec.name,
-        "schema_origin": spec.origin,
-        "schema": spec.raw,
-        "inputs": described,
-        "counts": counts,
-        "periods": list(built.spans),
-        "id_maps": sorted(encoder.id_maps),
-    }
-    _write(out, built, encoder, provenance)
-    domain = built.rows["domain"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.import-{uuid.uuid4().hex[:8]}"
+    folder = staging / "dataset"
+    folder.mkdir(parents=True)
+    con = connect(staging / "work", memory_limit, threads)
+    try:
+        stager = RecordStager(spec, staging / "work")
+        described = _read(spec, inputs, stager, max_rows, block_bytes, log)
+        stager.views(con)
+        sizes = number_ids(con, spec, _locator(con, spec, inputs))
+        built = assemble(con, spec, sizes, folder, log)
+        counts = {"records": stager.kept + sum(stager.skipped.values()), **built.counts,
+                  **{f"skipped {reason}": int(n) for reason, n in sorted(stager.skipped.items())}}
+        provenance = {
+            "importer": IMPORTER_VERSION,
+            "name": spec.name,
+            "schema_origin": spec.origin,
+            "schema": spec.raw,
+            "inputs": described,
+            "counts": counts,
+            "periods": list(built.spans),
+            "id_maps": _write_id_maps(con, spec, folder),
+        }
+        con.close()
+        # meta.yaml last: a folder holding it has every data file complete
+        (folder / META_FILE).write_text(meta_yaml(built.schema, built.n_rows, built.n_events, provenance))
+        for path in [*folder.iterdir(), *(folder / ID_MAPS_DIR).iterdir()]:
+            if path.is_file():
+                fsync_path(path)
+        fsync_path(folder / ID_MAPS_DIR)
+        fsync_path(folder)
+        try:
+            os.rename(folder, out)
+        except OSError as exc:
+            if out.exists():
+                raise FileExistsError(f"{out}: another import created this dataset meanwhile") from exc
+            raise
+        fsync_path(out.parent)
+    finally:
+        con.close()
+        shutil.rmtree(staging, ignore_errors=True)
     return ImportReport(
         path=out,
-        n_rows=int(domain.shape[0]),
-        n_events=int(built.history["user_id"].shape[0]),
-        rows_per_domain={name: int((domain == i).sum()) for i, name in enumerate(built.schema.domains)},
+        n_rows=built.n_rows,
+        n_events=built.n_events,
+        rows_per_domain=built.rows_per_domain,
         spans=built.spans,
         n_history=built.schema.n_history,
         n_transfer=built.schema.n_transfer,

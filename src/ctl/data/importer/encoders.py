@@ -1,9 +1,9 @@
-"""Raw Arrow values -> numbers: labels, times, domains, numeric buckets and categorical ids.
+"""Raw Arrow values -> numbers: labels, times, domains, numeric buckets and hashed ids.
 
 Parsers return the parsed values and a mask of the records they refuse; :class:`Refusals` turns a
 mask into an :class:`InputError` at its first record (``on_bad_rows: error``) or drops and counts
-the records (``skip``). Categorical ids come from a :class:`DenseIds` map (``1..n`` in order of
-first appearance, 0 = absent) or from :func:`hash_text` modulo a bucket count.
+the records (``skip``). Hashed ids are :func:`hash_text` modulo a bucket count; dense ids are
+numbered in SQL (:mod:`ctl.data.importer.idmaps`).
 """
 
 from __future__ import annotations
@@ -79,7 +79,14 @@ def parse_numbers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
         numbers = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
         return numbers, np.zeros(numbers.shape[0], dtype=bool)
-    text = pc.utf8_trim_whitespace(as_text(values))
+    text = as_text(values)
+    try:  # fast path: every value a plain finite number (Arrow's cast also takes nan/inf, refused below)
+        numbers = pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
+        if not np.isinf(numbers).any() and np.isnan(numbers).sum() == text.null_count:
+            return numbers, np.zeros(numbers.shape[0], dtype=bool)
+    except pa.ArrowInvalid:
+        pass
+    text = pc.utf8_trim_whitespace(text)
     good = pc.fill_null(pc.match_substring_regex(text, _NUMBER), True)
     bad = ~good.to_numpy(zero_copy_only=False)
     cleaned = pc.if_else(good, text, pa.scalar(None, pa.string()))
@@ -156,84 +163,6 @@ def hash_text(values: pa.Array) -> np.ndarray:
 def hashed_ids(values: pa.Array, buckets: int) -> np.ndarray:
     """int64 ids ``1 .. buckets-1`` from :func:`hash_text` (0 stays 'absent')."""
     return (hash_text(values) % np.uint64(buckets - 1)).astype(np.int64) + 1
-
-
-class DenseIds:
-    """Dense ids ``1..n`` for raw text values, in order of first appearance (0 = absent).
-
-    Known values are looked up by a sorted array of their 64-bit :func:`hash_text` hashes, so a
-    block costs a sort-merge of its distinct values, not a rebuild of a hash table of every value
-    seen so far. Matches are confirmed on the text itself: two texts with the same hash are refused,
-    never merged.
-
-    Args:
-        name: the feature (for messages).
-        capacity: the most ids allowed (``vocab - 1`` for a fixed table), or None.
-
-    Example::
-
-        ids = DenseIds("user_id", capacity=None)
-        ids.encode(pa.array(["u7", "u3", "u7"]))   # -> [1, 2, 1]
-        ids.values()                               # -> ["u7", "u3"]: the raw value of ids 1, 2
-    """
-
-    def __init__(self, name: str, capacity: int | None) -> None:
-        self.name = name
-        self.capacity = capacity
-        self._chunks: list[pa.Array] = []
-        self._size = 0
-        self._hashes = np.zeros(0, dtype=np.uint64)  # sorted
-        self._ids = np.zeros(0, dtype=np.int64)  # id of each sorted hash
-
-    def __len__(self) -> int:
-        return self._size
-
-    def encode(self, values: pa.Array) -> np.ndarray:
-        """int64 ids ``[n]`` of non-null text values, new values getting the next ids."""
-        encoded = pc.dictionary_encode(_flat(values))
-        distinct = encoded.dictionary  # in order of first appearance
-        hashes = hash_text(distinct)
-        where = np.minimum(np.searchsorted(self._hashes, hashes), max(self._hashes.shape[0] - 1, 0))
-        found = self._hashes[where] == hashes if self._hashes.size else np.zeros(hashes.shape[0], dtype=bool)
-        ids = np.zeros(hashes.shape[0], dtype=np.int64)
-        ids[found] = self._ids[where[found]]
-        if found.any():
-            known = pa.chunked_array(self._chunks).take(pa.array(ids[found] - 1))
-            clash = ~pc.equal(known, pc.filter(distinct, pa.array(found))).to_numpy(zero_copy_only=False)
-            if clash.any():
-                raise ValueError(f"feature {self.name!r}: two raw values share a 64-bit hash; use hash_buckets")
-        new = ~found
-        if new.any():
-            fresh = np.arange(self._size + 1, self._size + 1 + int(new.sum()), dtype=np.int64)
-            ids[new] = fresh
-            self._chunks.append(pc.filter(distinct, pa.array(new)))
-            self._size += fresh.shape[0]
-            merged = np.concatenate([self._hashes, hashes[new]])
-            order = np.argsort(merged, kind="stable")
-            self._hashes, self._ids = merged[order], np.concatenate([self._ids, fresh])[order]
-            if np.any(self._hashes[1:] == self._hashes[:-1]):
-                raise ValueError(f"feature {self.name!r}: two raw values share a 64-bit hash; use hash_buckets")
-        return ids[encoded.indices.to_numpy(zero_copy_only=False)]
-
-    def values(self) -> pa.Array:
-        """The raw text of ids ``1..n`` (position ``i`` holds id ``i + 1``)."""
-        return pa.concat_arrays(self._chunks) if self._chunks else pa.array([], type=pa.string())
-
-    def overflow(self, ids: np.ndarray) -> np.ndarray:
-        """Mask of ids beyond the capacity (none without one)."""
-        if self.capacity is None:
-            return np.zeros(ids.shape[0], dtype=bool)
-        return ids > self.capacity
-
-
-def refuse_overflow(block: RawBlock, column: str, ids: np.ndarray, mapping: DenseIds, vocab: int) -> None:
-    """A fixed vocabulary is a schema limit, never skipped: refuse the first value beyond it."""
-    over = mapping.overflow(ids)
-    if over.any():
-        i = int(np.argmax(over))
-        raise block.error(i, column, f"value {raw_text(block.columns[column], i)} is distinct value {ids[i]} of "
-                                     f"feature {mapping.name!r}, beyond its vocab {vocab} (ids 1..{vocab - 1}); "
-                                     "raise vocab, set vocab: auto or use hash_buckets")
 
 
 def refusal_detail(values: pa.Array, what: str) -> Callable[[int], str]:

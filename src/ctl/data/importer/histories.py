@@ -1,79 +1,75 @@
-"""Behaviour histories of imported data and each row's ``hist_end``.
+"""Behaviour histories of imported data and each row's ``hist_end``, in SQL.
 
 Two sources:
 
 * events: chosen records become the users' behaviour events, time-ordered across all domains; a
-  row sees the events of its user strictly before its time (:func:`visible_counts`);
+  row sees the events of its user strictly before its time;
 * an explicit sequence column: each record lists the items its user acted on before it. The
   record's list becomes a block of events one time unit before the record (identical blocks of a
   user at one time are kept once), and the row sees the history up to the end of its own block,
   so the last events of its long sequence are exactly its list. Rows without a list see the
   blocks strictly before their time.
+
+:func:`build_history` creates ``history`` (its events, written sorted by ``(user_id, ts, seq,
+pos)``: ties in input order) and ``visible`` (``seq``, ``hist_end`` of every shown record) from
+the ``encoded`` records.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import duckdb
+
+from ctl.data.importer.spec import ImportSpec
+
+#: ``history`` columns in the order ``history.parquet`` stores them, and the sort that orders them
+HISTORY_ORDER = "user_id, ts, seq, pos"
 
 
-def sort_events(user: np.ndarray, item: np.ndarray, category: np.ndarray, domain: np.ndarray,
-                ts: np.ndarray) -> dict[str, np.ndarray]:
-    """``history.parquet`` columns sorted by ``(user_id, ts)``, ties in the given order."""
-    order = np.lexsort((ts, user))
-    return {"user_id": user[order], "item_id": item[order], "category_id": category[order],
-            "domain": domain[order], "ts": ts[order]}
+def _strictly_before(user: str) -> str:
+    """Per shown record: how many of its user's events lie strictly before its ``ts``.
 
-
-def visible_counts(history: dict[str, np.ndarray], user: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """int64 ``[n]``: how many of each row's user's events happened strictly before the row's ``ts``."""
-    times = np.sort(np.concatenate([history["ts"], ts]))
-    times = times[np.concatenate([[True], times[1:] != times[:-1]])]  # sort-based unique: far faster here
-    stride = np.int64(times.shape[0] + 1)
-    event_key = history["user_id"] * stride + np.searchsorted(times, history["ts"])
-    row_key = user * stride + np.searchsorted(times, ts)
-    return np.searchsorted(event_key, row_key, side="left") - np.searchsorted(event_key, user * stride, side="left")
-
-
-def sequence_history(
-    user: np.ndarray,
-    ts: np.ndarray,
-    domain: np.ndarray,
-    counts: np.ndarray,
-    key: np.ndarray,
-    items: np.ndarray,
-    item_category: np.ndarray,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """History from explicit per-record sequences, and each record's ``hist_end`` (-1 without a list).
-
-    Args:
-        user, ts, domain: int64 ``[n]`` of every record.
-        counts: int ``[n]``, items in each record's list; ``items`` holds the lists back to back.
-        key: uint64 ``[n]``, a hash of each record's raw list (identical lists share it).
-        item_category: int64 ``[n_items]``, the category id of each item id (0 when unknown).
+    Records and events in one window per user, ordered by time with records first on ties: a
+    running count of events stops just before the record's own second.
     """
-    counts = counts.astype(np.int64)
-    list_start = np.cumsum(counts) - counts
-    has = np.flatnonzero(counts > 0)
-    # one block per distinct (user, ts, list); representatives in (user, ts, file order)
-    by_content = has[np.lexsort((has, key[has], ts[has], user[has]))]
-    new_block = np.ones(by_content.shape[0], dtype=bool)
-    new_block[1:] = ((user[by_content[1:]] != user[by_content[:-1]]) | (ts[by_content[1:]] != ts[by_content[:-1]])
-                     | (key[by_content[1:]] != key[by_content[:-1]]))
-    block_of = np.cumsum(new_block) - 1
-    heads = by_content[new_block]
-    head_order = np.lexsort((heads, ts[heads], user[heads]))
-    blocks = heads[head_order]
-    block_len = counts[blocks]
-    owner = np.repeat(blocks, block_len)
-    within = np.arange(owner.shape[0], dtype=np.int64) - np.repeat(np.cumsum(block_len) - block_len, block_len)
-    event_item = items[list_start[owner] + within]
-    history = {"user_id": user[owner], "item_id": event_item, "category_id": item_category[event_item],
-               "domain": domain[owner], "ts": ts[owner] - 1}
-    # where each block ends, as a count of its user's events
-    block_end = np.cumsum(block_len)
-    user_first = np.searchsorted(history["user_id"], user[blocks], side="left")
-    end_of_head = np.empty(heads.shape[0], dtype=np.int64)
-    end_of_head[head_order] = block_end - user_first
-    hist_end = np.full(user.shape[0], -1, dtype=np.int64)
-    hist_end[by_content] = end_of_head[block_of]
-    return history, hist_end
+    return f"""
+        SELECT seq, hist_end FROM (
+            SELECT seq, is_event, sum(is_event) OVER (PARTITION BY user_id ORDER BY ts, is_event
+                                                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS hist_end
+            FROM (SELECT {user} AS user_id, ts, 0 AS is_event, seq FROM encoded WHERE period >= 0
+                  UNION ALL SELECT user_id, ts, 1, NULL FROM history))
+        WHERE is_event = 0"""
+
+
+def build_history(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict[str, str], item_map: str | None) -> None:
+    """Create ``history`` and ``visible``; ``column[name]`` is a feature's id column in ``encoded``,
+    ``item_map`` the item id map's table (None when item ids are hashed)."""
+    user, item, category = column["user_id"], column["item_id"], column["category_id"]
+    if spec.sequences.column is None:
+        chosen = "TRUE" if spec.implicit or spec.sequences.events == "all" else "label = 1"
+        con.execute(f"""CREATE TABLE history AS SELECT {user} AS user_id, {item} AS item_id, {category} AS category_id,
+                        domain, ts, seq, 0 AS pos FROM encoded WHERE {chosen}""")
+        con.execute(f"CREATE TABLE visible AS {_strictly_before(user)}")
+        return
+    listed = "m.id" if item_map is not None else "s.hashed"
+    join_map = f"JOIN {item_map} m ON m.raw = s.raw" if item_map is not None else ""
+    con.execute(f"""CREATE TABLE item_category AS
+                    SELECT {item} AS item_id, arg_max({category}, seq) AS category_id FROM encoded GROUP BY {item}""")
+    # one block per distinct (user, ts, list), represented by its first record; list_end: where it ends
+    con.execute(f"""
+        CREATE TABLE blocks AS
+        SELECT user_id, ts, seq_key, head,
+               sum(n) OVER (PARTITION BY user_id ORDER BY ts, head ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+                   AS list_end
+        FROM (SELECT {user} AS user_id, ts, seq_key, min(seq) AS head, arg_min(seq_count, seq) AS n
+              FROM encoded WHERE seq_count > 0 GROUP BY ALL)""")
+    con.execute(f"""
+        CREATE TABLE history AS
+        SELECT b.user_id, {listed} AS item_id, coalesce(c.category_id, 0) AS category_id, e.domain, b.ts - 1 AS ts,
+               b.head AS seq, s.pos
+        FROM blocks b JOIN encoded e ON e.seq = b.head JOIN seq_items s ON s.seq = b.head {join_map}
+        LEFT JOIN item_category c ON c.item_id = {listed}""")
+    con.execute(f"""
+        CREATE TABLE visible AS
+        SELECT w.seq, coalesce(b.list_end, w.hist_end) AS hist_end
+        FROM ({_strictly_before(user)}) w JOIN encoded e ON e.seq = w.seq
+        LEFT JOIN blocks b ON e.seq_count > 0 AND b.user_id = e.{user} AND b.ts = e.ts AND b.seq_key = e.seq_key""")

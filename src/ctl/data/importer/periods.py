@@ -6,12 +6,16 @@ holding ``time.start`` (or the earliest record); a fixed length (``6d``) counts 
 the smallest is 0; file order (``periods: N``) cuts the records, in input order, into ``N`` chunks
 of equal size. The last period is the test slice, the ``n_transfer`` before it the transfer
 periods, and every earlier one is history.
+
+The cut is a SQL expression over the ``records`` table (:func:`cut_periods`), evaluated where the
+rows are built; only its scalars (the origin, the number of periods) are read here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 
 from ctl.data.importer.spec import TimeSpec
@@ -20,9 +24,9 @@ from ctl.errors import CtlError
 
 @dataclass(frozen=True)
 class PeriodCut:
-    """Each record's period ``[n]`` and a readable span of every period (``spans[p]``)."""
+    """``expression``: SQL of a shown record's period (over ``records`` columns); ``spans[p]``: period p."""
 
-    period: np.ndarray
+    expression: str
     spans: tuple[str, ...]
 
     @property
@@ -30,55 +34,48 @@ class PeriodCut:
         return len(self.spans)
 
 
+#: 1970-01 counted in months since year 0
+_EPOCH_MONTH = 1970 * 12
+
+
 def _iso(seconds: int) -> str:
     return str(np.datetime64(int(seconds), "s")).replace("T", " ")
 
 
-def _calendar(ts: np.ndarray, origin: int, months_per_period: int) -> PeriodCut:
-    index = ts.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64) // months_per_period
-    first = np.datetime64(int(origin), "s").astype("datetime64[M]").astype(np.int64) // months_per_period
-    period = index - first
-    spans = tuple(
-        f"{np.datetime64(int((first + p) * months_per_period), 'M')}-01 .. "
-        f"{np.datetime64(int((first + p + 1) * months_per_period), 'M')}-01"
-        for p in range(int(period.max()) + 1)
-    )
-    return PeriodCut(period, spans)
+def _month(seconds: int) -> int:
+    return int(np.datetime64(int(seconds), "s").astype("datetime64[M]").astype(np.int64))
 
 
-def _fixed(ts: np.ndarray, origin: int, seconds: int) -> PeriodCut:
-    period = (ts - origin) // seconds
-    spans = tuple(f"{_iso(origin + p * seconds)} .. {_iso(origin + (p + 1) * seconds)}"
-                  for p in range(int(period.max()) + 1))
-    return PeriodCut(period, spans)
-
-
-def cut_periods(spec: TimeSpec, ts: np.ndarray, period_values: np.ndarray | None) -> PeriodCut:
-    """Periods of the records with times ``ts`` (int64 seconds, or positions in file order) ``[n]``.
-
-    ``period_values`` (int64 ``[n]``) is required with ``spec.period_column``. Records before
-    ``spec.start`` must already be left out.
-    """
-    if ts.shape[0] == 0:
+def cut_periods(con: duckdb.DuckDBPyConnection, spec: TimeSpec, shown: str) -> PeriodCut:
+    """The period of the ``records`` matching the SQL condition ``shown``, and every period's span."""
+    n, low, high = con.execute(f"SELECT count(*), min(ts), max(ts) FROM records WHERE {shown}").fetchone()
+    if n == 0:
         raise CtlError("no records remain to cut into periods (check time.start/time.end and the inputs)")
     if spec.period_column is not None:
-        low = int(period_values.min())
-        period = period_values - low
-        return PeriodCut(period, tuple(f"{spec.period_column} = {low + p}" for p in range(int(period.max()) + 1)))
+        first, last = con.execute(f"SELECT min(period_value), max(period_value) FROM records WHERE {shown}").fetchone()
+        return PeriodCut(f"(period_value - {first})",
+                         tuple(f"{spec.period_column} = {p}" for p in range(first, last + 1)))
     if spec.periods is not None:
-        n = ts.shape[0]
         if n < spec.periods:
             raise CtlError(f"time.periods={spec.periods} needs at least that many records, got {n}")
-        period = np.arange(n, dtype=np.int64) * spec.periods // n
-        first = np.searchsorted(period, np.arange(spec.periods + 1))
-        return PeriodCut(period, tuple(f"records {first[p] + 1} .. {first[p + 1]} in file order"
-                                       for p in range(spec.periods)))
-    origin = int(ts.min()) if spec.start is None else spec.start
-    if spec.period == "month":
-        return _calendar(ts, origin, 1)
-    if spec.period == "quarter":
-        return _calendar(ts, origin, 3)
-    return _fixed(ts, origin, spec.period_seconds)
+        # without start/end every kept record is shown and ts is its position 0..n-1 in the inputs
+        edges = -(-np.arange(spec.periods + 1, dtype=np.int64) * n // spec.periods)  # first record of each chunk
+        return PeriodCut(f"(ts * {spec.periods} // {n})",
+                         tuple(f"records {edges[p] + 1} .. {edges[p + 1]} in file order" for p in range(spec.periods)))
+    origin = low if spec.start is None else spec.start
+    if spec.period in ("month", "quarter"):
+        months = 1 if spec.period == "month" else 3
+        # months since year 0 (never negative, so SQL's truncating // is a floor)
+        first = (_month(origin) + _EPOCH_MONTH) // months
+        count = (_month(high) + _EPOCH_MONTH) // months - first + 1
+        expression = f"((year(epoch_ms(ts * 1000)) * 12 + month(epoch_ms(ts * 1000)) - 1) // {months} - {first})"
+        return PeriodCut(expression, tuple(
+            f"{np.datetime64((first + p) * months - _EPOCH_MONTH, 'M')}-01 .. "
+            f"{np.datetime64((first + p + 1) * months - _EPOCH_MONTH, 'M')}-01" for p in range(count)))
+    seconds = spec.period_seconds
+    count = (high - origin) // seconds + 1
+    return PeriodCut(f"((ts - {origin}) // {seconds})",
+                     tuple(f"{_iso(origin + p * seconds)} .. {_iso(origin + (p + 1) * seconds)}" for p in range(count)))
 
 
 def layout(cut: PeriodCut, n_transfer: int, counts: np.ndarray) -> int:

@@ -1,22 +1,26 @@
-"""Raw blocks -> integer record columns: domain, label, time, feature ids, sequence items.
+"""Raw blocks -> checked records staged for DuckDB: domain, label, time, place, feature values.
 
-:class:`RecordEncoder` checks every value a record needs (refusing or, with ``on_bad_rows:
-skip``, dropping and counting bad records), then encodes the kept records' features: dense ids
-through id maps kept across blocks, hashed ids, numeric buckets, constants; a feature is 0 on the
-rows of domains that lack it. :class:`ColumnStore` gathers the blocks' columns and concatenates
-each once.
+:class:`RecordStager` checks every value a record needs (refusing or, with ``on_bad_rows: skip``,
+dropping and counting bad records) block by block, and writes the kept records as Parquet parts
+of ``records`` (their explicit sequence items as parts of ``seq_items``), which DuckDB reads as
+views. What needs no global view
+is encoded here: hashed ids, numeric buckets, constants; dense features stay raw text, numbered
+later in SQL (:mod:`ctl.data.importer.idmaps`). A feature is null/0 on the rows of domains that
+lack it. ``seq`` numbers the kept records in input order: it orders everything downstream.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
+from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ctl.data.importer.encoders import (
-    DenseIds,
     Refusals,
     as_text,
     hash_text,
@@ -25,53 +29,50 @@ from ctl.data.importer.encoders import (
     parse_label,
     parse_numbers,
     parse_time,
-    raw_text,
     refusal_detail,
-    refuse_overflow,
 )
 from ctl.data.importer.readers import RawBlock
 from ctl.data.importer.spec import FeatureSpec, ImportSpec
 
-
-class ColumnStore:
-    """Columns appended block by block, each concatenated once when taken."""
-
-    def __init__(self) -> None:
-        self._parts: dict[str, list[np.ndarray]] = defaultdict(list)
-
-    def add(self, columns: dict[str, np.ndarray]) -> None:
-        for name, values in columns.items():
-            self._parts[name].append(values)
-
-    def take(self, name: str) -> np.ndarray:
-        """The whole column (its parts are released)."""
-        parts = self._parts.pop(name)
-        return np.concatenate(parts) if len(parts) != 1 else parts[0]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._parts
+#: ``seq_items``: the items of the explicit sequences, ``pos`` within the record's list
+ITEMS_SCHEMA = pa.schema([("seq", pa.int64()), ("pos", pa.int32()), ("raw", pa.string()), ("hashed", pa.int64())])
 
 
-class RecordEncoder:
-    """Encodes the blocks of every input with one set of id maps.
+def staged_name(index: int) -> str:
+    """Column of the ``index``-th schema feature in ``records`` (feature names may be any text)."""
+    return f"f{index}"
+
+
+class RecordStager:
+    """Checks blocks and stages their kept records as Parquet parts of ``records`` / ``seq_items``.
 
     Example::
 
-        encoder = RecordEncoder(spec)
-        columns, items = encoder.encode(block, input_index=0)  # int arrays; bad records dropped or refused
-        encoder.id_maps["user_id"].values()              # raw text of user ids 1..n
+        stager = RecordStager(spec, folder)
+        stager.stage(block, input_index=0)   # bad records dropped (counted) or refused
+        stager.views(con)                    # SELECT ... FROM records
     """
 
-    def __init__(self, spec: ImportSpec) -> None:
+    def __init__(self, spec: ImportSpec, folder: Path) -> None:
         self.spec = spec
-        self.id_maps = {f.name: DenseIds(f.name, None if f.vocab is None else f.vocab - 1)
-                        for f in spec.features if f.dense}
+        self.folder = folder
         self.skipped: Counter[str] = Counter()
         self.kept = 0
+        self._parts = 0
         names = spec.domains.names
         self._carriers = {f.name: np.array([names.index(d) for d in f.domains], dtype=np.int8)
                           for f in spec.features}
         self._domain_values = None if spec.domains.values is None else pa.array(spec.domains.values, pa.string())
+        for table in ("records", "seq_items"):
+            (folder / table).mkdir(parents=True)
+
+    def views(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create the views ``records`` and ``seq_items`` (explicit sequences only) over the staged parts."""
+        if self.spec.sequences.column is not None and not any((self.folder / "seq_items").iterdir()):
+            pq.write_table(ITEMS_SCHEMA.empty_table(), self.folder / "seq_items" / "part-00000.parquet")
+        for table in ("records", "seq_items") if self.spec.sequences.column is not None else ("records",):
+            parts = ", ".join("'" + str(p).replace("'", "''") + "'" for p in sorted((self.folder / table).iterdir()))
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{parts}])")
 
     # --- checks ----------------------------------------------------------------------------------
 
@@ -150,30 +151,27 @@ class RecordEncoder:
 
     # --- encoding --------------------------------------------------------------------------------
 
-    def _ids(self, feature: FeatureSpec, block: RawBlock, domain: np.ndarray, numbers: np.ndarray | None) -> np.ndarray:
+    def _values(self, feature: FeatureSpec, block: RawBlock, domain: np.ndarray,
+                numbers: np.ndarray | None) -> pa.Array:
+        """Raw text of a dense feature (null where absent), else its int64 ids (0 where absent)."""
         carrier = np.isin(domain, self._carriers[feature.name])
-        ids = np.zeros(len(block), dtype=np.int64)
         if feature.constant:
-            ids[carrier] = 1
-            return ids
+            return pa.array(carrier.astype(np.int64))
         if feature.kind == "bucket":
             present = carrier & ~np.isnan(numbers)
+            ids = np.zeros(len(block), dtype=np.int64)
             ids[present] = np.searchsorted(np.asarray(feature.boundaries), numbers[present], side="right") + 1
-            return ids
+            return pa.array(ids)
         values = block.columns[feature.column]
         present = carrier & ~missing_mask(values)
-        text = pc.filter(as_text(values), pa.array(present))
-        if feature.hash_buckets is not None:
-            ids[present] = hashed_ids(text, feature.hash_buckets)
-            return ids
-        mapping = self.id_maps[feature.name]
-        ids[present] = mapping.encode(text)
-        if feature.vocab is not None:
-            refuse_overflow(block, feature.column, ids, mapping, feature.vocab)
-        return ids
+        if feature.dense:
+            return pc.if_else(pa.array(present), as_text(values), pa.scalar(None, pa.string()))
+        ids = np.zeros(len(block), dtype=np.int64)
+        ids[present] = hashed_ids(pc.filter(as_text(values), pa.array(present)), feature.hash_buckets)
+        return pa.array(ids)
 
-    def _sequences(self, block: RawBlock) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per record: list length and raw-list hash; the lists' item ids back to back."""
+    def _sequences(self, block: RawBlock, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+        """Per record: list length and raw-list hash; the lists' items as ``(seq, pos, raw, hashed id)``."""
         spec = self.spec.sequences
         text = as_text(block.columns[spec.column])
         parts = pc.split_pattern(pc.fill_null(text, ""), spec.separator)
@@ -182,21 +180,16 @@ class RecordEncoder:
         nonempty = pc.not_equal(flat, "")
         flat, owner = pc.filter(flat, nonempty), owner[nonempty.to_numpy(zero_copy_only=False)]
         counts = np.bincount(owner, minlength=len(block)).astype(np.int32)
+        pos = np.arange(owner.shape[0], dtype=np.int32) - np.repeat((np.cumsum(counts) - counts).astype(np.int32),
+                                                                    counts)
         item = self.spec.feature("item_id")
-        if item.hash_buckets is not None:
-            items = hashed_ids(flat, item.hash_buckets)
-        else:
-            mapping = self.id_maps["item_id"]
-            items = mapping.encode(flat)
-            over = mapping.overflow(items)
-            if over.any():
-                i = int(owner[np.argmax(over)])
-                raise block.error(i, spec.column, f"item {raw_text(flat, int(np.argmax(over)))} would exceed vocab "
-                                                  f"{item.vocab} of item_id; raise it or set vocab: auto")
+        hashed = (hashed_ids(flat, item.hash_buckets) if item.hash_buckets is not None
+                  else np.zeros(owner.shape[0], dtype=np.int64))
+        items = pa.table({"seq": seq[owner], "pos": pos, "raw": flat, "hashed": hashed}, schema=ITEMS_SCHEMA)
         return counts, hash_text(text), items
 
-    def encode(self, block: RawBlock, input_index: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-        """Record columns of the block's kept records, and their sequence items (None without a column)."""
+    def stage(self, block: RawBlock, input_index: int) -> None:
+        """Check ``block`` and append its kept records (of input ``input_index``) to the tables."""
         checks = Refusals(block, skip=self.spec.on_bad_rows == "skip")
         domain = self._domain(block, checks)
         label = self._label(block, checks)
@@ -212,25 +205,30 @@ class RecordEncoder:
             period_values = None if period_values is None else period_values[keep]
             numbers = {name: values[keep] for name, values in numbers.items()}
         n = len(block)
-        if ts is None:
-            ts = np.arange(self.kept, self.kept + n, dtype=np.int64)
+        if n == 0:
+            return
+        seq = np.arange(self.kept, self.kept + n, dtype=np.int64)
         self.kept += n
         columns = {
-            "domain": domain,
-            "label": label,
-            "ts": ts,
+            "seq": seq,
             "input": np.full(n, input_index, dtype=np.int16),
             "line": block.line,
             "event": np.zeros(n, dtype=np.int32) if block.event is None else block.event.astype(np.int32),
+            "domain": domain,
+            "label": label,
+            "ts": seq if ts is None else ts,
         }
         if period_values is not None:
             columns["period_value"] = period_values
-        for feature in self.spec.features:
-            # int32 while the import gathers records: half the memory; rows become int64 at the end
-            wide = feature.hash_buckets is not None and feature.hash_buckets > np.iinfo(np.int32).max
-            ids = self._ids(feature, block, domain, numbers.get(feature.name))
-            columns[feature.name] = ids if wide else ids.astype(np.int32)
-        items = None
+        for i, feature in enumerate(self.spec.features):
+            columns[staged_name(i)] = self._values(feature, block, domain, numbers.get(feature.name))
         if self.spec.sequences.column is not None:
-            columns["seq_count"], columns["seq_key"], items = self._sequences(block)
-        return columns, items
+            columns["seq_count"], columns["seq_key"], items = self._sequences(block, seq)
+            self._append("seq_items", items)
+        self._append("records", pa.table(columns))
+
+    def _append(self, table: str, values: pa.Table) -> None:
+        # Parquet parts, not INSERTs: DuckDB scans them as fast, and writing them costs a quarter
+        if values.num_rows:
+            pq.write_table(values, self.folder / table / f"part-{self._parts:05d}.parquet", compression="lz4")
+            self._parts += 1

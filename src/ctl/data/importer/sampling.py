@@ -1,71 +1,65 @@
-"""Negative sampling for implicit feedback: unclicked items of the same domain and period.
+"""Negative sampling for implicit feedback, in SQL: unclicked items of the same domain and period.
 
 Each positive gets ``per_positive`` items drawn uniformly (with replacement) from the distinct
 items of its cell (its domain and period), redrawing any item the user has a positive event with.
 A draw that still hits one of the user's items after :data:`MAX_ROUNDS` rounds (the user has
 touched most of a tiny pool) is left out and counted, never silently.
+
+The random numbers are counter-based: draw ``j`` of the positive ``seq`` in round ``r`` hashes
+``(seed, seq, j, r)`` with ``mix32`` (:mod:`ctl.data.importer.engine`), so the negatives depend on
+the records and the seed only, never on threads, memory or the order SQL visits rows in.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
+import duckdb
 
 MAX_ROUNDS = 32
 
 
-@dataclass(frozen=True)
-class Negatives:
-    """Sampled negatives: the positive each copies its row from, its item ``[m]``, and draws given up."""
-
-    positive: np.ndarray
-    item: np.ndarray
-    unavailable: int
-
-
-def _contains(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    index = np.searchsorted(sorted_keys, queries)
-    index = np.minimum(index, sorted_keys.shape[0] - 1)
-    return sorted_keys[index] == queries
+def _seed_hash(seed: int) -> int:
+    """``mix32(seed mod 2**32)`` (Wellons' lowbias32), computed here once for every draw."""
+    x = seed & 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
 
 
-def sample_negatives(
-    user: np.ndarray,
-    item: np.ndarray,
-    cell: np.ndarray,
-    seen: np.ndarray,
-    n_items: int,
-    per_positive: int,
-    seed: int,
-) -> Negatives:
-    """Draw negatives for positives with ``user``, ``item``, ``cell`` (int64 ``[n]``).
+def sample_negatives(con: duckdb.DuckDBPyConnection, user: str, item: str, per_positive: int,
+                     seed: int) -> tuple[int, int]:
+    """Create ``drawn`` (``seq``, ``j``, ``item_id``): negative ``j`` of every shown positive ``seq``.
 
-    Args:
-        seen: sorted unique ``user * n_items + item`` keys of every positive event (any period):
-            items a user has touched are never their negatives.
-        n_items: the item vocabulary (every item id is below it).
-        per_positive: negatives per positive.
-        seed: the generator seed; the same inputs and seed give the same negatives.
+    ``user``/``item`` name the id columns of ``encoded``; items a user has any positive event with
+    (any period) are never their negatives. Returns the negatives drawn and the draws given up.
     """
-    if not (user.shape == item.shape == cell.shape):
-        raise ValueError(f"sample_negatives: user {user.shape}, item {item.shape} and cell {cell.shape} differ")
-    rng = np.random.default_rng(seed)
-    pool = np.unique(cell * n_items + item)
-    pool_cell, pool_item = pool // n_items, pool % n_items
-    n_cells = int(cell.max()) + 1
-    cell_start = np.searchsorted(pool_cell, np.arange(n_cells))
-    cell_size = np.bincount(pool_cell, minlength=n_cells)
-    owner = np.repeat(np.arange(user.shape[0], dtype=np.int64), per_positive)
-    chosen = np.zeros(owner.shape[0], dtype=np.int64)
-    pending = np.arange(owner.shape[0], dtype=np.int64)
-    for _ in range(MAX_ROUNDS):
-        cells = cell[owner[pending]]
-        pick = cell_start[cells] + (rng.random(pending.shape[0]) * cell_size[cells]).astype(np.int64)
-        chosen[pending] = pool_item[pick]
-        pending = pending[_contains(seen, user[owner[pending]] * n_items + chosen[pending])]
-        if pending.size == 0:
+    con.execute(f"""CREATE TABLE pool AS
+                    SELECT domain, period, item_id, row_number() OVER (PARTITION BY domain, period ORDER BY item_id) - 1 AS k
+                    FROM (SELECT DISTINCT domain, period, {item} AS item_id FROM encoded WHERE period >= 0)""")
+    con.execute("CREATE TABLE cells AS SELECT domain, period, count(*) AS size FROM pool GROUP BY ALL")
+    con.execute(f"CREATE TABLE seen AS SELECT DISTINCT {user} AS user_id, {item} AS item_id FROM encoded")
+    con.execute(f"""CREATE TABLE pending AS
+                    SELECT e.seq, j.range::INTEGER AS j, e.{user} AS user_id, e.domain, e.period
+                    FROM encoded e CROSS JOIN range({per_positive}) j WHERE e.period >= 0""")
+    con.execute("CREATE TABLE drawn (seq BIGINT, j INTEGER, item_id BIGINT)")
+    base = _seed_hash(seed)
+    for round_ in range(MAX_ROUNDS):
+        counter = f"(seq * {per_positive * MAX_ROUNDS} + j * {MAX_ROUNDS} + {round_})"
+        con.execute(f"""
+            CREATE OR REPLACE TABLE candidate AS
+            SELECT p.seq, p.j, p.user_id, pool.item_id
+            FROM (SELECT p.*, (p.u * c.size) >> 32 AS k
+                  FROM (SELECT *, mix32(xor(h, {counter} >> 32)) AS u
+                        FROM (SELECT *, mix32(xor({base}, {counter} & 4294967295)) AS h FROM pending)) p
+                  JOIN cells c ON c.domain = p.domain AND c.period = p.period) p
+            JOIN pool ON pool.domain = p.domain AND pool.period = p.period AND pool.k = p.k""")
+        con.execute("""INSERT INTO drawn SELECT c.seq, c.j, c.item_id FROM candidate c
+                       ANTI JOIN seen s ON s.user_id = c.user_id AND s.item_id = c.item_id""")
+        con.execute("""CREATE OR REPLACE TABLE pending AS SELECT p.* FROM pending p SEMI JOIN
+                       (SELECT c.seq, c.j FROM candidate c SEMI JOIN seen s ON s.user_id = c.user_id AND s.item_id = c.item_id) r
+                       ON r.seq = p.seq AND r.j = p.j""")
+        if con.execute("SELECT count(*) FROM pending").fetchone()[0] == 0:
             break
-    keep = np.ones(owner.shape[0], dtype=bool)
-    keep[pending] = False
-    return Negatives(owner[keep], chosen[keep], int(pending.size))
+    unavailable = con.execute("SELECT count(*) FROM pending").fetchone()[0]
+    return con.execute("SELECT count(*) FROM drawn").fetchone()[0], unavailable

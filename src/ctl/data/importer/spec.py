@@ -4,7 +4,9 @@ A schema YAML names the reader (CSV, Parquet or event lines), the domain column 
 domain, the label (a 0/1 column, or implicit feedback with sampled negatives), the time column
 and how periods are cut, the behaviour sequences, and every feature (``docs/data.md`` lists every
 key). :func:`load_spec` reads one from a file, :func:`parse_spec` from a mapping (a composed
-Hydra node). Unknown keys are refused, so a typo never silently falls back to a default.
+Hydra node). Keys, types and choices are checked by OmegaConf against the structured configs of
+:mod:`ctl.data.importer.schema_yaml` (unknown keys are refused, so a typo never silently falls
+back to a default); what spans several keys is checked here.
 """
 
 from __future__ import annotations
@@ -13,110 +15,32 @@ import datetime as dt
 import itertools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from ctl.data.importer.errors import SpecError
-from ctl.data.schema import FEATURE_KINDS, ID_FEATURES
+from ctl.data.importer.schema_yaml import (
+    DomainsConfig,
+    FeatureConfig,
+    LabelConfig,
+    ReaderKind,
+    SchemaConfig,
+    SequencesConfig,
+    TimeConfig,
+)
+from ctl.data.schema import ID_FEATURES
 
-READER_KINDS = ("auto", "csv", "parquet", "event_lines")
 #: Calendar period names, and the fixed-length units a period like ``6d`` may use (in seconds).
 CALENDAR_PERIODS = ("month", "quarter")
 PERIOD_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 TIME_FORMATS = ("unix", "unix_ms")
 #: Features that are attributes of the item by default (a sampled negative takes its item's values).
 ITEM_ATTRIBUTES = ("item_id", "category_id", "seller_id")
-_MISSING = object()
-
-
-class _Node:
-    """One mapping of the YAML, read key by key; :meth:`done` refuses the keys nobody asked for."""
-
-    def __init__(self, data: object, key: str, origin: str) -> None:
-        if not isinstance(data, Mapping):
-            raise SpecError(origin, key or "(top level)", f"must be a mapping, got {type(data).__name__}")
-        self.data = dict(data)
-        self.key = key
-        self.origin = origin
-        self._used: set[str] = set()
-
-    def path(self, name: str) -> str:
-        return f"{self.key}.{name}" if self.key else name
-
-    def fail(self, name: str, reason: str) -> SpecError:
-        return SpecError(self.origin, self.path(name), reason)
-
-    def get(self, name: str, default: object = _MISSING) -> object:
-        self._used.add(name)
-        if name in self.data and self.data[name] is not None:
-            return self.data[name]
-        if default is _MISSING:
-            raise self.fail(name, "is required")
-        return default
-
-    def text(self, name: str, default: object = _MISSING) -> str | None:
-        value = self.get(name, default)
-        if value is None:
-            return None
-        if isinstance(value, (dict, list, tuple)):
-            raise self.fail(name, f"must be a string, got {value!r}")
-        return str(value)
-
-    def integer(self, name: str, default: object = _MISSING, at_least: int | None = None) -> int | None:
-        value = self.get(name, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(name, f"must be an integer, got {value!r}")
-        if at_least is not None and value < at_least:
-            raise self.fail(name, f"must be >= {at_least}, got {value}")
-        return int(value)
-
-    def flag(self, name: str, default: bool) -> bool:
-        value = self.get(name, default)
-        if not isinstance(value, bool):
-            raise self.fail(name, f"must be true or false, got {value!r}")
-        return value
-
-    def choice(self, name: str, options: tuple[str, ...], default: object = _MISSING) -> str:
-        value = self.text(name, default)
-        if value not in options:
-            raise self.fail(name, f"must be one of {list(options)}, got {value!r}")
-        return value
-
-    def texts(self, name: str, default: object = _MISSING) -> tuple[str, ...] | None:
-        value = self.get(name, default)
-        if value is None:
-            return None
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise self.fail(name, f"must be a list, got {value!r}")
-        return tuple(str(v) for v in value)
-
-    def numbers(self, name: str, default: object = _MISSING) -> tuple[float, ...] | None:
-        value = self.get(name, default)
-        if value is None:
-            return None
-        if not isinstance(value, (list, tuple)) or not value:
-            raise self.fail(name, f"must be a non-empty list of numbers, got {value!r}")
-        try:
-            numbers = tuple(float(v) for v in value)
-        except (TypeError, ValueError):
-            raise self.fail(name, f"must be a list of numbers, got {value!r}") from None
-        if any(b <= a for a, b in itertools.pairwise(numbers)) or not all(np.isfinite(numbers)):
-            raise self.fail(name, f"must be finite and strictly increasing, got {list(value)}")
-        return numbers
-
-    def child(self, name: str, required: bool) -> _Node | None:
-        value = self.get(name, _MISSING if required else None)
-        return None if value is None else _Node(value, self.path(name), self.origin)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self._used)
-        if unknown:
-            raise self.fail(unknown[0], f"is not a known key here (known: {sorted(self._used)})")
 
 
 @dataclass(frozen=True)
@@ -147,7 +71,7 @@ class EventLinesFormat:
 
 @dataclass(frozen=True)
 class ReaderSpec:
-    kind: str  # one of READER_KINDS; auto picks by file extension
+    kind: str  # auto (by file extension), csv, parquet or event_lines
     csv: CsvFormat
     event_lines: EventLinesFormat | None
 
@@ -270,252 +194,11 @@ class ImportSpec:
         return tuple(dict.fromkeys(n for n in names if n is not None))
 
 
-# --- parsing ---------------------------------------------------------------------------------------
-
-
-def _seconds(node: _Node, name: str) -> int | None:
-    """A point in time: Unix seconds, or an ISO date / date-time (UTC)."""
-    value = node.get(name, None)
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise node.fail(name, f"must be a date or Unix seconds, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, dt.datetime):
-        value = value.replace(tzinfo=None).isoformat()
-    elif isinstance(value, dt.date):
-        value = value.isoformat()
-    try:
-        return int(np.datetime64(str(value).strip().replace(" ", "T"), "s").astype(np.int64))
-    except ValueError:
-        raise node.fail(name, f"{value!r} is not a date (YYYY-MM-DD[ HH:MM:SS]) or Unix seconds") from None
-
-
-def _reader(top: _Node) -> ReaderSpec:
-    kind = top.choice("format", READER_KINDS, "auto")
-    csv_node = top.child("csv", required=False) or _Node({}, "csv", top.origin)
-    delimiter = csv_node.text("delimiter", ",")
-    if len(delimiter) != 1:
-        raise csv_node.fail("delimiter", f"must be one character, got {delimiter!r}")
-    header = csv_node.flag("header", True)
-    column_names = csv_node.texts("column_names", None)
-    if not header and column_names is None:
-        raise csv_node.fail("column_names", "is required when header is false")
-    csv = CsvFormat(delimiter, csv_node.text("encoding", "utf-8"), header, column_names)
-    csv_node.done()
-    lines_node = top.child("event_lines", required=kind == "event_lines")
-    lines = None
-    if lines_node is not None:
-        lines = EventLinesFormat(
-            separator=lines_node.text("separator", "\t"),
-            key_fields=lines_node.texts("key_fields"),
-            event_separator=lines_node.text("event_separator"),
-            event_fields=lines_node.texts("event_fields"),
-            encoding=lines_node.text("encoding", "utf-8"),
-        )
-        for name in ("separator", "event_separator"):
-            if len(getattr(lines, name)) != 1:
-                raise lines_node.fail(name, f"must be one character, got {getattr(lines, name)!r}")
-        if lines.separator == lines.event_separator:
-            raise lines_node.fail("event_separator", "must differ from separator")
-        if not lines.event_fields:
-            raise lines_node.fail("event_fields", "must name at least one field")
-        lines_node.done()
-    return ReaderSpec(kind, csv, lines)
-
-
-def _domains(top: _Node) -> DomainSpec:
-    node = top.child("domains", required=True)
-    column = node.text("column")
-    values = node.get("values", None)
-    boundaries = node.numbers("boundaries", None)
-    if (values is None) == (boundaries is None):
-        raise node.fail("values", "give either values (raw value -> domain name) or boundaries + names")
-    if values is not None:
-        if isinstance(values, Mapping):
-            raws, names = tuple(str(k) for k in values), tuple(str(v) for v in values.values())
-        elif isinstance(values, (list, tuple)):
-            raws = names = tuple(str(v) for v in values)
-        else:
-            raise node.fail("values", f"must be a mapping (raw value -> name) or a list, got {values!r}")
-        if node.get("names", None) is not None:
-            raise node.fail("names", "goes with boundaries; with values, name the domains in the mapping")
-    else:
-        raws = None
-        names = node.texts("names")
-        if len(names) != len(boundaries) + 1:
-            raise node.fail("names", f"needs {len(boundaries) + 1} names for {len(boundaries)} boundaries, "
-                                     f"got {list(names)}")
-    if len(names) < 2:
-        raise node.fail("values", f"need a source and at least one target domain, got {list(names)}")
-    if len(set(names)) != len(names):
-        raise node.fail("values", f"domain names repeat: {list(names)}")
-    bad = [n for n in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
-    if bad:
-        raise node.fail("values", f"domain names must be identifiers (letters, digits, _), got {bad}")
-    source = node.text("source")
-    if source not in names:
-        raise node.fail("source", f"{source!r} is not one of the domains {list(names)}")
-    node.done()
-    return DomainSpec(column, names, raws, boundaries, source)
-
-
-def _label(top: _Node) -> LabelSpec:
-    node = top.child("label", required=True)
-    column = node.text("column", None)
-    negatives = node.integer("negatives", None, at_least=1)
-    seed = node.integer("seed", 0, at_least=0)
-    if column is None and negatives is None:
-        raise node.fail("column", "give the 0/1 label column, or negatives: N for implicit feedback")
-    if column is not None and negatives is not None:
-        raise node.fail("negatives", "is for implicit feedback; a label column already gives the negatives")
-    node.done()
-    return LabelSpec(column, negatives or 0, seed)
-
-
-def _time(top: _Node) -> TimeSpec:
-    node = top.child("time", required=True)
-    column = node.text("column", None)
-    fmt = node.text("format", "unix")
-    if fmt not in TIME_FORMATS and "%" not in fmt:
-        raise node.fail("format", f"must be one of {list(TIME_FORMATS)} or a strptime pattern like "
-                                  f"'%Y-%m-%d %H:%M:%S', got {fmt!r}")
-    period = node.text("period", None)
-    period_column = node.text("period_column", None)
-    periods = node.integer("periods", None, at_least=3)
-    start, end = _seconds(node, "start"), _seconds(node, "end")
-    n_transfer = node.integer("n_transfer", at_least=1)
-    given = [name for name, v in (("period", period), ("period_column", period_column), ("periods", periods))
-             if v is not None]
-    if len(given) != 1:
-        raise node.fail("period", f"give exactly one of period, period_column or periods (got {given or 'none'})")
-    if period is not None:
-        if column is None:
-            raise node.fail("period", "cuts by time and needs time.column; without one use periods: N")
-        match = re.fullmatch(r"(\d+)\s*([a-z]+)", period)
-        if period not in CALENDAR_PERIODS and not (match and match[2] in PERIOD_UNITS and int(match[1]) > 0):
-            raise node.fail("period", f"must be month, quarter or a length like 6d, 12h, 30min, 1w, 10s; "
-                                      f"got {period!r}")
-    if periods is not None and column is not None:
-        raise node.fail("periods", "cuts the records in file order and goes with time.column: null")
-    if column is None and (start is not None or end is not None):
-        raise node.fail("start", "start/end need time.column (a real event time)")
-    if start is not None and end is not None and end <= start:
-        raise node.fail("end", "must lie after start")
-    node.done()
-    return TimeSpec(column, fmt, period, period_column, periods, start, end, n_transfer)
-
-
-def _sequences(top: _Node) -> SequenceSpec:
-    node = top.child("sequences", required=False) or _Node({}, "sequences", top.origin)
-    spec = SequenceSpec(
-        short_len=node.integer("short_len", 10, at_least=1),
-        long_len=node.integer("long_len", 64, at_least=1),
-        events=node.choice("events", ("positives", "all"), "positives"),
-        column=node.text("column", None),
-        separator=node.text("separator", "^"),
-    )
-    if not spec.separator:
-        raise node.fail("separator", "must not be empty")
-    node.done()
-    return spec
-
-
-def _feature(node: _Node, domains: tuple[str, ...]) -> FeatureSpec:
-    name = node.text("name")
-    constant = node.flag("constant", False)
-    column = node.text("column", None)
-    kind = node.choice("kind", FEATURE_KINDS, "categorical")
-    vocab = node.get("vocab", "auto")
-    hash_buckets = node.integer("hash_buckets", None, at_least=2)
-    boundaries = node.numbers("boundaries", None)
-    on = node.texts("domains", None) or domains
-    unknown = sorted(set(on) - set(domains))
-    if unknown:
-        raise node.fail("domains", f"names unknown domains {unknown} (the domains are {list(domains)})")
-    spec = FeatureSpec(
-        name=name,
-        column=column,
-        kind=kind,
-        dim=node.integer("dim", at_least=1),
-        vocab=None if vocab == "auto" else _vocab(node, vocab),
-        hash_buckets=hash_buckets,
-        boundaries=boundaries,
-        domains=tuple(d for d in domains if d in on),
-        of=node.choice("of", ("row", "item"), "item" if name in ITEM_ATTRIBUTES else "row"),
-        missing=node.choice("missing", ("absent", "error"), "error" if name in ("user_id", "item_id") else "absent"),
-        constant=constant,
-    )
-    if constant == (column is not None):
-        raise node.fail("column", "give the input column, or constant: true for a feature without one")
-    if constant and (spec.vocab is not None or hash_buckets is not None or boundaries is not None):
-        raise node.fail("constant", "a constant feature takes no vocab, hash_buckets or boundaries")
-    if kind == "bucket" and boundaries is None:
-        raise node.fail("boundaries", "a bucket feature needs boundaries: [b1, b2, ...]")
-    if kind == "bucket" and (spec.vocab is not None or hash_buckets is not None):
-        raise node.fail("kind", "a bucket feature's ids come from its boundaries; drop vocab/hash_buckets")
-    if kind == "categorical" and boundaries is not None:
-        raise node.fail("boundaries", "only bucket features take boundaries (set kind: bucket)")
-    if spec.vocab is not None and hash_buckets is not None:
-        raise node.fail("hash_buckets", "give vocab or hash_buckets, not both")
-    if name in ("user_id", "item_id"):
-        if constant or kind != "categorical":
-            raise node.fail("kind", f"{name} must be a categorical column")
-        if spec.missing != "error":
-            raise node.fail("missing", f"must be error for {name}: every row needs one")
-        if spec.domains != domains:
-            raise node.fail("domains", f"{name} exists on every domain")
-    node.done()
-    return spec
-
-
-def _vocab(node: _Node, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-        raise node.fail("vocab", f"must be auto or an integer >= 2 (id 0 is 'absent'), got {value!r}")
-    return int(value)
-
-
-def _features(top: _Node, domains: tuple[str, ...]) -> tuple[FeatureSpec, ...]:
-    items = top.get("features")
-    if not isinstance(items, (list, tuple)) or not items:
-        raise top.fail("features", "must be a non-empty list of features")
-    features = tuple(_feature(_Node(item, f"features[{i}]", top.origin), domains) for i, item in enumerate(items))
-    names = [f.name for f in features]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise top.fail("features", f"feature names repeat: {repeated}")
-    missing = [n for n in ID_FEATURES if n not in names]
-    if missing:
-        raise top.fail("features", f"the id features {missing} are missing (every dataset has {list(ID_FEATURES)}; "
-                                   "use constant: true where the data has no such column)")
-    return features
-
-
-def parse_spec(data: Mapping, origin: str) -> ImportSpec:
-    """Parse an import schema from a plain mapping; ``origin`` names it in error messages."""
-    top = _Node(data, "", origin)
-    reader = _reader(top)
-    domains = _domains(top)
-    spec = ImportSpec(
-        name=top.text("name", Path(origin).stem),
-        description=top.text("description", ""),
-        reader=reader,
-        domains=domains,
-        label=_label(top),
-        time=_time(top),
-        sequences=_sequences(top),
-        features=_features(top, domains.names),
-        on_bad_rows=top.choice("on_bad_rows", ("error", "skip"), "error"),
-        origin=origin,
-        raw=_plain(data),
-    )
-    top.done()
-    return spec
+# --- parsing -------------------------------------------------------------------------------------
 
 
 def _plain(value: object) -> object:
-    """A YAML/JSON-safe copy (dates as ISO text) for provenance and cache keys."""
+    """A YAML/JSON-safe copy (dates as ISO text) for OmegaConf, provenance and cache keys."""
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -523,6 +206,240 @@ def _plain(value: object) -> object:
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
     return value
+
+
+def _typed(data: object, origin: str, config: type, key: str = ""):
+    """``data`` checked against the structured config ``config`` (keys, types, choices, required keys);
+    ``key`` is where ``data`` sits in the schema, for messages."""
+
+    def where(full_key: object) -> str:
+        return ".".join(part for part in (key, str(full_key or "")) if part) or "(top level)"
+
+    if not isinstance(data, Mapping):
+        raise SpecError(origin, where(""), f"must be a mapping, got {type(data).__name__}")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config), data))
+    except ConfigKeyError as exc:
+        known = sorted(f.name for f in fields(exc.object_type)) if is_dataclass(exc.object_type) else []
+        raise SpecError(origin, where(exc.full_key), f"is not a known key here (known: {known})") from None
+    except MissingMandatoryValue as exc:
+        raise SpecError(origin, where(exc.full_key), "is required") from None
+    except OmegaConfBaseException as exc:
+        raise SpecError(origin, where(exc.full_key), str(exc).splitlines()[0]) from None
+
+
+def _seconds(value: object, fail) -> int | None:
+    """A point in time: Unix seconds, or an ISO date / date-time (UTC)."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(np.datetime64(str(value).strip().replace(" ", "T"), "s").astype(np.int64))
+    except ValueError:
+        raise fail(f"{value!r} is not a date (YYYY-MM-DD[ HH:MM:SS]) or Unix seconds") from None
+
+
+def _one_char(value: str, fail) -> str:
+    if len(value) != 1:
+        raise fail(f"must be one character, got {value!r}")
+    return value
+
+
+def _increasing(values: list[float] | None, fail) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    numbers = tuple(values)
+    if not numbers or any(b <= a for a, b in itertools.pairwise(numbers)) or not all(np.isfinite(numbers)):
+        raise fail(f"must be finite and strictly increasing, got {list(values)}")
+    return numbers
+
+
+def _reader(cfg: SchemaConfig, fail) -> ReaderSpec:
+    csv = cfg.csv
+    _one_char(csv.delimiter, fail("csv.delimiter"))
+    if not csv.header and csv.column_names is None:
+        raise fail("csv.column_names")("is required when header is false")
+    lines = cfg.event_lines
+    if lines is None and cfg.format is ReaderKind.event_lines:
+        raise fail("event_lines")("is required")
+    if lines is not None:
+        for name in ("separator", "event_separator"):
+            _one_char(getattr(lines, name), fail(f"event_lines.{name}"))
+        if lines.separator == lines.event_separator:
+            raise fail("event_lines.event_separator")("must differ from separator")
+        if not lines.event_fields:
+            raise fail("event_lines.event_fields")("must name at least one field")
+    return ReaderSpec(
+        cfg.format.value,
+        CsvFormat(csv.delimiter, csv.encoding, csv.header, None if csv.column_names is None else tuple(csv.column_names)),
+        None if lines is None else EventLinesFormat(lines.separator, tuple(lines.key_fields), lines.event_separator,
+                                                    tuple(lines.event_fields), lines.encoding),
+    )
+
+
+def _domains(cfg: DomainsConfig, fail) -> DomainSpec:
+    boundaries = _increasing(cfg.boundaries, fail("domains.boundaries"))
+    if (cfg.values is None) == (boundaries is None):
+        raise fail("domains.values")("give either values (raw value -> domain name) or boundaries + names")
+    if cfg.values is not None:
+        if isinstance(cfg.values, Mapping):
+            raws, names = tuple(str(k) for k in cfg.values), tuple(str(v) for v in cfg.values.values())
+        elif isinstance(cfg.values, (list, tuple)):
+            raws = names = tuple(str(v) for v in cfg.values)
+        else:
+            raise fail("domains.values")(f"must be a mapping (raw value -> name) or a list, got {cfg.values!r}")
+        if cfg.names is not None:
+            raise fail("domains.names")("goes with boundaries; with values, name the domains in the mapping")
+    else:
+        raws, names = None, tuple(cfg.names or ())
+        if len(names) != len(boundaries) + 1:
+            raise fail("domains.names")(f"needs {len(boundaries) + 1} names for {len(boundaries)} boundaries, "
+                                        f"got {list(names)}")
+    if len(names) < 2:
+        raise fail("domains.values")(f"need a source and at least one target domain, got {list(names)}")
+    if len(set(names)) != len(names):
+        raise fail("domains.values")(f"domain names repeat: {list(names)}")
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
+    if bad:
+        raise fail("domains.values")(f"domain names must be identifiers (letters, digits, _), got {bad}")
+    if cfg.source not in names:
+        raise fail("domains.source")(f"{cfg.source!r} is not one of the domains {list(names)}")
+    return DomainSpec(cfg.column, names, raws, boundaries, cfg.source)
+
+
+def _label(cfg: LabelConfig, fail) -> LabelSpec:
+    if cfg.negatives is not None and cfg.negatives < 1:
+        raise fail("label.negatives")(f"must be >= 1, got {cfg.negatives}")
+    if cfg.seed < 0:
+        raise fail("label.seed")(f"must be >= 0, got {cfg.seed}")
+    if cfg.column is None and cfg.negatives is None:
+        raise fail("label.column")("give the 0/1 label column, or negatives: N for implicit feedback")
+    if cfg.column is not None and cfg.negatives is not None:
+        raise fail("label.negatives")("is for implicit feedback; a label column already gives the negatives")
+    return LabelSpec(cfg.column, cfg.negatives or 0, cfg.seed)
+
+
+def _time(cfg: TimeConfig, fail) -> TimeSpec:
+    if cfg.format not in TIME_FORMATS and "%" not in cfg.format:
+        raise fail("time.format")(f"must be one of {list(TIME_FORMATS)} or a strptime pattern like "
+                                  f"'%Y-%m-%d %H:%M:%S', got {cfg.format!r}")
+    if cfg.periods is not None and cfg.periods < 3:
+        raise fail("time.periods")(f"must be >= 3, got {cfg.periods}")
+    if cfg.n_transfer < 1:
+        raise fail("time.n_transfer")(f"must be >= 1, got {cfg.n_transfer}")
+    start, end = _seconds(cfg.start, fail("time.start")), _seconds(cfg.end, fail("time.end"))
+    given = [name for name in ("period", "period_column", "periods") if getattr(cfg, name) is not None]
+    if len(given) != 1:
+        raise fail("time.period")(f"give exactly one of period, period_column or periods (got {given or 'none'})")
+    if cfg.period is not None:
+        if cfg.column is None:
+            raise fail("time.period")("cuts by time and needs time.column; without one use periods: N")
+        match = re.fullmatch(r"(\d+)\s*([a-z]+)", cfg.period)
+        if cfg.period not in CALENDAR_PERIODS and not (match and match[2] in PERIOD_UNITS and int(match[1]) > 0):
+            raise fail("time.period")(f"must be month, quarter or a length like 6d, 12h, 30min, 1w, 10s; "
+                                      f"got {cfg.period!r}")
+    if cfg.periods is not None and cfg.column is not None:
+        raise fail("time.periods")("cuts the records in file order and goes with time.column: null")
+    if cfg.column is None and (start is not None or end is not None):
+        raise fail("time.start")("start/end need time.column (a real event time)")
+    if start is not None and end is not None and end <= start:
+        raise fail("time.end")("must lie after start")
+    return TimeSpec(cfg.column, cfg.format, cfg.period, cfg.period_column, cfg.periods, start, end, cfg.n_transfer)
+
+
+def _sequences(cfg: SequencesConfig, fail) -> SequenceSpec:
+    for name in ("short_len", "long_len"):
+        if getattr(cfg, name) < 1:
+            raise fail(f"sequences.{name}")(f"must be >= 1, got {getattr(cfg, name)}")
+    if not cfg.separator:
+        raise fail("sequences.separator")("must not be empty")
+    return SequenceSpec(cfg.short_len, cfg.long_len, cfg.events.value, cfg.column, cfg.separator)
+
+
+def _feature(cfg: FeatureConfig, domains: tuple[str, ...], fail) -> FeatureSpec:
+    ids = cfg.name in ("user_id", "item_id")
+    if cfg.dim < 1:
+        raise fail("dim")(f"must be >= 1, got {cfg.dim}")
+    if cfg.hash_buckets is not None and cfg.hash_buckets < 2:
+        raise fail("hash_buckets")(f"must be >= 2, got {cfg.hash_buckets}")
+    vocab = cfg.vocab
+    if vocab != "auto" and (isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 2):
+        raise fail("vocab")(f"must be auto or an integer >= 2 (id 0 is 'absent'), got {vocab!r}")
+    unknown = sorted(set(cfg.domains or ()) - set(domains))
+    if unknown:
+        raise fail("domains")(f"names unknown domains {unknown} (the domains are {list(domains)})")
+    on = cfg.domains or domains
+    spec = FeatureSpec(
+        name=cfg.name,
+        column=cfg.column,
+        kind=cfg.kind.value,
+        dim=cfg.dim,
+        vocab=None if vocab == "auto" else int(vocab),
+        hash_buckets=cfg.hash_buckets,
+        boundaries=_increasing(cfg.boundaries, fail("boundaries")),
+        domains=tuple(d for d in domains if d in on),
+        of=cfg.of.value if cfg.of is not None else "item" if cfg.name in ITEM_ATTRIBUTES else "row",
+        missing=cfg.missing.value if cfg.missing is not None else "error" if ids else "absent",
+        constant=cfg.constant,
+    )
+    if spec.constant == (spec.column is not None):
+        raise fail("column")("give the input column, or constant: true for a feature without one")
+    if spec.constant and (spec.vocab is not None or spec.hash_buckets is not None or spec.boundaries is not None):
+        raise fail("constant")("a constant feature takes no vocab, hash_buckets or boundaries")
+    if spec.kind == "bucket" and spec.boundaries is None:
+        raise fail("boundaries")("a bucket feature needs boundaries: [b1, b2, ...]")
+    if spec.kind == "bucket" and (spec.vocab is not None or spec.hash_buckets is not None):
+        raise fail("kind")("a bucket feature's ids come from its boundaries; drop vocab/hash_buckets")
+    if spec.kind == "categorical" and spec.boundaries is not None:
+        raise fail("boundaries")("only bucket features take boundaries (set kind: bucket)")
+    if spec.vocab is not None and spec.hash_buckets is not None:
+        raise fail("hash_buckets")("give vocab or hash_buckets, not both")
+    if ids:
+        if spec.constant or spec.kind != "categorical":
+            raise fail("kind")(f"{spec.name} must be a categorical column")
+        if spec.missing != "error":
+            raise fail("missing")(f"must be error for {spec.name}: every row needs one")
+        if spec.domains != domains:
+            raise fail("domains")(f"{spec.name} exists on every domain")
+    return spec
+
+
+def parse_spec(data: Mapping, origin: str) -> ImportSpec:
+    """Parse an import schema from a plain mapping; ``origin`` names it in error messages."""
+    raw = _plain(data) if isinstance(data, Mapping) else data
+    cfg = _typed(raw, origin, SchemaConfig)
+
+    def fail(key: str):
+        return lambda reason: SpecError(origin, key, reason)
+
+    domains = _domains(cfg.domains, fail)
+    if not cfg.features:
+        raise fail("features")("must be a non-empty list of features")
+    features = tuple(_feature(_typed(f, origin, FeatureConfig, f"features[{i}]"), domains.names,
+                              lambda key, i=i: fail(f"features[{i}].{key}"))
+                     for i, f in enumerate(cfg.features))
+    names = [f.name for f in features]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise fail("features")(f"feature names repeat: {repeated}")
+    missing = [n for n in ID_FEATURES if n not in names]
+    if missing:
+        raise fail("features")(f"the id features {missing} are missing (every dataset has {list(ID_FEATURES)}; "
+                               "use constant: true where the data has no such column)")
+    return ImportSpec(
+        name=cfg.name if cfg.name is not None else Path(origin).stem,
+        description=cfg.description,
+        reader=_reader(cfg, fail),
+        domains=domains,
+        label=_label(cfg.label, fail),
+        time=_time(cfg.time, fail),
+        sequences=_sequences(cfg.sequences, fail),
+        features=features,
+        on_bad_rows=cfg.on_bad_rows.value,
+        origin=origin,
+        raw=raw,
+    )
 
 
 def load_spec(path: Path | str) -> ImportSpec:

@@ -1,0 +1,42 @@
+"""The DuckDB database an import works in: a file in the staging folder, a memory limit, a spill folder.
+
+Everything the import holds beyond one read block lives in this database: DuckDB keeps at most
+``memory_limit`` in memory and spills the rest (sorts, joins, windows) to ``spill/`` next to it,
+so memory stays bounded whatever the input size. The folder is deleted with the staging folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+#: DuckDB's memory limit during an import (``memory_limit=`` of ``ctl data import``).
+DEFAULT_MEMORY_LIMIT = "2GB"
+
+
+def connect(folder: Path, memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A fresh database in ``folder`` (created) that spills to ``folder/spill``.
+
+    Args:
+        memory_limit: DuckDB's limit, e.g. ``"2GB"`` or ``"500MB"``.
+        threads: DuckDB's worker threads; None = one per core.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(folder / "import.duckdb"))
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute(f"SET temp_directory = '{folder / 'spill'}'")
+    con.execute("SET preserve_insertion_order = true")  # ordered CREATE/COPY keep their order
+    con.execute("SET TimeZone = 'UTC'")
+    if threads is not None:
+        con.execute(f"SET threads = {int(threads)}")
+    _hash_macros(con)
+    return con
+
+
+def _hash_macros(con: duckdb.DuckDBPyConnection) -> None:
+    """``mix32(x)``: a 32-bit integer hash (Wellons' lowbias32) in plain integer SQL, the same on every
+    DuckDB version (unlike ``hash()``): the negative sampler's counter-based random numbers."""
+    con.execute("CREATE MACRO mix32a(x) AS (xor(x, x >> 16) * 2146121005) & 4294967295")
+    con.execute("CREATE MACRO mix32b(x) AS ((xor(x, x >> 15))::UBIGINT * 2221713035::UBIGINT & 4294967295)::BIGINT")
+    con.execute("CREATE MACRO mix32(x) AS xor(mix32b(mix32a(x)), mix32b(mix32a(x)) >> 16)")
