@@ -72,10 +72,14 @@ def assert_same_checkpoint(a: Path, b: Path) -> None:
 # --- the world and the tables ---------------------------------------------------------------------
 
 
-def test_continuing_a_world_equals_generating_it_at_once(tmp_path) -> None:
-    short = make_cfg(tmp_path / "home", 2)
+AGEING = ("+data.generator.domains.B.offset_persistence=0.9", "+data.generator.domains.C.offset_persistence=0.8")
+
+
+@pytest.mark.parametrize("world", [(), AGEING], ids=["still targets", "ageing targets"])
+def test_continuing_a_world_equals_generating_it_at_once(tmp_path, world) -> None:
+    short = make_cfg(tmp_path / "home", 2, *world)
     continued = continue_world(short.data, short.home, 1, progress=False)
-    at_once = ensure_dataset(make_cfg(tmp_path / "other", 3).data, tmp_path / "other", progress=False)
+    at_once = ensure_dataset(make_cfg(tmp_path / "other", 3, *world).data, tmp_path / "other", progress=False)
     for name in ("meta.yaml", "rows.parquet", "history.parquet", "oracle.parquet"):
         assert (continued / name).read_bytes() == (at_once / name).read_bytes(), name
     parent = ensure_dataset(short.data, short.home, progress=False)
