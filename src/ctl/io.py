@@ -61,6 +61,18 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def rename_into_place(staging: Path, final: Path, writer: str) -> None:
+    """Give a complete staging folder its final name (atomic on one file system) and make the rename
+    durable; a folder that appeared there meanwhile was made by ``writer`` and is left as it is."""
+    try:
+        os.rename(staging, final)
+    except OSError as exc:
+        if final.exists():
+            raise FileExistsError(f"{final}: {writer} created this dataset meanwhile") from exc
+        raise
+    fsync_path(final.parent)
+
+
 def output_error(exc: OSError, path: Path) -> CtlError | None:
     """A one-line refusal for an OSError that says the output location cannot be written, else None."""
     reason = _OUTPUT_ERRNOS.get(exc.errno)

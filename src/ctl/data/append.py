@@ -28,7 +28,6 @@ exchange: a killed append leaves the dataset as it was (and a hidden folder the 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
 import uuid
@@ -47,7 +46,7 @@ from ctl.data.importer import ID_MAPS_DIR, ORIGIN_FILE, import_dataset, parse_sp
 from ctl.data.lineage import check_history_prefix, lineage_after, write_lineage
 from ctl.data.schema import Schema
 from ctl.errors import CtlError
-from ctl.io import crash_point, fsync_path
+from ctl.io import crash_point, file_sha256, fsync_path
 
 #: renameat2's flag that swaps two paths atomically (Linux)
 _RENAME_EXCHANGE = 2
@@ -69,14 +68,6 @@ def _read_meta(path: Path) -> dict:
     if not target.is_file():
         raise CtlError(f"{path} is not a dataset folder ({META_FILE} is missing)")
     return yaml.safe_load(target.read_text())
-
-
-def _digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def _earlier_inputs(dataset: Path, provenance: dict) -> list[Path]:
@@ -103,9 +94,9 @@ def _refuse_doubled(dataset: Path, earlier: list[Path], new: Sequence[Path]) -> 
                            "provenance): each append takes new logs only")
     digests = {}
     for i, path in enumerate(earlier):
-        digests.setdefault((path.stat().st_size, _digest(path)), i)
+        digests.setdefault((path.stat().st_size, file_sha256(path)), i)
     for path in new:
-        key = (path.stat().st_size, _digest(path))
+        key = (path.stat().st_size, file_sha256(path))
         if key in digests:
             raise CtlError(f"{path} holds the same bytes as {earlier[digests[key]]}, already an input of "
                            f"{dataset}: the same logs cannot be appended twice")

@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from ctl.data.schema import HISTORY_COLUMNS, ROW_COLUMNS, Schema
+from ctl.io import fsync_path, rename_into_place
 
 if TYPE_CHECKING:  # torch is imported by loading, not by writing (the importer runs without it)
     from ctl.data.history import UserHistory
@@ -297,14 +298,6 @@ def _write_synced(path: Path, write: Callable[[BinaryIO], object]) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _rows_order(rows: dict[str, np.ndarray]) -> np.ndarray | None:
     """Permutation sorting rows by ``(period, domain, ts)``; None when they already are."""
     keys = (rows["period"], rows["domain"], rows["ts"])
@@ -384,14 +377,8 @@ def write_dataset(
             _write_synced(staging / ORACLE_FILE, lambda f: pq.write_table(oracle_table, f))
         # meta.yaml last: a folder holding it has both data files complete.
         _write_synced(staging / META_FILE, lambda f: f.write(meta_text.encode()))
-        _fsync_dir(staging)
-        try:
-            os.rename(staging, path)
-        except OSError as exc:
-            if path.exists():
-                raise FileExistsError(f"{path}: another writer created this dataset meanwhile") from exc
-            raise
-        _fsync_dir(path.parent)
+        fsync_path(staging)
+        rename_into_place(staging, path, "another writer")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -413,7 +400,7 @@ def add_click_prob(path: Path | str, click_prob: np.ndarray) -> Path:
     try:
         _write_synced(staging, lambda f: pq.write_table(table, f))
         os.replace(staging, folder / ORACLE_FILE)
-        _fsync_dir(folder)
+        fsync_path(folder)
     except BaseException:
         staging.unlink(missing_ok=True)
         raise

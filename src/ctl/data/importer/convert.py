@@ -15,7 +15,6 @@ Everything is written into a hidden staging folder and renamed into place at the
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from ctl.data.importer.readers import DEFAULT_BLOCK_BYTES, read_blocks, reader_k
 from ctl.data.importer.records import RecordStager
 from ctl.data.importer.spec import ImportSpec
 from ctl.errors import CtlError
-from ctl.io import fsync_path
+from ctl.io import fsync_path, rename_into_place
 
 IMPORTER_VERSION = 2
 ID_MAPS_DIR = "id_maps"
@@ -165,13 +164,7 @@ def import_dataset(
                 fsync_path(path)
         fsync_path(folder / ID_MAPS_DIR)
         fsync_path(folder)
-        try:
-            os.rename(folder, out)
-        except OSError as exc:
-            if out.exists():
-                raise FileExistsError(f"{out}: another import created this dataset meanwhile") from exc
-            raise
-        fsync_path(out.parent)
+        rename_into_place(folder, out, "another import")
     finally:
         con.close()
         shutil.rmtree(staging, ignore_errors=True)
