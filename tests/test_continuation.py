@@ -197,8 +197,13 @@ def test_a_run_grows_in_its_own_folder_and_ctl_eval_shows_every_period(continued
     root, _, runs = continued
     folder = root / "growing"
     shutil.copytree(root / "short-ctnet", folder)
+    first_logs = (folder / "logs" / "metrics.csv").read_text()
     grown = run_train(make_cfg(root / "home", 3, "model=ctnet", f"continue_from={folder}"), folder)
     assert_close(comparable(grown), comparable(runs["ctnet"][1]))
+    # the first fit's step logs survive; the continued fit logs beside them
+    assert (folder / "logs" / "metrics.csv").read_text() == first_logs
+    second = (folder / "logs" / "fit-2" / "metrics.csv").read_text().splitlines()
+    assert second[0] == first_logs.splitlines()[0] and len(second) > 1
     capsys.readouterr()
     eval_main([str(folder), "--table", "periods", "--format", "json", "--bootstrap", "0"])
     records = json.loads(capsys.readouterr().out)

@@ -157,7 +157,7 @@ def fit_periods(
     if cfg.progress:
         all_callbacks.append(PeriodProgressBar(datamodule.period_of_epoch, n_epochs, label))
     all_callbacks += own_callbacks
-    logger = instantiate(OmegaConf.merge(cfg.logger, {"save_dir": str(out_dir)}))
+    logger = instantiate(OmegaConf.merge(cfg.logger, {"save_dir": str(out_dir)}, _log_version(cfg.logger, out_dir)))
     trainer = new_trainer(
         max_epochs=n_epochs,
         reload_dataloaders_every_n_epochs=1,
@@ -191,6 +191,21 @@ def fit_periods(
                        for period, rows in sorted(task.val_predictions.items())}
     return FitResult(periods=list(task.period_results), test=dict(task.test_result or {}), cost=cost,
                      predictions=predictions, val_predictions=val_predictions)
+
+
+def _log_version(logger_cfg: DictConfig, out_dir: Path) -> dict:
+    """Where a fit's logs go: ``<name>/`` itself for the first fit of a folder; ``<name>/fit-<k>/``
+    for the k-th (a resumed or continued fit), because a logger writing into a folder that holds
+    files deletes them, and a daily continuation in one run folder would keep only its last day."""
+    if logger_cfg.get("version") != "":
+        return {}
+    logs = out_dir / str(logger_cfg.name)
+    if not logs.is_dir() or not any(p.is_file() for p in logs.iterdir()):
+        return {}
+    k = 2
+    while (logs / f"fit-{k}").exists():
+        k += 1
+    return {"version": f"fit-{k}"}
 
 
 def make_trainer(cfg: DictConfig) -> Callable[..., pl.Trainer]:
