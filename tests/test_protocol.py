@@ -150,3 +150,19 @@ def test_a_slice_without_any_two_label_user_records_gauc_as_nan() -> None:
     with pytest.warns(UserWarning, match="GAUC recorded as NaN"):
         values = metrics.compute()
     assert values["auc"] == 0.5 and math.isnan(values["gauc"])
+
+
+def test_a_mixed_precision_track_has_a_cache_key_of_its_own_and_fp32_keys_stay_as_they_were():
+    from types import SimpleNamespace
+
+    dataset = SimpleNamespace(fingerprint=lambda: "f" * 16, schema=SimpleNamespace(test_period=9))
+
+    def spec(*overrides: str) -> dict:
+        with initialize_config_module(config_module="ctl.conf", version_base="1.3"):
+            cfg = compose(config_name="train", overrides=["model=base", *overrides])
+        return tracks.track_spec(cfg, dataset, "B", cfg.model.net, "base")
+
+    cpu, gpu = spec(), spec("trainer=gpu")
+    assert "precision" not in cpu  # the keys of every fp32 track already cached are unchanged
+    assert gpu.pop("precision") == "bf16-mixed" and gpu == cpu
+    assert spec("trainer=gpu", "trainer.precision=32-true") == cpu

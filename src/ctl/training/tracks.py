@@ -75,6 +75,9 @@ class Track:
         return json.loads((self.path / "metrics.json").read_text())
 
 
+FULL_PRECISION = "32-true"
+
+
 def track_spec(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig, model_name: str,
                first_period: int = 0) -> dict:
     """Everything that determines a track's weights: the cache key's content."""
@@ -94,6 +97,9 @@ def track_spec(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig, 
     }
     if not cfg.data.in_memory:
         spec["rows"] = "streamed"  # another shuffle order, hence other weights
+    precision = str(cfg.trainer.get("precision", FULL_PRECISION))
+    if precision not in (FULL_PRECISION, "32"):
+        spec["precision"] = precision  # a bf16 track is another model than the fp32 one it approximates
     return spec
 
 
