@@ -21,7 +21,7 @@ commands:
   train      train one method under the continual protocol (Hydra overrides, e.g. model=ctnet data.domain=C)
   sweep      train several methods/seeds in one multirun (e.g. model=base,ctnet seed=0,1,2)
   eval       read run or sweep directories and print the paper's tables (never re-trains)
-  data       generate | import | validate | describe datasets
+  data       generate | import | append | validate | describe datasets
   export     write a run's latest model as a serving artifact (torch.export or ONNX)
   score      score raw-id requests with an artifact
 
