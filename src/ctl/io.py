@@ -68,7 +68,7 @@ def rename_into_place(staging: Path, final: Path, writer: str) -> None:
         os.rename(staging, final)
     except OSError as exc:
         if final.exists():
-            raise FileExistsError(f"{final}: {writer} created this dataset meanwhile") from exc
+            raise FileExistsError(f"{final}: {writer} created it meanwhile") from exc
         raise
     fsync_path(final.parent)
 
@@ -167,12 +167,17 @@ def _manifest_files(folder: Path, skip: tuple[str, ...]) -> list[str]:
     )
 
 
+def manifest_entries(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Every file of ``folder`` (except top-level entries in ``skip``) with its size and sha256, as a
+    manifest's ``files`` records them (:func:`manifest_problem` checks them)."""
+    folder = Path(folder)
+    return {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+            for name in _manifest_files(folder, skip)}
+
+
 def write_manifest(folder: Path, skip: tuple[str, ...] = ()) -> Path:
     """Record every file of ``folder`` (except top-level entries in ``skip``) with its size and sha256, last."""
-    folder = Path(folder)
-    files = {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
-             for name in _manifest_files(folder, skip)}
-    return atomic_write_json(folder / MANIFEST_FILE, {"files": files})
+    return atomic_write_json(Path(folder) / MANIFEST_FILE, {"files": manifest_entries(folder, skip)})
 
 
 def manifest_problem(folder: Path) -> str | None:

@@ -39,9 +39,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import yaml
 
-from ctl.data.dataset import HISTORY_FILE, META_FILE, ROWS_FILE, write_dataset
+from ctl.data.dataset import HISTORY_FILE, META_FILE, ROWS_FILE, read_meta, write_dataset
 from ctl.data.importer import ID_MAPS_DIR, ORIGIN_FILE, import_dataset, parse_spec
 from ctl.data.lineage import check_history_prefix, lineage_after, write_lineage
 from ctl.data.schema import Schema
@@ -61,13 +60,6 @@ class AppendReport:
     spans: tuple[str, ...]
     new_rows: int
     n_rows: int
-
-
-def _read_meta(path: Path) -> dict:
-    target = path / META_FILE
-    if not target.is_file():
-        raise CtlError(f"{path} is not a dataset folder ({META_FILE} is missing)")
-    return yaml.safe_load(target.read_text())
 
 
 def _earlier_inputs(dataset: Path, provenance: dict) -> list[Path]:
@@ -142,12 +134,11 @@ def append_logs(dataset: Path | str, inputs: Sequence[Path | str], log: Callable
     new = [Path(p).expanduser() for p in inputs]
     if not new:
         raise CtlError("no input files given (inputs=[day_31.csv])")
-    meta = _read_meta(dataset)
+    meta, schema = read_meta(dataset)
     provenance = meta.get("provenance") or {}
     if "importer" not in provenance:
         raise CtlError(f"{dataset} was not imported (no importer provenance); a synthetic world grows with "
                        "`ctl data generate data=... extend=k`")
-    schema = Schema.from_dict(meta["schema"])
     earlier = _earlier_inputs(dataset, provenance)
     _refuse_doubled(dataset, earlier, new)
     for stale in dataset.parent.glob(f".{dataset.name}.append-*"):
@@ -180,7 +171,7 @@ def append_logs(dataset: Path | str, inputs: Sequence[Path | str], log: Callable
     finally:
         shutil.rmtree(staged, ignore_errors=True)  # after the swap it holds the earlier version
     added = tuple(range(schema.n_periods, len(spans)))
-    n_rows = int(_read_meta(dataset)["n_rows"])
+    n_rows = int(read_meta(dataset)[0]["n_rows"])
     return AppendReport(path=dataset, periods=added, spans=tuple(spans[p] for p in added),
                         new_rows=n_rows - int(meta["n_rows"]), n_rows=n_rows)
 
@@ -194,10 +185,10 @@ def _merge(dataset: Path, staged: Path, schema: Schema, new: Sequence[Path], spa
     rows = pa.concat_tables([stored_rows, imported.filter(later).select(stored_rows.column_names)])
     origin = pa.concat_tables([pq.read_table(dataset / ORIGIN_FILE),
                                pq.read_table(staged / ORIGIN_FILE).filter(later)])
-    meta = _read_meta(staged)
+    meta, _ = read_meta(staged)
     layout = dict(meta["schema"], n_history=schema.n_history, n_transfer=len(spans) - schema.n_history - 1)
     provenance = dict(meta["provenance"])
-    provenance["appended"] = [*_read_meta(dataset)["provenance"].get("appended", []),
+    provenance["appended"] = [*read_meta(dataset)[0]["provenance"].get("appended", []),
                               {"inputs": [str(p) for p in new], "periods": list(range(schema.n_periods, len(spans)))}]
     grown = write_dataset(staged / "grown", Schema.from_dict(layout), _columns(rows),
                           _columns(pq.read_table(staged / HISTORY_FILE)), provenance)

@@ -392,7 +392,7 @@ def add_click_prob(path: Path | str, click_prob: np.ndarray) -> Path:
     are left as they are, so the dataset keeps its fingerprint.
     """
     folder = Path(path)
-    meta, _ = _read_meta(folder)
+    meta, _ = read_meta(folder)
     table = _oracle_table(click_prob, int(meta["n_rows"]), None)
     if table is None:
         raise DatasetError(ORACLE_FILE, "click_prob knows no row: nothing to write")
@@ -413,7 +413,7 @@ def load_click_prob(path: Path | str) -> tuple[np.ndarray, np.ndarray] | None:
     folder = Path(path)
     if not (folder / ORACLE_FILE).is_file():
         return None
-    meta, _ = _read_meta(folder)
+    meta, _ = read_meta(folder)
     columns = _read_columns(folder, ORACLE_FILE, ORACLE_COLUMNS)
     row = _exact_int64(ORACLE_FILE, "row", columns["row"])
     click_prob = columns["click_prob"].astype(np.float64, copy=False)
@@ -477,7 +477,7 @@ def _read_columns(folder: Path, file: str, dtypes: dict[str, np.dtype]) -> dict[
     return columns
 
 
-def _read_meta(folder: Path) -> tuple[dict, Schema]:
+def read_meta(folder: Path) -> tuple[dict, Schema]:
     target = folder / META_FILE
     if not folder.is_dir():
         raise DatasetError(META_FILE, f"the dataset folder {folder} does not exist")
@@ -545,7 +545,7 @@ def fingerprint_of(meta: dict) -> str:
 
 def read_fingerprint(path: Path | str) -> str:
     """The fingerprint of the dataset folder ``path``, from its ``meta.yaml`` alone."""
-    meta, _ = _read_meta(Path(path))
+    meta, _ = read_meta(Path(path))
     return fingerprint_of(meta)
 
 
@@ -556,7 +556,7 @@ def load_dataset(path: Path | str, validate: bool = True) -> Dataset:
     checked; value ranges, order and visibility are trusted.
     """
     folder = Path(path)
-    meta, schema = _read_meta(folder)
+    meta, schema = read_meta(folder)
     row_types, history_types = row_dtypes(schema), history_dtypes()
     rows = _normalise(ROWS_FILE, _read_columns(folder, ROWS_FILE, row_types), row_types)
     history = _normalise(HISTORY_FILE, _read_columns(folder, HISTORY_FILE, history_types), history_types)

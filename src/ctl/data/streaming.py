@@ -32,9 +32,9 @@ from ctl.data.dataset import (
     HISTORY_FILE,
     ROWS_FILE,
     Dataset,
-    _read_meta,
     history_dtypes,
     part_files,
+    read_meta,
     read_parquet_parts,
 )
 from ctl.data.history import UserHistory
@@ -51,7 +51,7 @@ def load_row_index(path: Path | str) -> Dataset:
     validate`` once on a dataset before streaming it.
     """
     folder = Path(path)
-    meta, schema = _read_meta(folder)
+    meta, schema = read_meta(folder)
     index = read_parquet_parts(folder, ROWS_FILE, INDEX_COLUMNS)
     rows = {name: index.column(name).to_numpy() for name in INDEX_COLUMNS}
     if rows["label"].shape[0] != meta["n_rows"]:

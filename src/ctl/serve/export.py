@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import uuid
 import warnings
@@ -27,7 +26,7 @@ from ctl.data.batch import Batch, DomainView
 from ctl.data.batcher import BatchAssembler
 from ctl.data.dataset import Dataset, load_dataset
 from ctl.errors import CtlError
-from ctl.io import MANIFEST_FILE, atomic_write_json, file_sha256, fsync_path
+from ctl.io import MANIFEST_FILE, atomic_write_json, fsync_path, manifest_entries, rename_into_place
 from ctl.serve.artifact import (
     ARTIFACT_VERSION,
     FORMATS,
@@ -217,12 +216,6 @@ def _export_onnx(wrapped: Probabilities, args: tuple[torch.Tensor, ...], file: P
     program.save(str(file))
 
 
-def _files_of(folder: Path) -> dict[str, dict]:
-    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    return {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
-            for name in names if name != MANIFEST_FILE}
-
-
 def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export") -> Path:
     """Write the artifact of the run in ``run_dir`` to the new folder ``out``; returns ``out``.
 
@@ -270,13 +263,12 @@ def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export") 
             "domain_sequences": list(run.domain_sequences),
             "inputs": [spec.as_dict() for spec in inputs],
             "torch": torch.__version__,
-            "files": _files_of(staging),
+            "files": manifest_entries(staging),
         }
         atomic_write_json(staging / MANIFEST_FILE, manifest)
         _check_artifact(staging, wrapped, args)
         fsync_path(staging)
-        os.rename(staging, out)
-        fsync_path(out.parent)
+        rename_into_place(staging, out, "another export")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out

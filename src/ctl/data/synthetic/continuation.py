@@ -14,14 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ctl.data.dataset import META_FILE
+from ctl.data.dataset import read_meta
 from ctl.data.lineage import check_prefix, lineage_after, read_lineage, write_lineage
 from ctl.data.registry import ensure_dataset
-from ctl.data.schema import Schema
 from ctl.errors import CtlError
 
 
@@ -53,12 +51,7 @@ def continue_world(data_cfg: DictConfig, home: str | Path, periods: int, out: Pa
         if out.exists():
             raise CtlError(f"out={out} already exists; choose a new folder")
         child = instantiate(longer.generator).generate(out, progress=progress)
-    test_period = _test_period(parent)
+    test_period = read_meta(parent)[1].test_period
     check_prefix(parent, child, test_period)
     write_lineage(child, lineage_after(parent, test_period) + read_lineage(child))
     return child
-
-
-def _test_period(path: Path) -> int:
-    meta = yaml.safe_load((path / META_FILE).read_text())
-    return Schema.from_dict(meta["schema"]).test_period
