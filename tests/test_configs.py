@@ -60,6 +60,8 @@ def compositions(path: str) -> list[tuple[str, list[str]]]:
         return [("train", [f"hydra/launcher={name}"])]
     if group == "schemas":
         return [("import", [f"+schemas@schema={name}"])]
+    if group == "regime" or group.startswith("regime/"):
+        return [("train", [f"+{group}={name}"])]
     raise AssertionError(f"conf/{path}: tests/test_configs.py does not know how to compose the group "
                          f"{group or '(top level)'!r}; teach compositions() where its files go")
 
@@ -128,6 +130,40 @@ def test_every_job_of_an_experiment_composes_into_the_methods_it_documents(exper
     assert documented, f"conf/experiment/{experiment}.yaml lists no '# methods (ctl.methods.method_label): ...'"
     labels = {method_label(compose_config("train", overrides)) for overrides in sweep_jobs(experiment)}
     assert labels == {m.strip(" #\n") for m in documented.group(1).split(",")}
+
+
+TARGET_KNOBS = ("rows_per_period", "user_share", "user_offset_scale", "item_bias_scale", "quality_weight",
+                "price_weight", "offset_persistence")
+
+
+def _target_knobs(cfg: DictConfig) -> dict:
+    domains = OmegaConf.to_container(cfg.data.generator.domains, resolve=True)
+    return {(d, k): domains[d].get(k, 1.0 if k == "offset_persistence" else None) for d in ("B", "C") for k in TARGET_KNOBS}
+
+
+@pytest.mark.parametrize(("cell", "world"), [("hhh", "synthetic"), ("lll", "synthetic_sparse")])
+def test_the_regime_maps_corners_are_the_calibrated_and_the_sparse_worlds_targets(cell: str, world: str) -> None:
+    mapped = compose_config("train", [f"+regime={cell}"])
+    assert _target_knobs(mapped) == _target_knobs(compose_config("train", [f"data={world}"]))
+    # the map moves the targets only: source, test slices and everything else stay the default world's
+    default = OmegaConf.to_container(compose_config("train", []).data.generator, resolve=True)
+    moved = OmegaConf.to_container(mapped.data.generator, resolve=True)
+    for domain in ("B", "C"):
+        for knob in TARGET_KNOBS:
+            default["domains"][domain].pop(knob, None)
+            moved["domains"][domain].pop(knob, None)
+    assert moved == default
+    assert OmegaConf.to_container(mapped.regime) == dict(zip(("volume", "gap", "drift"), [
+        {"l": "low", "m": "mid", "h": "high"}[c] for c in cell]))
+
+
+def test_the_regime_maps_centre_is_halfway_between_its_corners_on_every_knob_but_volume() -> None:
+    low, mid, high = (_target_knobs(compose_config("train", [f"+regime={c}"])) for c in ("lll", "mmm", "hhh"))
+    for key in low:
+        if key[1] == "rows_per_period":  # volume's mid level halves the calibrated rows (whole batches)
+            assert mid[key] == high[key] // 2
+        else:
+            assert mid[key] == pytest.approx((low[key] + high[key]) / 2), key
 
 
 # --- every model config trains one transfer period ------------------------------------------------

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,14 +147,46 @@ def paired_bootstrap(
     ``1 - alpha`` interval ``low``/``high`` and the number of ``resamples`` where the metric
     was defined.
     """
-    scores_a, labels_np, users_np = check_binary_inputs(preds_a, labels, users)
-    scores_b, _, _ = check_binary_inputs(preds_b, labels)
+    return paired_bootstrap_mean([(labels, preds_a, preds_b, users)], n_resamples, seed, alpha)
+
+
+def paired_bootstrap_mean(
+    pairs: Sequence[tuple[ArrayLike, ArrayLike, ArrayLike, ArrayLike]],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, dict[str, float]]:
+    """:func:`paired_bootstrap` of the mean delta over several pairs scored on the same users.
+
+    ``pairs``: (labels, preds_a, preds_b, users) each, e.g. one per training seed of two methods on
+    one test slice. Every resample draws the same users for every pair, so the interval is that of
+    the seeds' mean delta under resampling of the test users. Refuses pairs over different users.
+    """
+    if not pairs:
+        raise ValueError("paired_bootstrap_mean needs at least one pair")
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    draws = [_bootstrap_deltas(*pair, n_resamples=n_resamples, seed=seed) for pair in pairs]
+    if any(not np.array_equal(d[0], draws[0][0]) for d in draws[1:]):
+        raise ValueError("paired_bootstrap_mean: the pairs are scored on different users")
+    # a resample where some pair's GAUC is undefined stays NaN in the mean and is left out of the interval
+    return {
+        "auc": _interval(float(np.mean([d[1] for d in draws])), np.mean([d[3] for d in draws], axis=0), alpha, "AUC"),
+        "gauc": _interval(float(np.mean([d[2] for d in draws])), np.mean([d[4] for d in draws], axis=0), alpha,
+                          "GAUC"),
+    }
 
-    _, user = np.unique(users_np, return_inverse=True)
+
+def _bootstrap_deltas(
+    labels: ArrayLike, preds_a: ArrayLike, preds_b: ArrayLike, users: ArrayLike, n_resamples: int, seed: int,
+) -> tuple[np.ndarray, float, float, np.ndarray, np.ndarray]:
+    """The users (sorted, unique), the point AUC and GAUC deltas and their ``n_resamples`` resampled values."""
+    scores_a, labels_np, users_np = check_binary_inputs(preds_a, labels, users)
+    scores_b, _, _ = check_binary_inputs(preds_b, labels)
+
+    unique_users, user = np.unique(users_np, return_inverse=True)
     n_users = int(user.max()) + 1
     positive = labels_np.astype(bool)
 
@@ -193,7 +226,4 @@ def paired_bootstrap(
                 weight > 0, (weighted_delta @ drawn_valid) / weight, np.nan
             )
 
-    return {
-        "auc": _interval(point_auc, auc_deltas, alpha, "AUC"),
-        "gauc": _interval(point_gauc, gauc_deltas, alpha, "GAUC"),
-    }
+    return unique_users, point_auc, point_gauc, auc_deltas, gauc_deltas
