@@ -407,3 +407,79 @@ def test_launcher_configs_set_every_field_of_their_plugin(launcher: str, module:
     # our presets extend the plugin's config instead of shadowing it (Hydra warns about shadowing)
     assert (conf_dir := Path(sys.modules["ctl.conf"].__file__).parent / "hydra" / "launcher").is_dir()
     assert not (conf_dir / f"{plugin_name(conf_class)}.yaml").exists()
+
+
+def _regime_cells(sweep: Path, root: Path) -> dict[str, Path]:
+    """The tiny sweep's runs as two cells of a regime map: ``lll`` (the runs as they are) and ``hhh``
+    (the same runs under another dataset id, as another world would have)."""
+    cells = {}
+    for code, levels, dataset in (("lll", "low", None), ("hhh", "high", "fedcba9876543210")):
+        for run in sorted(sweep.iterdir()):
+            _copy_run(run, root / code / run.name, {"dataset": dataset} if dataset else {},
+                      {"regime": {"volume": levels, "gap": levels, "drift": levels}})
+        cells[code] = root / code
+    return cells
+
+
+def test_regimes_table_gives_each_cell_its_gains_with_the_seeds_mean_interval(sweep: Path, tmp_path: Path) -> None:
+    from ctl.metrics import paired_bootstrap_mean
+    from ctl.report.cli import DEFAULT_BOOTSTRAP
+
+    cells = _regime_cells(sweep, tmp_path / "map")
+    report = evaluate([tmp_path / "map"], ["regimes"], bootstrap=DEFAULT_BOOTSTRAP)
+    records = report.records["regimes"]
+    assert records[0]["regime"]["cell"] == "lll"  # low before high
+    assert {r["regime"]["cell"] for r in records} == {"lll", "hhh"}
+    for code, folder in cells.items():
+        for metric in ("auc", "gauc"):
+            rec = only(records, model="ctnet", metric=metric, regime={"volume": {"lll": "low"}.get(code, "high"),
+                       "gap": {"lll": "low"}.get(code, "high"), "drift": {"lll": "low"}.get(code, "high"),
+                       "cell": code})
+            pairs = []
+            for seed in SEEDS:
+                mine, base = predictions(folder / f"ctnet-s{seed}"), predictions(folder / f"base-s{seed}")
+                pairs.append((mine["label"], mine["pred"], base["pred"], mine["user_id"]))
+            expected = paired_bootstrap_mean(pairs, n_resamples=DEFAULT_BOOTSTRAP)[metric]
+            sig = rec["significance"]
+            assert (sig["delta"], sig["low"], sig["high"]) == pytest.approx(
+                (expected["delta"], expected["low"], expected["high"]), abs=1e-12)
+            assert sig["significant"] == (expected["low"] > 0 or expected["high"] < 0)
+            assert rec["delta"] == pytest.approx(np.mean([reference(folder / f"ctnet-s{s}", metric)
+                                                          - reference(folder / f"base-s{s}", metric)
+                                                          for s in SEEDS]), abs=TOL)
+            # the winner has the best mean; ctnet_once is CTNet's family, so the best other method is base
+            means = {m: only(records, model=m, metric=metric, regime=rec["regime"])["mean"]
+                     for m in ("base", "ctnet", "ctnet_once")}
+            winner = only(records, rank=1, metric=metric, regime=rec["regime"])
+            assert winner["model"] == max(means, key=means.get)
+            assert winner["runner_up"]["model"] == sorted(means, key=means.get)[-2]
+            assert rec["best_other"]["model"] == "base"
+            assert rec["best_other"]["delta"] == pytest.approx(sig["delta"], abs=1e-12)
+    # the real dataset keeps its oracle, the copied id finds none
+    lll = only(records, model="ctnet", metric="auc", regime={"volume": "low", "gap": "low", "drift": "low",
+                                                           "cell": "lll"})
+    assert lll["oracle"] is not None and lll["headroom_share"] == pytest.approx(
+        lll["delta"] / (lll["oracle"] - lll["base"]))
+    assert only(records, model="ctnet", metric="auc", regime={"volume": "high", "gap": "high", "drift": "high",
+                                                             "cell": "hhh"})["oracle"] is None
+    assert only(records, model="ctnet", metric="own_rows", regime=lll["regime"])["mean"] > 0
+
+
+def test_regimes_out_writes_the_heat_maps_and_refuses_runs_of_no_cell(sweep: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(CtlError, match="none of these runs names a regime cell"):
+        evaluate([sweep], ["regimes"])
+    # `all` skips the map with a note instead
+    assert any(n.startswith("no regimes table") for n in evaluate([sweep], ["all"], bootstrap=50).notes)
+    _regime_cells(sweep, tmp_path / "map")
+    eval_main([str(tmp_path / "map"), "--table", "regimes", "--bootstrap", "50", "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert "Regime map" in printed and "lll" in printed and "hhh" in printed
+    assert "| winner: margin over runner-up | ctnet − best other |" in (tmp_path / "out" / "regimes.md").read_text()
+    for name in ("regimes_ctnet_vs_base.png", "regimes_ctnet_vs_best_other.png", "regimes.csv", "regimes.md"):
+        assert (tmp_path / "out" / name).stat().st_size > 1000, name
+    _copy_run(sweep / "ctnet-s0", tmp_path / "map" / "twin", {"dataset": "0000000000000000"},
+              {"regime": {"volume": "low", "gap": "low", "drift": "low"}})
+    _copy_run(sweep / "base-s0", tmp_path / "map" / "twin-base", {"dataset": "0000000000000000"},
+              {"regime": {"volume": "low", "gap": "low", "drift": "low"}})
+    with pytest.raises(CtlError, match="two datasets are cell lll"):
+        evaluate([tmp_path / "map"], ["regimes"], bootstrap=50)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ctl.metrics import auc, delong_test, gauc, paired_bootstrap
+from ctl.metrics import auc, delong_test, gauc, paired_bootstrap, paired_bootstrap_mean
 from ctl.metrics.significance import _rank_rows, _weighted_auc, structural_components
 
 # 3 positives then 3 negatives
@@ -152,3 +152,26 @@ def test_bootstrap_refuses_bad_settings(n_resamples: int, alpha: float, message:
     labels, preds_a, preds_b, users = clicks_by_user(10, seed=9)
     with pytest.raises(ValueError, match=message):
         paired_bootstrap(labels, preds_a, preds_b, users, n_resamples=n_resamples, alpha=alpha)
+
+
+def test_bootstrap_of_the_seeds_mean_resamples_the_same_users_for_every_seed() -> None:
+    labels, preds_a, preds_b, users = clicks_by_user(200, seed=9)
+    single = paired_bootstrap(labels, preds_a, preds_b, users, n_resamples=200, seed=0)
+    # two identical seeds: the mean is the one seed, interval and all
+    assert paired_bootstrap_mean([(labels, preds_a, preds_b, users)] * 2, n_resamples=200, seed=0) == single
+    # a second seed that ties exactly (delta 0 in every resample) halves every resampled delta, so the
+    # interval of the mean is exactly half the first seed's: it could not be if the seeds drew different users
+    halved = paired_bootstrap_mean([(labels, preds_a, preds_b, users), (labels, preds_b, preds_b, users)],
+                                   n_resamples=200, seed=0)
+    for metric in ("auc", "gauc"):
+        for key in ("delta", "low", "high"):
+            assert halved[metric][key] == pytest.approx(single[metric][key] / 2, abs=1e-12)
+
+
+def test_bootstrap_of_the_seeds_mean_refuses_seeds_scored_on_other_users() -> None:
+    labels, preds_a, preds_b, users = clicks_by_user(50, seed=10)
+    with pytest.raises(ValueError, match="scored on different users"):
+        paired_bootstrap_mean([(labels, preds_a, preds_b, users), (labels, preds_a, preds_b, users + 1000)],
+                              n_resamples=20)
+    with pytest.raises(ValueError, match="at least one pair"):
+        paired_bootstrap_mean([], n_resamples=20)

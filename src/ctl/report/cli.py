@@ -19,7 +19,7 @@ from ctl.methods import BASE
 from ctl.report import render, tables, views
 from ctl.report.runs import Run, by_dataset, find_runs
 
-TABLES: tuple[str, ...] = ("overall", "periods", "finetune", "coldstart", "cost", "findings")
+TABLES: tuple[str, ...] = ("overall", "periods", "finetune", "coldstart", "cost", "findings", "regimes")
 FORMATS: tuple[str, ...] = ("table", "json", "csv", "markdown")
 DEFAULT_BOOTSTRAP = 1000
 #: ctl.data.dataset.ORACLE_FILE, spelled out: importing that module loads torch, which imported data never needs here
@@ -38,6 +38,10 @@ EPILOG = """tables:
   cost       training rows and seconds (own and total) beside AUC / GAUC gains
   findings   the paper's six findings, each with a verdict (holds / does not hold / mixed /
              not measured), the numbers behind it and the rule used (ctl sweep experiment=paper)
+  regimes    the regime map over the datasets (cells) of ctl sweep experiment=regimes: per cell,
+             target and method the gain over base with its paired interval and oracle headroom
+             share, the winner's margin over the runner-up, CTNet's over the best other method;
+             --out also writes regimes_ctnet_vs_base.png and regimes_ctnet_vs_best_other.png
   all        every table the runs allow
 
 examples:
@@ -46,9 +50,11 @@ examples:
   ctl eval multirun/ --format json > results.json
   ctl eval multirun/ --table all --out report/     # CSV, Markdown and PNG files
   ctl eval multirun/ --versus ctnet                # every method paired against CTNet
+  ctl eval multirun/regimes --table regimes --out map/   # the regime map and its heat maps
 
 Runs of different datasets (metrics.json "dataset") are never mixed: each dataset gets its own
-tables. See docs/eval.md for the JSON schema."""
+tables (the regimes table lays the datasets out as the cells of one map). See docs/eval.md for the
+JSON schema and docs/regimes.md for the map."""
 
 
 @dataclass
@@ -175,6 +181,9 @@ def evaluate(paths: Sequence[Path], table_names: Sequence[str], bootstrap: int =
         if reason:
             report.notes.append(f"no oracle row{'' if len(groups) == 1 else f' for dataset {dataset}'}: {reason}")
     for table in wanted:
+        if table == "regimes":
+            _add_regimes(report, given, bootstrap, explicit="all" not in table_names)
+            continue
         refusals = []
         for dataset in groups:
             try:
@@ -192,6 +201,23 @@ def evaluate(paths: Sequence[Path], table_names: Sequence[str], bootstrap: int =
         report.notes.extend(f"no {table} table{'' if len(groups) == 1 else ' for one dataset'}: {r}"
                             for r in refusals)
     return report
+
+
+def _add_regimes(report: Report, given: dict[str, Runs], bootstrap: int, explicit: bool) -> None:
+    """The regimes table spans datasets (one per cell): built once over all of them."""
+    # imported here: it loads torch (through ctl.metrics), which --help and --bootstrap 0 do not need
+    from ctl.report.regimes import regimes_records
+
+    try:
+        records = regimes_records([(g.runs, g.oracle) for g in given.values()], bootstrap)
+    except CtlError as exc:
+        if explicit:
+            raise
+        report.notes.append(f"no regimes table: {exc}")
+        return
+    report.records["regimes"] = records
+    report.views["regimes"] = views.regimes_views(records)
+    report.by_dataset["regimes"] = {"map": records}
 
 
 def all_views(report: Report) -> list[views.View]:
@@ -214,6 +240,8 @@ def write_files(report: Report, out: Path) -> list[Path]:
     several = max((len(d) for d in report.by_dataset.values()), default=0) > 1
     for table, datasets in report.by_dataset.items():
         for dataset, records in datasets.items():
+            if table == "regimes":
+                continue
             suffix = f"-{dataset}" if several else ""
             if table == "overall":
                 written.append(plots.plot_overall(records, out / f"table2{suffix}.png"))
@@ -221,6 +249,10 @@ def write_files(report: Report, out: Path) -> list[Path]:
                 written.append(plots.plot_cost_gain(records, out / f"cost_gain{suffix}.png"))
             if table == "periods":
                 written.append(plots.plot_periods(records, out / f"periods{suffix}.png"))
+    if "regimes" in report.records:
+        for comparison, name in (("base", "base"), ("best_other", "best_other")):
+            written.append(plots.plot_regimes(report.records["regimes"], out / f"regimes_ctnet_vs_{name}.png",
+                                              comparison))
     return list(dict.fromkeys(written))
 
 
@@ -230,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="+", metavar="PATH", type=Path,
                         help="run folders, sweep folders (searched recursively) or metrics.json files")
     parser.add_argument("--table", action="append", choices=(*TABLES, "all"), metavar="NAME",
-                        help="which table: overall (default), periods, finetune, coldstart, cost, findings or all; "
+                        help="which table: overall (default), periods, finetune, coldstart, cost, findings, regimes or all; "
                              "repeatable")
     parser.add_argument("--format", choices=FORMATS, default="table",
                         help="stdout format: rich tables (default), json (the records, see docs/eval.md), "

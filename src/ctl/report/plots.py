@@ -3,7 +3,8 @@
 * :func:`plot_overall`: Table 2 as grouped bars per method and target, error bars = std over seeds;
 * :func:`plot_periods`: Table 3 as AUC/GAUC lines over periods, one line per method;
 * :func:`plot_cost_gain`: AUC/GAUC gain over base against the rows each method trained on (log
-  scale), the paper's "incremental data only" claim as a measurement.
+  scale), the paper's "incremental data only" claim as a measurement;
+* :func:`plot_regimes`: the regime map as heat maps of CTNet's gain per cell.
 """
 
 from __future__ import annotations
@@ -113,3 +114,69 @@ def plot_cost_gain(records: Sequence[dict], path: Path) -> Path:
         ax.set_title(f"{name} gain vs training cost")
         ax.grid(alpha=0.3, which="both")
     return _save(figure, path)
+
+
+def _regime_value(rec: dict | None, comparison: str) -> dict | None:
+    """``rec``'s comparison to plot: its gain over base (``base``) or its margin over the best other method."""
+    if rec is None:
+        return None
+    return rec["significance"] if comparison == "base" else rec["best_other"]
+
+
+def plot_regimes(records: Sequence[dict], path: Path, comparison: str) -> Path:
+    """The regime map as heat maps: CTNet's test AUC gain over base (``comparison="base"``) or over the
+    best other method (``"best_other"``) per cell, volume across and gap up, one panel per target
+    (columns) and drift level (rows). Each cell reads the AUC and GAUC differences; a hatched cell's AUC
+    interval includes 0 ("ns" marks a GAUC interval that does)."""
+    from ctl.report.regimes import CTNET, LEVELS
+
+    ctnet = [r for r in records if r["model"] == CTNET and r["metric"] in ("auc", "gauc")]
+    targets = sorted({r["target"] for r in ctnet})
+    drifts = [d for d in LEVELS if any(r["regime"]["drift"] == d for r in ctnet)]
+    index = {(r["target"], r["metric"], *(r["regime"][k] for k in ("volume", "gap", "drift"))): r for r in ctnet}
+    deltas = [v["delta"] for r in ctnet if r["metric"] == "auc" and (v := _regime_value(r, comparison))
+              and v.get("delta") is not None]
+    limit = max([abs(d) for d in deltas] + [1e-4])
+    figure, axes = plt.subplots(len(drifts), len(targets), figsize=(4.8 * len(targets) + 1.2, 4.0 * len(drifts) + 0.6),
+                                squeeze=False, layout="constrained")
+    image = None
+    for row, drift in enumerate(drifts):
+        for col, target in enumerate(targets):
+            ax = axes[row, col]
+            grid = np.full((len(LEVELS), len(LEVELS)), np.nan)
+            for gi, gap in enumerate(LEVELS):
+                for vi, volume in enumerate(LEVELS):
+                    auc_rec = index.get((target, "auc", volume, gap, drift))
+                    auc_value = _regime_value(auc_rec, comparison)
+                    if not auc_value or auc_value.get("delta") is None:
+                        ax.text(vi, gi, "not run", ha="center", va="center", fontsize="x-small", color="grey")
+                        continue
+                    grid[gi, vi] = auc_value["delta"]
+                    gauc_value = _regime_value(index.get((target, "gauc", volume, gap, drift)), comparison) or {}
+                    lines = [f"AUC {auc_value['delta']:+.4f}"]
+                    if gauc_value.get("delta") is not None:
+                        lines.append(f"GAUC {gauc_value['delta']:+.4f}{'' if gauc_value['significant'] else ' ns'}")
+                    if comparison != "base":
+                        lines.append(f"vs {auc_value['model']}")
+                    # the colour scale saturates at 1.5x the largest difference: dark cells only past 2/3 of it
+                    ax.text(vi, gi, "\n".join(lines), ha="center", va="center", fontsize="x-small",
+                            fontweight="bold" if auc_value["significant"] else "normal",
+                            color="white" if abs(auc_value["delta"]) > 0.8 * limit else "black")
+                    if not auc_value["significant"]:
+                        ax.add_patch(plt.Rectangle((vi - 0.5, gi - 0.5), 1, 1, fill=False, hatch="//",
+                                                   edgecolor="grey", linewidth=0))
+            image = ax.imshow(grid, cmap="RdBu", vmin=-1.5 * limit, vmax=1.5 * limit, origin="lower")
+            ax.set_xticks(range(len(LEVELS)), LEVELS)
+            ax.set_yticks(range(len(LEVELS)), LEVELS)
+            ax.set_xlabel("target data volume")
+            ax.set_ylabel("domain gap")
+            ax.set_title(f"{ctnet[0]['source']} -> {target}, drift {drift}", fontsize="medium")
+    versus = "base" if comparison == "base" else "the best other method"
+    figure.suptitle(f"CTNet − {versus} on the test slice\nAUC (colour) and GAUC; hatched: AUC interval includes 0",
+                    fontsize="medium")
+    if image is not None:
+        figure.colorbar(image, ax=axes, shrink=0.6, label="AUC difference")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

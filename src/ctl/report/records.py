@@ -6,7 +6,8 @@ is the sample standard deviation (ddof=1; None for one seed), and deltas vs base
 seed: ``delta`` is the mean of ``value(seed) - base(seed)`` over the seeds both have. On a
 synthetic dataset ``oracle`` is the true click probabilities' value of the same metric and slice,
 and ``headroom_share`` = ``delta / (oracle - base)``. Records of the ``findings`` table use
-``finding``, ``verdict``, ``rule`` and ``evidence`` (see :mod:`ctl.report.findings`).
+``finding``, ``verdict``, ``rule`` and ``evidence`` (see :mod:`ctl.report.findings`); those of the
+``regimes`` table ``regime``, ``rank``, ``runner_up`` and ``best_other`` (see :mod:`ctl.report.regimes`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ RECORD_KEYS: tuple[str, ...] = (
     "table", "dataset", "dataset_name", "model", "method", "source", "target", "slice", "period",
     "eval_period", "finetune_periods", "metric", "mean", "std", "n", "seeds", "values", "base",
     "delta", "delta_std", "delta_n", "rows", "significance", "oracle", "headroom_share", "finding", "verdict",
-    "rule", "evidence",
+    "rule", "evidence", "regime", "rank", "runner_up", "best_other",
 )
 
 

@@ -75,11 +75,17 @@ def _csv_row(rec: dict) -> dict:
     row["seeds"] = ";".join(str(s) for s in rec["seeds"])
     row["values"] = ";".join(repr(v) for v in rec["values"])
     row["evidence"] = evidence_text(rec["evidence"]) if rec["evidence"] else None
+    for key in ("regime", "runner_up", "best_other"):
+        if rec[key]:
+            row[key] = ";".join(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in rec[key].items())
     sig = rec["significance"]
-    if sig:
+    if sig and "per_seed" in sig:
         row.update(sig_versus=sig["versus"], sig_resamples=sig["resamples"], sig_tested_seeds=sig["tested_seeds"],
                    sig_significant_seeds=sig["significant_seeds"],
                    sig_intervals=";".join(f"{s['seed']}:[{s['low']!r},{s['high']!r}]" for s in sig["per_seed"]))
+    elif sig:  # the regimes table: one interval, that of the seeds' mean
+        row.update(sig_versus=sig["versus"], sig_resamples=sig["resamples"], sig_tested_seeds=sig["seeds"],
+                   sig_intervals=f"mean:[{sig['low']!r},{sig['high']!r}]")
     return row
 
 

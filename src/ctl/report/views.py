@@ -382,3 +382,77 @@ def findings_view(records: Sequence[dict]) -> View:
                           Cell(evidence_text(rec["evidence"], "\n")), Cell(rec["rule"])])
     view.caption = f"Δ per seed on rows paired by id, 95% paired user-bootstrap intervals; {GENERIC_RULE}"
     return view
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.4f}"
+
+
+def interval_text(part: dict | None) -> str:
+    """``+0.0041 [+0.0028, +0.0055]`` of a comparison (``delta``, ``low``, ``high``), ``*`` when significant."""
+    if not part or part.get("delta") is None:
+        return "-"
+    star = "*" if part["significant"] else ""
+    return f"{_signed(part['delta'])}{star} [{_signed(part['low'])}, {_signed(part['high'])}]"
+
+
+def _gain_cell(rec: dict | None) -> Cell:
+    if rec is None or rec["significance"] is None:
+        return Cell("-")
+    share = "" if rec["headroom_share"] is None else f" ({_share_text(rec['headroom_share'])})"
+    sig = rec["significance"]
+    style = "green" if sig["significant"] and sig["delta"] > 0 else "red" if sig["significant"] else ""
+    return Cell(f"{_signed(sig['delta'])}{'*' if sig['significant'] else ''}{share}\n"
+                f"[{_signed(sig['low'])}, {_signed(sig['high'])}]", style=style)
+
+
+def regimes_views(records: Sequence[dict]) -> list[View]:
+    """The regime map: per target and metric, a row per cell with each method's gain over base (and its
+    interval and oracle headroom share), the winner's margin over the runner-up and CTNet's over the
+    best other method; then the rows each method trained on, per cell."""
+    from ctl.report.regimes import CTNET
+
+    quality = [r for r in records if r["metric"] in ("auc", "gauc")]
+    labels = [label for label in _labels(quality) if label != BASE]
+    cells = list(dict.fromkeys(r["regime"]["cell"] for r in records))
+    index = {(r["regime"]["cell"], r["model"], r["target"], r["metric"]): r for r in records}
+    shown = []
+    for target in _targets(records):
+        for metric in ("auc", "gauc"):
+            name = METRIC_NAMES[metric]
+            view = View(title=f"Regime map — {records[0]['source']} -> {target}: test {name} gain over base",
+                        headers=["cell", "volume", "gap", "drift", f"base {name}", "oracle headroom",
+                                 *labels, "winner: margin over runner-up", "ctnet − best other"],
+                        text_columns=(0, 1, 2, 3))
+            for cell in cells:
+                base = index.get((cell, BASE, target, metric))
+                if base is None:
+                    continue
+                winner = next((r for (c, _, t, m), r in index.items()
+                               if c == cell and t == target and m == metric and r["rank"] == 1), None)
+                ctnet = index.get((cell, CTNET, target, metric))
+                headroom = None if base["oracle"] is None else base["oracle"] - base["mean"]
+                view.rows.append([
+                    Cell(cell), *(Cell(base["regime"][k]) for k in ("volume", "gap", "drift")),
+                    Cell(_number(base["mean"])), Cell(_number(headroom)),
+                    *(_gain_cell(index.get((cell, label, target, metric))) for label in labels),
+                    Cell("-" if winner is None else f"{winner['model']}\n" + (
+                        f"vs {winner['runner_up']['model']} {interval_text(winner['runner_up'])}"
+                        if winner["runner_up"] else "")),
+                    Cell("-" if ctnet is None or not ctnet["best_other"] else
+                         f"vs {ctnet['best_other']['model']}\n{interval_text(ctnet['best_other'])}"),
+                ])
+            view.caption = ("gain = mean over seeds of (method − base) on the test slice, (share of base's oracle "
+                            "headroom); [95% paired user-bootstrap interval of that mean, the same resamples for "
+                            "every seed]; * = the interval excludes 0. Winner = best mean, base included; best other "
+                            "= the best method outside the CTNet family, base included.")
+            shown.append(view)
+    rows = View(title="Regime map — rows each method trained on itself (mean over seeds)",
+                headers=["cell", "target", *[label for label in _labels(records)]], text_columns=(0, 1))
+    for cell in cells:
+        for target in _targets(records):
+            own = [index.get((cell, label, target, "own_rows")) for label in _labels(records)]
+            if any(own):
+                rows.rows.append([Cell(cell), Cell(target), *(count_cell(r["mean"] if r else None) for r in own)])
+    shown.append(rows)
+    return shown

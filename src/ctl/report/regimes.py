@@ -1,0 +1,189 @@
+"""The regime map: where continual transfer pays, over the cells of ``ctl sweep experiment=regimes``.
+
+A *cell* is one world of the map: the runs of one dataset whose config names the levels of its
+target knobs (``regime.volume``, ``regime.gap``, ``regime.drift``; set by ``conf/regime/``). Per
+cell, target and method, on the test slice:
+
+* the AUC/GAUC gain over base, the mean over seeds, with the 95% interval of that mean from a
+  paired user bootstrap in which every seed sees the same user resamples
+  (:func:`ctl.metrics.paired_bootstrap_mean`); a gain is *significant* where the interval excludes 0;
+* the share of base's oracle headroom it captures and the rows the method trained on itself;
+* its rank; the winner (rank 1, base included) carries its margin over the runner-up, and CTNet its
+  margin over the best other method (the best of the methods outside the CTNet family, base
+  included), each with the same kind of interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ctl.errors import CtlError
+from ctl.methods import BASE
+from ctl.metrics import paired_bootstrap_mean
+from ctl.report.oracle import OracleSlice, headroom_share
+from ctl.report.records import record
+from ctl.report.runs import Run
+from ctl.report.significance import ALPHA, BOOTSTRAP_SEED, paired_predictions, read_predictions
+from ctl.report.tables import QUALITY_METRICS, TEST, row_groups
+
+KNOBS: tuple[str, ...] = ("volume", "gap", "drift")
+#: the levels of every knob, in the map's order (conf/regime/<knob>/<level>.yaml)
+LEVELS: tuple[str, ...] = ("low", "mid", "high")
+CTNET = "ctnet"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A cell of the map: the level of each knob (:data:`KNOBS`)."""
+
+    volume: str
+    gap: str
+    drift: str
+
+    @property
+    def code(self) -> str:
+        """``lhm`` for volume low, gap high, drift mid: the cell's config name (``+regime=<code>``)."""
+        return "".join(level[0] for level in self.levels)
+
+    @property
+    def levels(self) -> tuple[str, str, str]:
+        return self.volume, self.gap, self.drift
+
+    def sort_key(self) -> tuple:
+        return tuple((LEVELS.index(v) if v in LEVELS else len(LEVELS), v) for v in self.levels)
+
+
+def cell_of(runs: Sequence[Run]) -> Cell | None:
+    """The cell the runs of one dataset name (None: none of them names one); refuses runs that disagree."""
+    cells = {tuple(run.settings.get(f"regime.{k}") for k in KNOBS) for run in runs}
+    named = {c for c in cells if any(v is not None for v in c)}
+    if not named:
+        return None
+    if len(cells) > 1:
+        raise CtlError(f"the runs of dataset {runs[0].dataset} name different regime cells "
+                       f"({sorted(map(str, cells))}); one dataset is one cell of the map")
+    (levels,) = named
+    missing = [k for k, v in zip(KNOBS, levels) if v is None]
+    if missing:
+        raise CtlError(f"{runs[0].path}: regime.{missing[0]} is missing; a cell names all of {', '.join(KNOBS)}")
+    return Cell(*(str(v) for v in levels))
+
+
+def is_ctnet_family(label: str) -> bool:
+    return label == CTNET or label.startswith(f"{CTNET}_")
+
+
+def _pairs(group: Sequence[Run], reference: Sequence[Run], what: str) -> list[tuple]:
+    """(labels, preds, reference preds, users) per seed both have, rows paired by id."""
+    by_seed = {run.seed: run for run in reference}
+    pairs = []
+    for run in sorted(group, key=lambda r: r.seed):
+        other = by_seed.get(run.seed)
+        ref_path = other.predictions if other is not None else (
+            run.base_track_predictions if reference and reference[0].label == BASE else None)
+        if run.predictions is None or ref_path is None or not ref_path.is_file():
+            continue
+        rows, ref_pred = paired_predictions(read_predictions(run.predictions), read_predictions(ref_path),
+                                            f"{what}, seed {run.seed}", reference[0].label if reference else BASE)
+        pairs.append((rows.label, rows.pred, ref_pred, rows.user_id))
+    return pairs
+
+
+def compare(group: Sequence[Run], reference: Sequence[Run], n_resamples: int, what: str) -> dict | None:
+    """The seed-averaged paired comparison of ``group`` with ``reference``: per metric ``delta``,
+    ``low``, ``high``, ``significant``; plus ``seeds`` and ``resamples``. None without a pair."""
+    pairs = _pairs(group, reference, what)
+    if not pairs:
+        return None
+    try:
+        boot = paired_bootstrap_mean(pairs, n_resamples=n_resamples, seed=BOOTSTRAP_SEED, alpha=ALPHA)
+    except ValueError as exc:
+        raise CtlError(f"{what}: {exc}") from exc
+    return {"seeds": len(pairs), "resamples": n_resamples, "alpha": ALPHA,
+            **{m: {"delta": boot[m]["delta"], "low": boot[m]["low"], "high": boot[m]["high"],
+                   "significant": bool(boot[m]["low"] > 0 or boot[m]["high"] < 0)} for m in QUALITY_METRICS}}
+
+
+def _mean_test(group: Sequence[Run], metric: str) -> float:
+    values = [run.test.get(metric) for run in group if run.test.get(metric) is not None]
+    return float(np.mean(values)) if values else float("-inf")
+
+
+def cell_records(runs: Sequence[Run], cell: Cell, oracle: dict[str, tuple[Run, OracleSlice]],
+                 n_resamples: int) -> list[dict]:
+    """The regimes records of one cell (one dataset's runs): see the module's docstring."""
+    groups = row_groups(runs)
+    records = []
+    regime = {**dict(zip(KNOBS, cell.levels)), "cell": cell.code}
+    for target in sorted({t for _, t in groups}):
+        own = {label: g for (label, t), g in groups.items() if t == target}
+        base = own.get(BASE, [])
+        if not base:
+            raise CtlError(f"cell {cell.code}, target {target}: no base run; the regimes table reads gains over "
+                           "base (ctl sweep experiment=regimes runs model=base in every cell)")
+        oracle_value = {m: oracle[target][1].metric(m) for m in QUALITY_METRICS} if target in oracle else {}
+        versus_base = {label: compare(g, base, n_resamples, f"{label} on {target}, cell {cell.code}")
+                       for label, g in own.items() if label != BASE}
+        for metric in QUALITY_METRICS:
+            ranked = sorted(own, key=lambda label: -_mean_test(own[label], metric))
+            others = [label for label in ranked if not is_ctnet_family(label)]
+            for label, group in own.items():
+                rec = record("regimes", group[0], TEST, metric, {r.seed: r.test.get(metric) for r in group},
+                             {r.seed: r.test.get(metric) for r in base} if label != BASE else None,
+                             period=group[0].test.get("period"), rows=group[0].test.get("rows"))
+                comparison = versus_base.get(label)
+                rec["significance"] = None if comparison is None else {
+                    "versus": BASE, "seeds": comparison["seeds"], "resamples": comparison["resamples"],
+                    "alpha": comparison["alpha"], **comparison[metric]}
+                rec["oracle"] = oracle_value.get(metric)
+                if label != BASE:
+                    rec["headroom_share"] = headroom_share(rec["delta"], rec["base"], rec["oracle"])
+                rec["regime"] = regime
+                rec["rank"] = ranked.index(label) + 1
+                if rec["rank"] == 1 and len(ranked) > 1:
+                    rec["runner_up"] = _margin(group, own[ranked[1]], ranked[1], metric, n_resamples,
+                                               f"{label} vs {ranked[1]} on {target}, cell {cell.code}")
+                if label == CTNET and others:
+                    rec["best_other"] = _margin(group, own[others[0]], others[0], metric, n_resamples,
+                                                f"{label} vs {others[0]} on {target}, cell {cell.code}")
+                records.append(rec)
+        for label, group in own.items():
+            rec = record("regimes", group[0], TEST, "own_rows", {r.seed: r.cost.own_rows for r in group})
+            rec["regime"] = regime
+            records.append(rec)
+    return records
+
+
+def _margin(group: Sequence[Run], other: Sequence[Run], other_label: str, metric: str, n_resamples: int,
+            what: str) -> dict:
+    """``group`` minus ``other`` on ``metric``: the seed-averaged paired interval, named by ``model``."""
+    comparison = compare(group, other, n_resamples, what)
+    if comparison is None:
+        return {"model": other_label, "delta": None, "low": None, "high": None, "significant": None}
+    return {"model": other_label, **comparison[metric]}
+
+
+def regimes_records(datasets: Sequence[tuple[Sequence[Run], dict]], n_resamples: int) -> list[dict]:
+    """The regimes table over several datasets (cells): ``datasets`` = (runs, oracle by target) each.
+
+    Refuses runs of which no dataset names a cell, and two datasets naming the same cell.
+    """
+    if n_resamples < 1:
+        raise CtlError("the regimes table needs significance: --bootstrap must be >= 1")
+    cells: dict[Cell, list[dict]] = {}
+    for runs, oracle in datasets:
+        cell = cell_of(runs)
+        if cell is None:
+            continue
+        if cell in cells:
+            raise CtlError(f"two datasets are cell {cell.code} of the map (the second: {runs[0].dataset}); "
+                           "evaluate one regimes sweep at a time")
+        cells[cell] = cell_records(runs, cell, oracle, n_resamples)
+    if not cells:
+        raise CtlError("the regimes table needs the runs of `ctl sweep experiment=regimes` (or of "
+                       "`ctl train +regime=<cell>`): none of these runs names a regime cell (regime.volume, "
+                       "regime.gap, regime.drift in its config.yaml)")
+    return [rec for cell in sorted(cells, key=Cell.sort_key) for rec in cells[cell]]
