@@ -15,7 +15,7 @@ from rich.console import Console
 from conftest import make_random_dataset, random_columns
 from ctl.data import dataset as dataset_module
 from ctl.data.dataset import DatasetError, load_dataset, write_dataset
-from ctl.data.describe import describe_dataset, describe_domains, print_description
+from ctl.data.describe import describe_dataset, describe_domains, print_description, regime_knobs
 
 Columns = dict[str, np.ndarray]
 
@@ -343,12 +343,35 @@ def test_describe_matches_a_per_cell_reference(tmp_path: Path) -> None:
     assert sum(r["events"] for r in domains) == ds.history.n_events
 
 
+def test_regime_knobs_are_the_training_periods_means_of_each_target(tmp_path: Path) -> None:
+    ds = load_dataset(make_random_dataset(tmp_path))
+    rows = ds.rows
+    knobs = regime_knobs(ds)
+    assert [k["domain"] for k in knobs] == ["B", "C"]
+
+    def per_period(domain: int, periods: range, what: str) -> float:
+        cells = [(rows["domain"] == domain) & (rows["period"] == p) for p in periods]
+        if what == "rows":
+            return float(np.mean([c.sum() for c in cells]))
+        return float(np.mean([len(np.unique(rows["user_id"][c])) for c in cells]))
+
+    source_rows = per_period(0, range(5), "rows")
+    for d, knob in enumerate(knobs, start=1):
+        rows_a_period, users = per_period(d, range(5), "rows"), per_period(d, range(5), "users")
+        assert knob["rows_per_period"] == pytest.approx(rows_a_period)
+        assert knob["users_per_period"] == pytest.approx(users)
+        assert knob["rows_per_user"] == pytest.approx(rows_a_period / users)
+        assert knob["source_ratio"] == pytest.approx(source_rows / rows_a_period)
+        test = next(r for r in describe_dataset(ds) if r["domain"] == knob["domain"] and r["split"] == "test")
+        assert knob["test_new_item_share"] == test["new_item_share"]
+
+
 def test_print_description_renders_both_tables(tmp_path: Path) -> None:
     ds = load_dataset(make_random_dataset(tmp_path))
     console = Console(record=True, width=160)
     print_description(ds, console)
     text = console.export_text()
-    assert "Rows per domain and period" in text and "Per domain" in text
+    assert "Rows per domain and period" in text and "Per domain" in text and "Target knobs" in text
     assert ds.fingerprint() in text
     first = describe_dataset(ds)[0]
     assert f"{first['rows']:,}" in text and f"{first['ctr']:.4f}" in text

@@ -1,4 +1,5 @@
-"""What a dataset holds, per domain and period: rows, CTR, users, items and the share of new items.
+"""What a dataset holds, per domain and period: rows, CTR, users, items and the share of new items;
+per target domain, the measurable knobs of the regime map (:func:`regime_knobs`).
 
 An item is *new* in period ``p`` when its first row (any domain) is in period ``p`` or ``p - 1``;
 by that definition every item of periods 0 and 1 is new.
@@ -103,6 +104,41 @@ def describe_domains(ds: Dataset) -> list[dict]:
     ]
 
 
+def regime_knobs(ds: Dataset, records: list[dict] | None = None) -> list[dict]:
+    """The measurable knobs of the regime map (docs/regimes.md), one record per target domain.
+
+    Over the history and transfer periods that have rows: ``rows_per_period`` and ``users_per_period``
+    (means), ``rows_per_user`` (their ratio: the data volume per entity), ``source_ratio`` (the source's
+    rows a period over the target's); ``test_new_item_share``: the share of the test period's rows
+    on new items. ``records``: :func:`describe_dataset`'s, if already computed.
+    """
+    records = records if records is not None else describe_dataset(ds)
+    schema = ds.schema
+
+    def trained(domain: str) -> list[dict]:
+        return [r for r in records if r["domain"] == domain and r["split"] != "test" and r["rows"]]
+
+    source = trained(schema.source)
+    source_rows = float(np.mean([r["rows"] for r in source])) if source else None
+    knobs = []
+    for name in schema.domains:
+        if name == schema.source:
+            continue
+        own = trained(name)
+        test = [r for r in records if r["domain"] == name and r["split"] == "test" and r["rows"]]
+        rows = float(np.mean([r["rows"] for r in own])) if own else None
+        users = float(np.mean([r["users"] for r in own])) if own else None
+        knobs.append({
+            "domain": name,
+            "rows_per_period": rows,
+            "users_per_period": users,
+            "rows_per_user": rows / users if rows and users else None,
+            "source_ratio": source_rows / rows if source_rows and rows else None,
+            "test_new_item_share": test[0]["new_item_share"] if test else None,
+        })
+    return knobs
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -119,7 +155,8 @@ def print_description(ds: Dataset, console: Console) -> None:
     table = Table(title="Rows per domain and period")
     for header in ("domain", "period", "split", "rows", "CTR", "users", "items", "new items"):
         table.add_column(header, justify="left" if header in ("domain", "split") else "right")
-    for record in describe_dataset(ds):
+    records = describe_dataset(ds)
+    for record in records:
         table.add_row(
             record["domain"],
             str(record["period"]),
@@ -145,3 +182,12 @@ def print_description(ds: Dataset, console: Console) -> None:
             f"{record['events']:,}",
         )
     console.print(summary)
+    knobs = Table(title="Target knobs of the regime map (docs/regimes.md): means over the training periods")
+    for header in ("domain", "rows a period", "users a period", "rows per user", "source rows ÷ target rows",
+                   "new items (test)"):
+        knobs.add_column(header, justify="left" if header == "domain" else "right")
+    for record in regime_knobs(ds, records):
+        knobs.add_row(record["domain"], *(("-" if record[k] is None else f"{record[k]:,.1f}") for k in (
+            "rows_per_period", "users_per_period", "rows_per_user", "source_ratio")),
+            _ratio(record["test_new_item_share"]))
+    console.print(knobs)
