@@ -117,50 +117,60 @@ def cell_records(runs: Sequence[Run], cell: Cell, oracle: dict[str, tuple[Run, O
     """The regimes records of one cell (one dataset's runs): see the module's docstring."""
     groups = row_groups(runs)
     records = []
-    regime = {**dict(zip(KNOBS, cell.levels)), "cell": cell.code}
     for target in sorted({t for _, t in groups}):
         own = {label: g for (label, t), g in groups.items() if t == target}
-        base = own.get(BASE, [])
-        if not base:
+        if BASE not in own:
             raise CtlError(f"cell {cell.code}, target {target}: no base run; the regimes table reads gains over "
                            "base (ctl sweep experiment=regimes runs model=base in every cell)")
         oracle_value = {m: oracle[target][1].metric(m) for m in QUALITY_METRICS} if target in oracle else {}
-        versus_base = {label: compare(g, base, n_resamples, f"{label} on {target}, cell {cell.code}")
-                       for label, g in own.items() if label != BASE}
-        for metric in QUALITY_METRICS:
-            ranked = sorted(own, key=lambda label: -_mean_test(own[label], metric))
-            others = [label for label in ranked if not is_ctnet_family(label)]
-            for label, group in own.items():
-                rec = record("regimes", group[0], TEST, metric, {r.seed: r.test.get(metric) for r in group},
-                             {r.seed: r.test.get(metric) for r in base} if label != BASE else None,
-                             period=group[0].test.get("period"), rows=group[0].test.get("rows"))
-                comparison = versus_base.get(label)
-                rec["significance"] = None if comparison is None else {
-                    "versus": BASE, "seeds": comparison["seeds"], "resamples": comparison["resamples"],
-                    "alpha": comparison["alpha"], **comparison[metric]}
-                rec["oracle"] = oracle_value.get(metric)
-                if label != BASE:
-                    rec["headroom_share"] = headroom_share(rec["delta"], rec["base"], rec["oracle"])
-                rec["regime"] = regime
-                rec["rank"] = ranked.index(label) + 1
-                if rec["rank"] == 1 and len(ranked) > 1:
-                    rec["runner_up"] = _margin(group, own[ranked[1]], ranked[1], metric, n_resamples,
-                                               f"{label} vs {ranked[1]} on {target}, cell {cell.code}")
-                if label == CTNET and others:
-                    rec["best_other"] = _margin(group, own[others[0]], others[0], metric, n_resamples,
-                                                f"{label} vs {others[0]} on {target}, cell {cell.code}")
-                records.append(rec)
-        for label, group in own.items():
-            rec = record("regimes", group[0], TEST, "own_rows", {r.seed: r.cost.own_rows for r in group})
-            rec["regime"] = regime
-            records.append(rec)
+        records += _target_records(own, cell, target, oracle_value, n_resamples)
     return records
 
 
-def _margin(group: Sequence[Run], other: Sequence[Run], other_label: str, metric: str, n_resamples: int,
-            what: str) -> dict:
-    """``group`` minus ``other`` on ``metric``: the seed-averaged paired interval, named by ``model``."""
-    comparison = compare(group, other, n_resamples, what)
+def _target_records(own: dict[str, list[Run]], cell: Cell, target: str, oracle_value: dict[str, float | None],
+                    n_resamples: int) -> list[dict]:
+    regime = {**dict(zip(KNOBS, cell.levels)), "cell": cell.code}
+    base = own[BASE]
+    compared: dict[tuple[str, str], dict | None] = {}
+
+    def versus(label: str, other: str) -> dict | None:
+        # each pair bootstraps once, for both metrics
+        if (label, other) not in compared:
+            compared[(label, other)] = compare(own[label], own[other], n_resamples,
+                                               f"{label} vs {other} on {target}, cell {cell.code}")
+        return compared[(label, other)]
+
+    records = []
+    for metric in QUALITY_METRICS:
+        ranked = sorted(own, key=lambda label: -_mean_test(own[label], metric))
+        others = [label for label in ranked if not is_ctnet_family(label)]
+        for label, group in own.items():
+            rec = record("regimes", group[0], TEST, metric, {r.seed: r.test.get(metric) for r in group},
+                         {r.seed: r.test.get(metric) for r in base} if label != BASE else None,
+                         period=group[0].test.get("period"), rows=group[0].test.get("rows"))
+            comparison = versus(label, BASE) if label != BASE else None
+            rec["significance"] = None if comparison is None else {
+                "versus": BASE, "seeds": comparison["seeds"], "resamples": comparison["resamples"],
+                "alpha": comparison["alpha"], **comparison[metric]}
+            rec["oracle"] = oracle_value.get(metric)
+            if label != BASE:
+                rec["headroom_share"] = headroom_share(rec["delta"], rec["base"], rec["oracle"])
+            rec["regime"] = regime
+            rec["rank"] = ranked.index(label) + 1
+            if rec["rank"] == 1 and len(ranked) > 1:
+                rec["runner_up"] = _margin(versus(label, ranked[1]), ranked[1], metric)
+            if label == CTNET and others:
+                rec["best_other"] = _margin(versus(label, others[0]), others[0], metric)
+            records.append(rec)
+    for label, group in own.items():
+        rec = record("regimes", group[0], TEST, "own_rows", {r.seed: r.cost.own_rows for r in group})
+        rec["regime"] = regime
+        records.append(rec)
+    return records
+
+
+def _margin(comparison: dict | None, other_label: str, metric: str) -> dict:
+    """A :func:`compare` result on ``metric``, named by the ``model`` compared with."""
     if comparison is None:
         return {"model": other_label, "delta": None, "low": None, "high": None, "significant": None}
     return {"model": other_label, **comparison[metric]}
