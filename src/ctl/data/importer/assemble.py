@@ -1,4 +1,4 @@
-"""Staged records -> the dataset's ``rows``, ``history`` and ``origin`` Parquet files, in SQL.
+"""Checked records -> the dataset's ``rows``, ``history`` and ``origin`` Parquet files, in SQL.
 
 Order of the steps: leave out records at or after ``time.end`` (counted); records before
 ``time.start`` feed the behaviour history only (counted); cut the rest into periods and lay them
@@ -66,7 +66,7 @@ def _encode(con: duckdb.DuckDBPyConnection, spec: ImportSpec, period: str, shown
                 f"CASE WHEN {shown} THEN {period} ELSE -1 END AS period"]
     joins = []
     for i, feature in enumerate(spec.features):
-        if feature.dense:
+        if feature.mapped:
             selected.append(f"coalesce(m{i}.id, 0) AS {staged_name(i)}")
             joins.append(f"LEFT JOIN {map_table(i)} m{i} ON m{i}.raw = r.{staged_name(i)}")
         else:
@@ -122,7 +122,7 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     n_history = layout(cut, time.n_transfer, period_counts)
     vocab = {f.name: feature_vocab(f, dense_sizes.get(f.name, 0)) for f in spec.features}
     column = {f.name: staged_name(i) for i, f in enumerate(spec.features)}
-    item_map = map_table(spec.features.index(spec.feature("item_id"))) if spec.feature("item_id").dense else None
+    item_map = map_table(spec.features.index(spec.feature("item_id")))
 
     say("building the behaviour history")
     build_history(con, spec, column, item_map)

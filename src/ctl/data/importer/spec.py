@@ -162,6 +162,11 @@ class FeatureSpec:
         """Ids come from a dense id map (saved next to the dataset)."""
         return self.kind == "categorical" and not self.constant and self.hash_buckets is None
 
+    @property
+    def mapped(self) -> bool:
+        """Ids come from the raw text by a map: dense (numbered) or hashed."""
+        return self.kind == "categorical" and not self.constant
+
 
 @dataclass(frozen=True)
 class ImportSpec:
