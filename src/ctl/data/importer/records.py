@@ -113,6 +113,7 @@ class RecordTable:
         self.rows = 0
         self.skipped: Counter[str] = Counter()
         self._checks: list[Check] = []
+        self._line_offsets: dict[int, int] = {}  # CSV input -> its line minus its rowid in ``checked``
 
     def _domain(self, values: Values) -> str:
         spec = self.spec.domains
@@ -128,7 +129,7 @@ class RecordTable:
             return "TRUE"
         return f"({domain} IN ({', '.join(str(names.index(d)) for d in domains)}))"
 
-    def _select(self, values: Values, offset: int, input_index: int) -> tuple[str, list[Check]]:
+    def _select(self, values: Values, input_index: int) -> tuple[str, list[Check]]:
         """The SELECT list over a source computing every column of ``records``, and its checks."""
         spec, checks = self.spec, []
         domain = self._domain(values)
@@ -142,8 +143,7 @@ class RecordTable:
         else:
             checks.append(Check(column, "not a number", f"{domain} IS NULL",
                                 lambda v: f"value {v} is not a number (domains.boundaries cut it)"))
-        selected = {"seq": f"row_number() OVER () + {offset - 1}", "input": str(input_index), "line": "line",
-                    "event": "event", "domain": domain}
+        selected = {"input": str(input_index), "line": "line", "event": "event", "domain": domain}
         label = spec.label.column
         if label is not None:
             number = values.number(label)
@@ -162,7 +162,7 @@ class RecordTable:
                 time.format, f"does not match the time format {time.format!r}")))
             selected["ts"] = seconds
         else:
-            selected["ts"] = selected["seq"]
+            selected["ts"] = "NULL"  # the record's seq (see finish)
         if time.period_column is not None:
             number = values.number(time.period_column)
             checks.append(Check(time.period_column, "not an integer period",
@@ -195,7 +195,7 @@ class RecordTable:
             selected["seq_key"] = text
         cases = " ".join(f"WHEN {check.condition} THEN {k}" for k, check in enumerate(checks))
         selected["refusal"] = f"CASE {cases} END"
-        types = {"seq": "BIGINT", "input": "SMALLINT", "line": "BIGINT", "event": "INTEGER", "domain": "TINYINT",
+        types = {"input": "SMALLINT", "line": "BIGINT", "event": "INTEGER", "domain": "TINYINT",
                  "label": "TINYINT", "ts": "BIGINT", "period_value": "BIGINT", "seq_count": "INTEGER",
                  "seq_key": "VARCHAR", "refusal": "SMALLINT"}
         for i, feature in enumerate(spec.features):
@@ -206,8 +206,8 @@ class RecordTable:
         """Append the records of ``source`` (input ``input_index``); returns the file records it held
         (lines or rows; an event line holds many records, or none)."""
         values = Values(self.spec, source)
-        select, checks = self._select(values, self.rows, input_index)
-        verb = "INSERT INTO records" if self._checks else "CREATE TABLE records AS"
+        select, checks = self._select(values, input_index)
+        verb = "INSERT INTO checked" if self._checks else "CREATE TABLE checked AS"
         try:
             added = self.con.execute(f"{verb} SELECT {select} FROM ({source.relation})").fetchone()[0]
         except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
@@ -217,31 +217,42 @@ class RecordTable:
                 raise InputError(str(source.file), "has a header but no data rows" if source.first_line > 1
                                  else "has no data rows")
             source.verify(added + source.first_line - 1)
+            self._line_offsets[input_index] = source.first_line - self.rows
         self.rows += added
         self._checks = checks
-        refused = self.con.execute("SELECT seq, line, event, refusal FROM records WHERE refusal IS NOT NULL "
-                                   "ORDER BY seq LIMIT 1").fetchone()
+        refused = self.con.execute(f"SELECT {self._line()}, event, refusal FROM checked WHERE refusal IS NOT NULL "
+                                   "ORDER BY rowid LIMIT 1").fetchone()
         if refused and self.spec.on_bad_rows == "error":
-            _, line, event, code = refused
+            line, event, code = refused
             check = self._checks[code]
             j = values.index[check.column]
-            raw = self.con.execute(f"SELECT v{j} FROM ({source.relation}) WHERE line = ? AND event = ?",
-                                   [line, event]).fetchone()[0]
+            place = f"row_number() OVER () + {source.first_line - 1}" if source.kind == "csv" else "line"
+            raw = self.con.execute(f"SELECT v{j} FROM (SELECT *, {place} AS place FROM ({source.relation})) "
+                                   "WHERE place = ? AND event = ?", [line, event]).fetchone()[0]
             raise InputError(str(source.file), check.detail(_raw(raw)), where=source.where(line, event),
                              column=check.column)
         return source.lines if source.kind == "event_lines" else added
 
+    def _line(self) -> str:
+        """SQL of a record's line in ``checked``: stored, or (CSV) its rowid plus its input's offset."""
+        cases = " ".join(f"WHEN {i} THEN rowid + {offset}" for i, offset in self._line_offsets.items())
+        return f"coalesce(line, CASE input {cases} END)" if cases else "line"
+
     def finish(self) -> None:
-        """Count and leave out the refused records (``skip``), renumber ``seq``, stage ``seq_items``."""
+        """Count and leave out the refused records (``skip``), create the view ``records`` (``seq``: the
+        kept records' place in input order) and stage ``seq_items``."""
         names = {k: f"{check.column}: {check.kind}" for k, check in enumerate(self._checks)}
-        for code, n in self.con.execute("SELECT refusal, count(*) FROM records WHERE refusal IS NOT NULL "
+        for code, n in self.con.execute("SELECT refusal, count(*) FROM checked WHERE refusal IS NOT NULL "
                                         "GROUP BY refusal").fetchall():
             self.skipped[names[code]] += n
-        if self.skipped:
-            renumbered = "row_number() OVER () - 1"
-            replaced = f"{renumbered} AS seq" + ("" if self.spec.time.column else f", {renumbered} AS ts")
-            self.con.execute(f"CREATE OR REPLACE TABLE records AS SELECT * REPLACE ({replaced}) FROM records "
+        table, line = "checked", self._line()
+        if self.skipped:  # in insertion order, so the kept records' rowids number them
+            self.con.execute(f"CREATE TABLE kept AS SELECT * REPLACE ({line} AS line) FROM checked "
                              "WHERE refusal IS NULL")
+            self.con.execute("DROP TABLE checked")
+            table, line = "kept", "line"
+        ts = "" if self.spec.time.column else ", rowid AS ts"
+        self.con.execute(f"CREATE VIEW records AS SELECT rowid AS seq, * REPLACE ({line} AS line{ts}) FROM {table}")
         kept = self.rows - sum(self.skipped.values())
         if kept == 0:
             if self.skipped:

@@ -3,8 +3,10 @@
 :func:`open_source` checks what must hold before a file is read (it exists, is not empty, has the
 needed columns) and returns a :class:`Source`: a SQL relation with the needed columns ``v0 ..``
 (in :meth:`ImportSpec.needed_columns` order), ``line`` and ``event``, where ``line`` is the
-1-based physical line (text files; a CSV header is line 1) or row (Parquet) and ``event`` the
-1-based event within its line (event lines; else 0). Text files hold one record per physical line:
+1-based row (Parquet) or line (event lines), or null for CSV, whose records are one per line from
+:attr:`Source.first_line` on (a line counted from the record's place: a window numbering the lines
+would read the file on one thread), and ``event`` the 1-based event within its line (event lines;
+else 0). Text files hold one record per physical line:
 DuckDB skips empty lines and lets quoted values span lines, so the lines of a text file are counted
 and compared with its records (:meth:`Source.verify`), and a file whose counts differ, whose text
 is not valid in its encoding or whose lines have the wrong number of fields is refused naming its
@@ -185,7 +187,7 @@ def _csv(path: Path, fmt: CsvFormat, needed: tuple[str, ...], limit: int | None,
     first_line = 2 if fmt.header else 1
     read = _prepared(path, fmt.encoding, None if limit is None else limit + first_line - 1, copy)
     columns = ", ".join(f"c{names.index(name)} AS v{j}" for j, name in enumerate(needed))
-    relation = (f"SELECT {columns}, row_number() OVER () + {first_line - 1} AS line, 0 AS event "
+    relation = (f"SELECT {columns}, NULL::BIGINT AS line, 0 AS event "
                 f"FROM {_read_csv(read, names, fmt.header, fmt.delimiter, chr(34))}")
     return Source(path, "csv", relation, ("VARCHAR",) * len(needed), read, first_line, fmt.encoding, fmt.delimiter,
                   tuple(names))
@@ -225,20 +227,20 @@ def _event_lines(con: duckdb.DuckDBPyConnection, path: Path, fmt: EventLinesForm
     source = Source(path, "event_lines", "", (), read, 1, fmt.encoding, _LINE_DELIMITER, ("line",))
     keys, sep = len(fmt.key_fields), sql_text(fmt.separator)
     try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT row_number() OVER () AS line, "
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT "
                     f"string_split(c0, {sep}) AS fields, c0 AS text "
                     f"FROM {_read_csv(read, ['line'], False, _LINE_DELIMITER, '')}")
     except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
         raise source.read_error(exc) from None
     lines = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     source.verify(lines)
-    short = con.execute(f"SELECT line, len(fields), text FROM {table} WHERE len(fields) < {keys} "
-                        "ORDER BY line LIMIT 1").fetchone()
+    short = con.execute(f"SELECT rowid + 1, len(fields), text FROM {table} WHERE len(fields) < {keys} "
+                        "ORDER BY rowid LIMIT 1").fetchone()
     if short:
         line, count, text = short
         raise InputError(str(path), f"has {count} field(s); a line starts with the key fields {list(fmt.key_fields)} "
                                     f"(separator {fmt.separator!r}): {text[:120]!r}", where=f"line {line}")
-    events = (f"SELECT line, generate_subscripts(fields[{keys + 1}:], 1) AS event, "
+    events = (f"SELECT rowid + 1 AS line, generate_subscripts(fields[{keys + 1}:], 1) AS event, "
               f"string_split(unnest(fields[{keys + 1}:]), {sql_text(fmt.event_separator)}) AS parts, "
               f"fields FROM {table}")
     n_fields = len(fmt.event_fields)
