@@ -115,6 +115,8 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     cut = cut_periods(con, time, f"{kept} AND {shown}")
     say(f"numbering ids and cutting {cut.n_periods} periods")
     _encode(con, spec, cut.expression, shown, kept)
+    con.execute("DROP VIEW records")  # spilled tables take disk: each goes when no step needs it
+    con.execute("DROP TABLE checked")
     per_period = con.execute("SELECT period, count(*) FROM encoded WHERE period >= 0 GROUP BY period").fetchall()
     period_counts = np.zeros(cut.n_periods, dtype=np.int64)
     for p, n in per_period:
@@ -141,17 +143,20 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     row_columns = [f"{staged_name(i)}::BIGINT AS {_quoted(f.name)}" for i, f in enumerate(spec.features)]
     row_columns += ["domain::TINYINT AS domain", "period::SMALLINT AS period", "ts::BIGINT AS ts",
                     "label::TINYINT AS label", "hist_end::INTEGER AS hist_end"]
-    _copy(con, f"SELECT {', '.join(row_columns)} FROM ({rows}) ORDER BY {order}", folder / "rows.parquet")
-    _copy(con, "SELECT input::SMALLINT AS input, line::BIGINT AS line, event::INTEGER AS event, sampled "
-               f"FROM ({rows}) ORDER BY {order}", folder / "origin.parquet")
+    # sorted once for both files: a scan of the sorted table keeps its order
+    origin_columns = ["input::SMALLINT AS input", "line::BIGINT AS line", "event::INTEGER AS event", "sampled"]
+    con.execute(f"CREATE TABLE ordered AS SELECT {', '.join(row_columns + origin_columns)} FROM ({rows}) "
+                f"ORDER BY {order}")
+    for table in ("encoded", "visible", "drawn", "seen", "pending", "candidate"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    names = [_quoted(f.name) for f in spec.features] + ["domain", "period", "ts", "label", "hist_end"]
+    _copy(con, f"SELECT {', '.join(names)} FROM ordered", folder / "rows.parquet")
+    _copy(con, "SELECT input, line, event, sampled FROM ordered", folder / "origin.parquet")
+    per_domain = dict(con.execute("SELECT domain, count(*) FROM ordered GROUP BY domain").fetchall())
+    con.execute("DROP TABLE ordered")
     _copy(con, "SELECT user_id::BIGINT AS user_id, item_id::BIGINT AS item_id, category_id::BIGINT AS category_id, "
                f"domain::TINYINT AS domain, ts::BIGINT AS ts FROM history ORDER BY {HISTORY_ORDER}",
           folder / "history.parquet")
-    per_domain = dict(con.execute("SELECT domain, count(*) FROM encoded WHERE period >= 0 GROUP BY domain").fetchall())
-    if spec.implicit:
-        for domain, n in con.execute("SELECT e.domain, count(*) FROM drawn d JOIN encoded e ON e.seq = d.seq "
-                                     "GROUP BY e.domain").fetchall():
-            per_domain[domain] += n
     schema = Schema(
         features=tuple(Feature(f.name, f.kind, vocab[f.name], f.dim, f.domains) for f in spec.features),
         domains=spec.domains.names,

@@ -8,7 +8,7 @@ ids for bucket and constant features. A feature is null/0 on the rows of domains
 Explicit sequences add ``seq_count`` (items in the list) and ``seq_key`` (the list's text), and
 ``seq_items`` holds their items (``seq``, ``pos``, ``raw``).
 
-``refusal`` is the first :class:`Check` a record fails, in schema order (domain, label, time,
+``records`` is a view of the table ``checked``. ``refusal`` is the first :class:`Check` a record fails, in schema order (domain, label, time,
 period, features). With ``on_bad_rows: error`` the first refused record is reported with its file,
 place, column and raw value; with ``skip`` refused records are counted per check and left out.
 """
@@ -245,14 +245,15 @@ class RecordTable:
         for code, n in self.con.execute("SELECT refusal, count(*) FROM checked WHERE refusal IS NOT NULL "
                                         "GROUP BY refusal").fetchall():
             self.skipped[names[code]] += n
-        table, line = "checked", self._line()
+        line = self._line()
         if self.skipped:  # in insertion order, so the kept records' rowids number them
             self.con.execute(f"CREATE TABLE kept AS SELECT * REPLACE ({line} AS line) FROM checked "
                              "WHERE refusal IS NULL")
             self.con.execute("DROP TABLE checked")
-            table, line = "kept", "line"
+            self.con.execute("ALTER TABLE kept RENAME TO checked")
+            line = "line"
         ts = "" if self.spec.time.column else ", rowid AS ts"
-        self.con.execute(f"CREATE VIEW records AS SELECT rowid AS seq, * REPLACE ({line} AS line{ts}) FROM {table}")
+        self.con.execute(f"CREATE VIEW records AS SELECT rowid AS seq, * REPLACE ({line} AS line{ts}) FROM checked")
         kept = self.rows - sum(self.skipped.values())
         if kept == 0:
             if self.skipped:
