@@ -63,14 +63,14 @@ def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
 def _encode(con: duckdb.DuckDBPyConnection, spec: ImportSpec, period: str, shown: str, kept: str) -> None:
     """``encoded``: every ``kept`` record with dense ids, its period (-1: history only)."""
     selected = ["r.seq", "r.input", "r.line", "r.event", "r.domain", "r.label", "r.ts",
-                f"CASE WHEN {shown} THEN {period} ELSE -1 END AS period"]
+                f"CASE WHEN {shown} THEN {period} ELSE -1 END::INTEGER AS period"]
     joins = []
     for i, feature in enumerate(spec.features):
         if feature.mapped:
-            selected.append(f"coalesce(m{i}.id, 0) AS {staged_name(i)}")
+            selected.append(f"coalesce(m{i}.id, 0)::INTEGER AS {staged_name(i)}")
             joins.append(f"LEFT JOIN {map_table(i)} m{i} ON m{i}.raw = r.{staged_name(i)}")
         else:
-            selected.append(f"r.{staged_name(i)}")
+            selected.append(f"r.{staged_name(i)}::INTEGER AS {staged_name(i)}")
     if spec.sequences.column is not None:
         selected += ["r.seq_count", "r.seq_key"]
     con.execute(f"CREATE TABLE encoded AS SELECT {', '.join(selected)} FROM records r {' '.join(joins)} WHERE {kept}")
@@ -140,7 +140,7 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     rows = " UNION ALL ".join(parts)
     # ties: records in input order, then the negatives in the order of their positives
     order = "period, domain, ts, sampled, seq, j" if spec.implicit else "period, domain, ts, seq"
-    row_columns = [f"{staged_name(i)}::BIGINT AS {_quoted(f.name)}" for i, f in enumerate(spec.features)]
+    row_columns = [f"{staged_name(i)}::INTEGER AS {_quoted(f.name)}" for i, f in enumerate(spec.features)]
     row_columns += ["domain::TINYINT AS domain", "period::SMALLINT AS period", "ts::BIGINT AS ts",
                     "label::TINYINT AS label", "hist_end::INTEGER AS hist_end"]
     # sorted once for both files: a scan of the sorted table keeps its order
@@ -149,7 +149,8 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
                 f"ORDER BY {order}")
     for table in ("encoded", "visible", "drawn", "seen", "pending", "candidate"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
-    names = [_quoted(f.name) for f in spec.features] + ["domain", "period", "ts", "label", "hist_end"]
+    names = [f"{_quoted(f.name)}::BIGINT AS {_quoted(f.name)}" for f in spec.features]
+    names += ["domain", "period", "ts", "label", "hist_end"]
     _copy(con, f"SELECT {', '.join(names)} FROM ordered", folder / "rows.parquet")
     _copy(con, "SELECT input, line, event, sampled FROM ordered", folder / "origin.parquet")
     per_domain = dict(con.execute("SELECT domain, count(*) FROM ordered GROUP BY domain").fetchall())

@@ -32,7 +32,7 @@ def _strictly_before(user: str) -> str:
     running count of events stops just before the record's own second.
     """
     return f"""
-        SELECT seq, hist_end FROM (
+        SELECT seq, hist_end::INTEGER AS hist_end FROM (
             SELECT seq, is_event, sum(is_event) OVER (PARTITION BY user_id ORDER BY ts, is_event
                                                       ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS hist_end
             FROM (SELECT {user} AS user_id, ts, 0 AS is_event, seq FROM encoded WHERE period >= 0

@@ -38,12 +38,12 @@ def number_ids(con: duckdb.DuckDBPyConnection, spec: ImportSpec, locate) -> dict
         if feature.name == "item_id" and spec.sequences.column is not None:
             sources.append(f"SELECT raw, seq::HUGEINT * {SLOTS} + 1 + pos AS first FROM seq_items")
         if not feature.dense:
-            con.execute(f"""CREATE TABLE {map_table(i)} AS SELECT raw, {HASH_FUNCTION}(raw, {feature.hash_buckets}) AS id
+            con.execute(f"""CREATE TABLE {map_table(i)} AS SELECT raw, {HASH_FUNCTION}(raw, {feature.hash_buckets})::INTEGER AS id
                             FROM (SELECT DISTINCT raw FROM ({' UNION ALL '.join(sources)}))""")
             continue
         con.execute(f"""
             CREATE TABLE {map_table(i)} AS
-            SELECT raw, row_number() OVER (ORDER BY first) AS id, first
+            SELECT raw, row_number() OVER (ORDER BY first)::INTEGER AS id, first
             FROM (SELECT raw, min(first) AS first FROM ({' UNION ALL '.join(sources)}) GROUP BY raw)""")
         sizes[feature.name] = con.execute(f"SELECT count(*) FROM {map_table(i)}").fetchone()[0]
         if feature.vocab is not None and sizes[feature.name] > feature.vocab - 1:
