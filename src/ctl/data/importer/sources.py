@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class Source:
     delimiter: str
     names: tuple[str, ...]
     lines: int = 0  # event lines: the lines read
+    counted: Future | None = None  # text files: the lines of ``read``, counted while DuckDB reads it
 
     def where(self, line: int, event: int) -> str:
         place = f"{'row' if self.kind == 'parquet' else 'line'} {line}"
@@ -72,7 +74,7 @@ class Source:
         """Refuse a text file whose lines are not its records one by one (``lines_read``: the last record's line)."""
         if self.kind == "parquet":
             return
-        if _count_lines(self.read) != lines_read:
+        if self.counted.result() != lines_read:
             raise diagnose_text(self.file, self.read, self.encoding, self.delimiter, list(self.names),
                                 self.first_line, None)
 
@@ -145,7 +147,15 @@ def _prepared(path: Path, encoding: str, lines: int | None, copy: Path) -> Path:
     return copy
 
 
-def _count_lines(path: Path) -> int:
+def _count_lines(path: Path) -> Future:
+    """The lines of ``path``, counted on a thread of its own (DuckDB runs without the GIL meanwhile)."""
+    pool = ThreadPoolExecutor(1)
+    counted = pool.submit(_counted_lines, path)
+    pool.shutdown(wait=False)  # the count runs on; the thread ends with it
+    return counted
+
+
+def _counted_lines(path: Path) -> int:
     lines, last = 0, b"\n"
     with open(path, "rb") as handle:
         while data := handle.read(_COPY_BYTES):
@@ -190,7 +200,7 @@ def _csv(path: Path, fmt: CsvFormat, needed: tuple[str, ...], limit: int | None,
     relation = (f"SELECT {columns}, NULL::BIGINT AS line, 0 AS event "
                 f"FROM {_read_csv(read, names, fmt.header, fmt.delimiter, chr(34))}")
     return Source(path, "csv", relation, ("VARCHAR",) * len(needed), read, first_line, fmt.encoding, fmt.delimiter,
-                  tuple(names))
+                  tuple(names), counted=_count_lines(read))
 
 
 # --- Parquet -----------------------------------------------------------------------------------
@@ -224,7 +234,8 @@ def _event_lines(con: duckdb.DuckDBPyConnection, path: Path, fmt: EventLinesForm
     _refuse_missing(path, needed, names, None)
     read = _prepared(path, fmt.encoding, limit, work / f"input-{index}.txt")
     table = f"lines_{index}"
-    source = Source(path, "event_lines", "", (), read, 1, fmt.encoding, _LINE_DELIMITER, ("line",))
+    source = Source(path, "event_lines", "", (), read, 1, fmt.encoding, _LINE_DELIMITER, ("line",),
+                    counted=_count_lines(read))
     keys, sep = len(fmt.key_fields), sql_text(fmt.separator)
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT "
@@ -254,7 +265,7 @@ def _event_lines(con: duckdb.DuckDBPyConnection, path: Path, fmt: EventLinesForm
                         else f"nullif(parts[{fmt.event_fields.index(n) + 1}], '') AS v{j}"
                         for j, n in enumerate(needed))
     return Source(path, "event_lines", f"SELECT {columns}, line, event FROM ({events})", ("VARCHAR",) * len(needed),
-                  read, 1, fmt.encoding, _LINE_DELIMITER, ("line",), lines)
+                  read, 1, fmt.encoding, _LINE_DELIMITER, ("line",), lines, source.counted)
 
 
 # --- failures ----------------------------------------------------------------------------------
