@@ -45,7 +45,7 @@ def build_history(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict
     ``item_map`` the item id map's table (dense or hashed)."""
     user, item, category = column["user_id"], column["item_id"], column["category_id"]
     if spec.sequences.column is None:
-        chosen = "TRUE" if spec.implicit or spec.sequences.events == "all" else "label = 1"
+        chosen = "TRUE" if spec.implicit or spec.sequences.events.value == "all" else "label = 1"
         con.execute(f"""CREATE TABLE history AS SELECT {user} AS user_id, {item} AS item_id, {category} AS category_id,
                         domain, ts, seq, 0 AS pos FROM encoded WHERE {chosen}""")
         con.execute(f"CREATE TABLE visible AS {_strictly_before(user)}")

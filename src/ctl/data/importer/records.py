@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import duckdb
 
 from ctl.data.importer.errors import InputError
-from ctl.errors import CtlError
 from ctl.data.importer.sources import Source, sql_text
 from ctl.data.importer.spec import ImportSpec
+from ctl.errors import CtlError
 
 _FLOATS = ("FLOAT", "DOUBLE", "REAL")
 _TEMPORAL = ("TIMESTAMP", "DATE")

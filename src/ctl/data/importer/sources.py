@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctl.data.importer.errors import InputError
-from ctl.data.importer.spec import CsvFormat, EventLinesFormat, ImportSpec
+from ctl.data.importer.schema_yaml import CsvConfig, EventLinesConfig
+from ctl.data.importer.spec import ImportSpec
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 _COPY_BYTES = 16 << 20
@@ -80,8 +81,8 @@ class Source:
 
 
 def reader_kind(path: Path, spec: ImportSpec) -> str:
-    if spec.reader.kind != "auto":
-        return spec.reader.kind
+    if spec.format != "auto":
+        return spec.format
     return "parquet" if path.suffix.lower() in PARQUET_SUFFIXES else "csv"
 
 
@@ -97,10 +98,10 @@ def open_source(con: duckdb.DuckDBPyConnection, spec: ImportSpec, path: Path, in
     if kind == "parquet":
         return _parquet(con, path, needed, limit)
     if kind == "event_lines":
-        if spec.reader.event_lines is None:
+        if spec.event_lines is None:
             raise InputError(str(path), "format event_lines needs the event_lines: section in the schema")
-        return _event_lines(con, path, spec.reader.event_lines, needed, limit, work, index)
-    return _csv(path, spec.reader.csv, needed, limit, work / f"input-{index}.csv")
+        return _event_lines(con, path, spec.event_lines, needed, limit, work, index)
+    return _csv(path, spec.csv, needed, limit, work / f"input-{index}.csv")
 
 
 def _refuse_missing(file: Path, needed: tuple[str, ...], names: list[str], delimiter: str | None) -> None:
@@ -175,7 +176,7 @@ def _read_csv(path: Path, names: list[str], header: bool, delimiter: str, quote:
 # --- CSV ---------------------------------------------------------------------------------------
 
 
-def _header(path: Path, fmt: CsvFormat) -> list[str]:
+def _header(path: Path, fmt: CsvConfig) -> list[str]:
     with open(path, "rb") as handle:
         first = handle.readline()
     try:
@@ -189,7 +190,7 @@ def _header(path: Path, fmt: CsvFormat) -> list[str]:
     return next(csv.reader([text], delimiter=fmt.delimiter)) if text else []
 
 
-def _csv(path: Path, fmt: CsvFormat, needed: tuple[str, ...], limit: int | None, copy: Path) -> Source:
+def _csv(path: Path, fmt: CsvConfig, needed: tuple[str, ...], limit: int | None, copy: Path) -> Source:
     names = _header(path, fmt) if fmt.header else list(fmt.column_names)
     if fmt.header and not names:
         raise InputError(str(path), "the header line is empty", where="line 1")
@@ -227,7 +228,7 @@ def _parquet(con: duckdb.DuckDBPyConnection, path: Path, needed: tuple[str, ...]
 # --- event lines -------------------------------------------------------------------------------
 
 
-def _event_lines(con: duckdb.DuckDBPyConnection, path: Path, fmt: EventLinesFormat, needed: tuple[str, ...],
+def _event_lines(con: duckdb.DuckDBPyConnection, path: Path, fmt: EventLinesConfig, needed: tuple[str, ...],
                  limit: int | None, work: Path, index: int) -> Source:
     """Each line's key fields and events become one record per event (key fields repeated)."""
     names = [*fmt.key_fields, *fmt.event_fields]
