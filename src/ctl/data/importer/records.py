@@ -8,9 +8,10 @@ ids for bucket and constant features. A feature is null/0 on the rows of domains
 Explicit sequences add ``seq_count`` (items in the list) and ``seq_key`` (the list's text), and
 ``seq_items`` holds their items (``seq``, ``pos``, ``raw``).
 
-``records`` is a view of the table ``checked``. ``refusal`` is the first :class:`Check` a record fails, in schema order (domain, label, time,
-period, features). With ``on_bad_rows: error`` the first refused record is reported with its file,
-place, column and raw value; with ``skip`` refused records are counted per check and left out.
+``records`` is a view of the table ``checked``. ``refusal`` is the first :class:`Check` a record
+fails, in schema order (domain, label, time, period, features). With ``on_bad_rows: error`` the
+first refused record is reported with its file, place, column and raw value; with ``skip`` refused
+records are counted per check and left out.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ class RecordTable:
                  "label": "TINYINT", "ts": "BIGINT", "period_value": "BIGINT", "seq_count": "INTEGER",
                  "seq_key": "VARCHAR", "refusal": "SMALLINT"}
         for i, feature in enumerate(spec.features):
-            types[staged_name(i)] = "VARCHAR" if feature.mapped else "BIGINT"
+            types[staged_name(i)] = "VARCHAR" if feature.mapped else "INTEGER"
         return ", ".join(f"CAST({sql} AS {types[name]}) AS {name}" for name, sql in selected.items()), checks
 
     def add(self, source: Source, input_index: int) -> int:
