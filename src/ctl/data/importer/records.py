@@ -214,11 +214,12 @@ class RecordTable:
         except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
             raise source.read_error(exc) from None
         if source.kind == "csv":
+            first_line = source.text.first_line
             if added == 0:
-                raise InputError(str(source.file), "has a header but no data rows" if source.first_line > 1
+                raise InputError(str(source.file), "has a header but no data rows" if first_line > 1
                                  else "has no data rows")
-            source.verify(added + source.first_line - 1)
-            self._line_offsets[input_index] = source.first_line - self.rows
+            source.text.verify(added + first_line - 1)
+            self._line_offsets[input_index] = first_line - self.rows
         self.rows += added
         self._checks = checks
         refused = self.con.execute(f"SELECT {self._line()}, event, refusal FROM checked WHERE refusal IS NOT NULL "
@@ -227,7 +228,7 @@ class RecordTable:
             line, event, code = refused
             check = self._checks[code]
             j = values.index[check.column]
-            place = f"row_number() OVER () + {source.first_line - 1}" if source.kind == "csv" else "line"
+            place = f"row_number() OVER () + {source.text.first_line - 1}" if source.kind == "csv" else "line"
             raw = self.con.execute(f"SELECT v{j} FROM (SELECT *, {place} AS place FROM ({source.relation})) "
                                    "WHERE place = ? AND event = ?", [line, event]).fetchone()[0]
             raise InputError(str(source.file), check.detail(_raw(raw)), where=source.where(line, event),

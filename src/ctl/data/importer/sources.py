@@ -2,24 +2,25 @@
 
 :func:`open_source` checks what must hold before a file is read (it exists, is not empty, has the
 needed columns) and returns a :class:`Source`: a SQL relation with the needed columns ``v0 ..``
-(in :meth:`ImportSpec.needed_columns` order), ``line`` and ``event``, where ``line`` is the
-1-based row (Parquet) or line (event lines), or null for CSV, whose records are one per line from
-:attr:`Source.first_line` on (a line counted from the record's place: a window numbering the lines
-would read the file on one thread), and ``event`` the 1-based event within its line (event lines;
-else 0). Text files hold one record per physical line:
-DuckDB skips empty lines and lets quoted values span lines, so the lines of a text file are counted
-and compared with its records (:meth:`Source.verify`), and a file whose counts differ, whose text
-is not valid in its encoding or whose lines have the wrong number of fields is refused naming its
-first such line (:func:`diagnose_text`, a Python scan run only then).
+(in :meth:`ImportSpec.needed_columns` order), ``line`` and ``event``. ``line`` is the 1-based
+row (Parquet) or line (event lines), or null for CSV, whose records are one per line from
+:attr:`TextFile.first_line` on, so a record's line follows from its place (a window numbering the
+lines would read the file on one thread); ``event`` is the 1-based event within its line (event
+lines; else 0).
 
-Text in another encoding than UTF-8, and the first ``limit`` lines of a text file, are copied into
-the import's work folder first, so DuckDB always reads a whole UTF-8 file.
+DuckDB skips empty lines and lets quoted values span lines, so the lines of a text file are counted
+and compared with its records (:meth:`TextFile.verify`); a file whose counts differ, whose text is
+not valid in its encoding or that has a line of the wrong field count is refused naming its first
+such line (:func:`diagnose_text`, a Python scan run only then). Text in another encoding than
+UTF-8, and the first ``limit`` lines of a text file, are copied into the import's work folder as
+UTF-8 first, so DuckDB always reads a whole UTF-8 file.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,39 +46,46 @@ def sql_text(value: str) -> str:
 
 
 @dataclass(frozen=True)
+class TextFile:
+    """A text input as DuckDB reads it (``read``: the file, or a UTF-8 copy of it in the work folder),
+    and what it takes to name its first line that is not one record."""
+
+    file: Path  # the input as given (for messages)
+    read: Path
+    delimiter: str
+    names: tuple[str, ...]
+    first_line: int  # line of the first record
+    counted: Future  # the lines of ``read``, counted on a thread while DuckDB reads it
+
+    def refusal(self, exc: Exception | None = None) -> InputError:
+        return diagnose_text(self.file, self.read, "utf-8", self.delimiter, list(self.names), self.first_line, exc)
+
+    def verify(self, lines_read: int) -> None:
+        """Refuse the file unless its lines are its records one by one (``lines_read``: the last record's line)."""
+        if self.counted.result() != lines_read:
+            raise self.refusal()
+
+
+@dataclass(frozen=True)
 class Source:
     """One input as a relation (see the module docstring); ``types[j]`` is column ``v<j>``'s DuckDB type."""
 
-    file: Path  # the input as given (for messages)
+    file: Path
     kind: str  # csv | parquet | event_lines
     relation: str
     types: tuple[str, ...]
-    read: Path  # the file DuckDB reads (a UTF-8 copy or a prefix in the work folder, or ``file``)
-    first_line: int  # line of the first record
-    encoding: str
-    delimiter: str
-    names: tuple[str, ...]
+    text: TextFile | None = None
     lines: int = 0  # event lines: the lines read
-    counted: Future | None = None  # text files: the lines of ``read``, counted while DuckDB reads it
 
     def where(self, line: int, event: int) -> str:
         place = f"{'row' if self.kind == 'parquet' else 'line'} {line}"
         return place + (f", event {event}" if self.kind == "event_lines" else "")
 
     def read_error(self, exc: Exception) -> InputError:
-        """The refusal of a file DuckDB could not read: its first bad line, found by a Python scan."""
-        if self.kind == "parquet":
+        """The refusal of a file DuckDB could not read (text files: its first bad line, found by a Python scan)."""
+        if self.text is None:
             return InputError(str(self.file), f"cannot be read ({str(exc).splitlines()[0]})")
-        return diagnose_text(self.file, self.read, self.encoding, self.delimiter, list(self.names), self.first_line,
-                             exc)
-
-    def verify(self, lines_read: int) -> None:
-        """Refuse a text file whose lines are not its records one by one (``lines_read``: the last record's line)."""
-        if self.kind == "parquet":
-            return
-        if self.counted.result() != lines_read:
-            raise diagnose_text(self.file, self.read, self.encoding, self.delimiter, list(self.names),
-                                self.first_line, None)
+        return self.text.refusal(exc)
 
 
 def reader_kind(path: Path, spec: ImportSpec) -> str:
@@ -101,7 +109,7 @@ def open_source(con: duckdb.DuckDBPyConnection, spec: ImportSpec, path: Path, in
         if spec.event_lines is None:
             raise InputError(str(path), "format event_lines needs the event_lines: section in the schema")
         return _event_lines(con, path, spec.event_lines, needed, limit, work, index)
-    return _csv(path, spec.csv, needed, limit, work / f"input-{index}.csv")
+    return _csv(path, spec.csv, needed, limit, work)
 
 
 def _refuse_missing(file: Path, needed: tuple[str, ...], names: list[str], delimiter: str | None) -> None:
@@ -118,45 +126,34 @@ def _refuse_missing(file: Path, needed: tuple[str, ...], names: list[str], delim
                      where="header" if delimiter is not None else None, column=missing[0])
 
 
-def _utf8(encoding: str) -> bool:
-    return codecs.lookup(encoding).name == "utf-8"
-
-
-def _prepared(path: Path, encoding: str, lines: int | None, copy: Path) -> Path:
-    """``path`` itself when DuckDB can read it whole, else a UTF-8 copy of its first ``lines`` lines."""
-    if lines is None and _utf8(encoding):
-        return path
-    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-    left = lines
-    with open(path, "rb") as source, open(copy, "wb") as target:
-        while left is None or left > 0:
-            data = source.read(_COPY_BYTES)
-            if not data:
-                break
-            if left is not None:
-                ends = data.count(b"\n")
-                if ends >= left:
-                    cut = -1
-                    for _ in range(left):
-                        cut = data.index(b"\n", cut + 1)
-                    data = data[: cut + 1]
-                left -= min(ends, left)
+def _text_file(path: Path, encoding: str, lines: int | None, work: Path, delimiter: str, names: list[str],
+               first_line: int) -> TextFile:
+    """``path`` as DuckDB reads it: itself, or (another encoding, or only its first ``lines`` lines) a UTF-8 copy."""
+    read = path
+    if lines is not None or codecs.lookup(encoding).name != "utf-8":
+        read = work / f"{path.stem}-{uuid.uuid4().hex[:8]}.txt"
+        decoder, left = codecs.getincrementaldecoder(encoding)(errors="strict"), lines
+        with open(path, "rb") as source, open(read, "wb") as target:
             try:
-                target.write(decoder.decode(data, final=not data).encode("utf-8"))
+                while (left is None or left > 0) and (data := source.read(_COPY_BYTES)):
+                    if left is not None and data.count(b"\n") >= left:
+                        cut = -1
+                        for _ in range(left):
+                            cut = data.index(b"\n", cut + 1)
+                        data = data[: cut + 1]
+                    if left is not None:
+                        left -= data.count(b"\n")
+                    target.write(decoder.decode(data).encode("utf-8"))
+                target.write(decoder.decode(b"", final=True).encode("utf-8"))
             except UnicodeDecodeError:
-                return path  # DuckDB refuses it, and diagnose_text names the line
-    return copy
+                raise diagnose_text(path, path, encoding, delimiter, names, first_line, None) from None
+    pool = ThreadPoolExecutor(1)  # the count runs on while DuckDB reads (without the GIL); the thread ends with it
+    counted = pool.submit(_count_lines, read)
+    pool.shutdown(wait=False)
+    return TextFile(path, read, delimiter, tuple(names), first_line, counted)
 
 
-def _count_lines(path: Path) -> Future:
-    """The lines of ``path``, counted on a thread of its own (DuckDB runs without the GIL meanwhile)."""
-    pool = ThreadPoolExecutor(1)
-    counted = pool.submit(_counted_lines, path)
-    pool.shutdown(wait=False)  # the count runs on; the thread ends with it
-    return counted
-
-
-def _counted_lines(path: Path) -> int:
+def _count_lines(path: Path) -> int:
     lines, last = 0, b"\n"
     with open(path, "rb") as handle:
         while data := handle.read(_COPY_BYTES):
@@ -190,18 +187,18 @@ def _header(path: Path, fmt: CsvConfig) -> list[str]:
     return next(csv.reader([text], delimiter=fmt.delimiter)) if text else []
 
 
-def _csv(path: Path, fmt: CsvConfig, needed: tuple[str, ...], limit: int | None, copy: Path) -> Source:
+def _csv(path: Path, fmt: CsvConfig, needed: tuple[str, ...], limit: int | None, work: Path) -> Source:
     names = _header(path, fmt) if fmt.header else list(fmt.column_names)
     if fmt.header and not names:
         raise InputError(str(path), "the header line is empty", where="line 1")
     _refuse_missing(path, needed, names, fmt.delimiter)
     first_line = 2 if fmt.header else 1
-    read = _prepared(path, fmt.encoding, None if limit is None else limit + first_line - 1, copy)
+    text = _text_file(path, fmt.encoding, None if limit is None else limit + first_line - 1, work, fmt.delimiter,
+                      names, first_line)
     columns = ", ".join(f"c{names.index(name)} AS v{j}" for j, name in enumerate(needed))
     relation = (f"SELECT {columns}, NULL::BIGINT AS line, 0 AS event "
-                f"FROM {_read_csv(read, names, fmt.header, fmt.delimiter, chr(34))}")
-    return Source(path, "csv", relation, ("VARCHAR",) * len(needed), read, first_line, fmt.encoding, fmt.delimiter,
-                  tuple(names), counted=_count_lines(read))
+                f"FROM {_read_csv(text.read, names, fmt.header, fmt.delimiter, chr(34))}")
+    return Source(path, "csv", relation, ("VARCHAR",) * len(needed), text)
 
 
 # --- Parquet -----------------------------------------------------------------------------------
@@ -222,7 +219,7 @@ def _parquet(con: duckdb.DuckDBPyConnection, path: Path, needed: tuple[str, ...]
                 f"FROM read_parquet({sql_text(str(path))}, file_row_number = true){kept}")
     types = tuple(row[1] for row in con.execute(f"DESCRIBE SELECT {columns} FROM read_parquet("
                                                 f"{sql_text(str(path))})").fetchall())
-    return Source(path, "parquet", relation, types, path, 1, "utf-8", "", tuple(names))
+    return Source(path, "parquet", relation, types)
 
 
 # --- event lines -------------------------------------------------------------------------------
@@ -233,19 +230,16 @@ def _event_lines(con: duckdb.DuckDBPyConnection, path: Path, fmt: EventLinesConf
     """Each line's key fields and events become one record per event (key fields repeated)."""
     names = [*fmt.key_fields, *fmt.event_fields]
     _refuse_missing(path, needed, names, None)
-    read = _prepared(path, fmt.encoding, limit, work / f"input-{index}.txt")
+    text = _text_file(path, fmt.encoding, limit, work, _LINE_DELIMITER, ["line"], 1)
     table = f"lines_{index}"
-    source = Source(path, "event_lines", "", (), read, 1, fmt.encoding, _LINE_DELIMITER, ("line",),
-                    counted=_count_lines(read))
     keys, sep = len(fmt.key_fields), sql_text(fmt.separator)
     try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT "
-                    f"string_split(c0, {sep}) AS fields, c0 AS text "
-                    f"FROM {_read_csv(read, ['line'], False, _LINE_DELIMITER, '')}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT string_split(c0, {sep}) AS fields, c0 AS text "
+                    f"FROM {_read_csv(text.read, ['line'], False, _LINE_DELIMITER, '')}")
     except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
-        raise source.read_error(exc) from None
+        raise text.refusal(exc) from None
     lines = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    source.verify(lines)
+    text.verify(lines)
     short = con.execute(f"SELECT rowid + 1, len(fields), text FROM {table} WHERE len(fields) < {keys} "
                         "ORDER BY rowid LIMIT 1").fetchone()
     if short:
@@ -266,7 +260,7 @@ def _event_lines(con: duckdb.DuckDBPyConnection, path: Path, fmt: EventLinesConf
                         else f"nullif(parts[{fmt.event_fields.index(n) + 1}], '') AS v{j}"
                         for j, n in enumerate(needed))
     return Source(path, "event_lines", f"SELECT {columns}, line, event FROM ({events})", ("VARCHAR",) * len(needed),
-                  read, 1, fmt.encoding, _LINE_DELIMITER, ("line",), lines, source.counted)
+                  text, lines)
 
 
 # --- failures ----------------------------------------------------------------------------------
