@@ -30,7 +30,7 @@ from ctl.data.importer.assemble import assemble
 from ctl.data.importer.engine import DEFAULT_MEMORY_LIMIT, connect
 from ctl.data.importer.idmaps import map_table, number_ids
 from ctl.data.importer.records import RecordTable
-from ctl.data.importer.sources import open_source, reader_kind
+from ctl.data.importer.sources import open_source
 from ctl.data.importer.spec import ImportSpec
 from ctl.errors import CtlError
 from ctl.io import fsync_path, rename_into_place
@@ -70,18 +70,6 @@ def _read(con: duckdb.DuckDBPyConnection, spec: ImportSpec, inputs: Sequence[Pat
             log(f"read {records:,} records from {path}")
     table.finish()
     return described
-
-
-def _locator(con: duckdb.DuckDBPyConnection, spec: ImportSpec, inputs: Sequence[Path]):
-    """``locate(seq)``: the file and the place (``line 4``, ``row 9``, ``line 3, event 2``) of a record."""
-
-    def locate(seq: int) -> tuple[str, str]:
-        index, line, event = con.execute("SELECT input, line, event FROM records WHERE seq = ?", [seq]).fetchone()
-        kind = reader_kind(inputs[index], spec)
-        where = f"{'row' if kind == 'parquet' else 'line'} {line}"
-        return str(inputs[index]), where + (f", event {event}" if kind == "event_lines" else "")
-
-    return locate
 
 
 def _write_id_maps(con: duckdb.DuckDBPyConnection, spec: ImportSpec, folder: Path) -> list[str]:
@@ -134,7 +122,7 @@ def import_dataset(
     try:
         table = RecordTable(con, spec)
         described = _read(con, spec, inputs, table, max_rows, staging / "work", log)
-        sizes = number_ids(con, spec, _locator(con, spec, inputs))
+        sizes = number_ids(con, spec, table.locate)
         built = assemble(con, spec, sizes, folder, log)
         counts = {"records": table.rows, **built.counts,
                   **{f"skipped {reason}": int(n) for reason, n in sorted(table.skipped.items())}}

@@ -115,6 +115,7 @@ class RecordTable:
         self.skipped: Counter[str] = Counter()
         self._checks: list[Check] = []
         self._line_offsets: dict[int, int] = {}  # CSV input -> its line minus its rowid in ``checked``
+        self._sources: dict[int, Source] = {}
 
     def _domain(self, values: Values) -> str:
         spec = self.spec.domains
@@ -221,7 +222,7 @@ class RecordTable:
             source.text.verify(added + first_line - 1)
             self._line_offsets[input_index] = first_line - self.rows
         self.rows += added
-        self._checks = checks
+        self._checks, self._sources[input_index] = checks, source
         refused = self.con.execute(f"SELECT {self._line()}, event, refusal FROM checked WHERE refusal IS NOT NULL "
                                    "ORDER BY rowid LIMIT 1").fetchone()
         if refused and self.spec.on_bad_rows == "error":
@@ -234,6 +235,11 @@ class RecordTable:
             raise InputError(str(source.file), check.detail(_raw(raw)), where=source.where(line, event),
                              column=check.column)
         return source.lines if source.kind == "event_lines" else added
+
+    def locate(self, seq: int) -> tuple[str, str]:
+        """The file and the place (``line 4``, ``row 9``, ``line 3, event 2``) of the kept record ``seq``."""
+        index, line, event = self.con.execute("SELECT input, line, event FROM records WHERE seq = ?", [seq]).fetchone()
+        return str(self._sources[index].file), self._sources[index].where(line, event)
 
     def _line(self) -> str:
         """SQL of a record's line in ``checked``: stored, or (CSV) its rowid plus its input's offset."""
