@@ -212,7 +212,7 @@ class RecordTable:
         verb = "INSERT INTO checked" if self._checks else "CREATE TABLE checked AS"
         try:
             added = self.con.execute(f"{verb} SELECT {select} FROM ({source.relation})").fetchone()[0]
-        except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+        except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.NotImplementedException) as exc:
             raise source.read_error(exc) from None
         if source.kind == "csv":
             first_line = source.text.first_line
