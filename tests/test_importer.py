@@ -419,6 +419,12 @@ def test_text_in_another_encoding_and_a_parquet_row_are_located(tmp_path) -> Non
     source.write_bytes(("\n".join(csv_lines(records)) + "\n").encode("latin-1"))
     out = import_dataset(parse_spec(log_schema(csv={"encoding": "latin-1"}), "s"), [source], tmp_path / "latin").path
     assert set(read_id_map(out, "city")[1:]) == {"São Paulo"}
+    lines = [line.encode("gb18030") for line in csv_lines(records)]
+    lines[4] = lines[4].replace("São".encode("gb18030"), b"S\x81\x20o")  # not a gb18030 character
+    (tmp_path / "gb.csv").write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(InputError) as caught:
+        import_dataset(parse_spec(log_schema(csv={"encoding": "gb18030"}), "s"), [tmp_path / "gb.csv"], tmp_path / "no")
+    assert str(caught.value).startswith(f"{tmp_path / 'gb.csv'}: line 5, column 'city': is not valid gb18030 text")
     table = pa.table({name: [r[name] for r in records] for name in HEADER})
     table = table.set_column(HEADER.index("label"), "label", pa.array([int(r["label"]) for r in records[:2]] + [2]
                                                                       + [0] * (len(records) - 3), pa.int8()))
