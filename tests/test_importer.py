@@ -176,8 +176,8 @@ def test_layout_vocabularies_and_provenance(shop_log) -> None:
     assert ds.meta["provenance"]["periods"][0] == "2024-03-02 00:00:00 .. 2024-03-03 00:00:00"
 
 
-def test_parquet_input_gives_the_same_dataset(shop_log, tmp_path) -> None:
-    records, _, out = shop_log
+def test_parquet_input_and_small_blocks_give_the_same_dataset(shop_log, tmp_path) -> None:
+    records, source, out = shop_log
     columns = {name: [r[name] for r in records] for name in HEADER}
     table = pa.table({
         **{name: pa.array(values, pa.string()) for name, values in columns.items()},
@@ -188,10 +188,12 @@ def test_parquet_input_gives_the_same_dataset(shop_log, tmp_path) -> None:
     pq.write_table(table, tmp_path / "log.parquet", row_group_size=64)
     spec = parse_spec(log_schema(), "test schema")
     from_parquet = load_dataset(import_dataset(spec, [tmp_path / "log.parquet"], tmp_path / "pq").path)
+    in_blocks = load_dataset(import_dataset(spec, [source], tmp_path / "blocks", block_bytes=1024).path)
     whole = load_dataset(out)
-    assert from_parquet.schema == whole.schema
-    for name, values in whole.rows.items():
-        np.testing.assert_array_equal(from_parquet.rows[name], values, err_msg=name)
+    for other in (from_parquet, in_blocks):
+        assert other.schema == whole.schema
+        for name, values in whole.rows.items():
+            np.testing.assert_array_equal(other.rows[name], values, err_msg=name)
 
 
 def test_max_rows_reads_a_prefix_across_inputs(shop_log, tmp_path) -> None:

@@ -55,14 +55,14 @@ class ImportReport:
 
 
 def _read(con: duckdb.DuckDBPyConnection, spec: ImportSpec, inputs: Sequence[Path], table: RecordTable,
-          max_rows: int | None, work: Path, log: Callable[[str], None] | None) -> list[dict]:
+          max_rows: int | None, work: Path, block_bytes: int | None, log: Callable[[str], None] | None) -> list[dict]:
     """Check and stage every input's records; returns each input's path, bytes and records read."""
     described = []
     remaining = max_rows
     for index, path in enumerate(inputs):
         records = 0
         if remaining is None or remaining > 0:
-            records = table.add(open_source(con, spec, path, index, remaining, work), index)
+            records = table.add(open_source(con, spec, path, index, remaining, work, block_bytes), index)
             if remaining is not None:
                 remaining -= records
         described.append({"path": str(path), "bytes": path.stat().st_size, "records": records})
@@ -90,6 +90,7 @@ def import_dataset(
     inputs: Sequence[Path | str],
     out: Path | str,
     max_rows: int | None = None,
+    block_bytes: int | None = None,
     log: Callable[[str], None] | None = None,
     memory_limit: str = DEFAULT_MEMORY_LIMIT,
     threads: int | None = None,
@@ -101,6 +102,8 @@ def import_dataset(
         inputs: CSV, Parquet or event-line files.
         out: the new dataset folder; it must not exist.
         max_rows: read at most this many records (CSV lines, Parquet rows, event lines), in order.
+        block_bytes: bytes of a text file DuckDB reads at a time; None = DuckDB's own buffer, read on
+            every thread (a set size reads on one).
         log: called with a line of progress per input and per step.
         memory_limit: DuckDB's memory limit (``"2GB"``); beyond it the import spills to disk
             (a ``spill/`` folder inside the hidden staging folder next to ``out``).
@@ -121,7 +124,7 @@ def import_dataset(
     con = connect(staging / "work", memory_limit, threads)
     try:
         table = RecordTable(con, spec)
-        described = _read(con, spec, inputs, table, max_rows, staging / "work", log)
+        described = _read(con, spec, inputs, table, max_rows, staging / "work", block_bytes, log)
         sizes = number_ids(con, spec, table.locate)
         built = assemble(con, spec, sizes, folder, log)
         counts = {"records": table.rows, **built.counts,

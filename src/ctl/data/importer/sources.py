@@ -95,8 +95,9 @@ def reader_kind(path: Path, spec: ImportSpec) -> str:
 
 
 def open_source(con: duckdb.DuckDBPyConnection, spec: ImportSpec, path: Path, index: int, limit: int | None,
-                work: Path) -> Source:
-    """The relation of input ``path`` (number ``index``), at most its first ``limit`` records."""
+                work: Path, block_bytes: int | None = None) -> Source:
+    """The relation of input ``path`` (number ``index``), at most its first ``limit`` records;
+    ``block_bytes``: DuckDB's buffer for text files (None: its own, read on every thread)."""
     if not path.is_file():
         raise InputError(str(path), "the input file does not exist")
     if path.stat().st_size == 0:
@@ -108,8 +109,8 @@ def open_source(con: duckdb.DuckDBPyConnection, spec: ImportSpec, path: Path, in
     if kind == "event_lines":
         if spec.event_lines is None:
             raise InputError(str(path), "format event_lines needs the event_lines: section in the schema")
-        return _event_lines(con, path, spec.event_lines, needed, limit, work, index)
-    return _csv(path, spec.csv, needed, limit, work)
+        return _event_lines(con, path, spec.event_lines, needed, limit, work, index, block_bytes)
+    return _csv(path, spec.csv, needed, limit, work, block_bytes)
 
 
 def _refuse_missing(file: Path, needed: tuple[str, ...], names: list[str], delimiter: str | None) -> None:
@@ -162,12 +163,14 @@ def _count_lines(path: Path) -> int:
     return lines + (last != b"\n")
 
 
-def _read_csv(path: Path, names: list[str], header: bool, delimiter: str, quote: str) -> str:
-    # DuckDB's own buffer size: a set one makes its parallel reader refuse quoted values (DuckDB 2.0)
+def _read_csv(path: Path, names: list[str], header: bool, delimiter: str, quote: str, block_bytes: int | None) -> str:
     columns = ", ".join(f"'c{k}': 'VARCHAR'" for k in range(len(names)))
+    # a set buffer size reads on one thread: DuckDB's parallel reader refuses quoted values with one (DuckDB 2.0)
+    buffer = "" if block_bytes is None else (f", buffer_size={int(block_bytes) + 1}, max_line_size={int(block_bytes)}, "
+                                             "parallel=false")
     return (f"read_csv({sql_text(str(path))}, header={str(header).lower()}, columns={{{columns}}}, "
             f"delim={sql_text(delimiter)}, quote={sql_text(quote)}, escape={sql_text(quote)}, auto_detect=false, "
-            "strict_mode=true)")
+            f"strict_mode=true{buffer})")
 
 
 # --- CSV ---------------------------------------------------------------------------------------
@@ -187,7 +190,8 @@ def _header(path: Path, fmt: CsvConfig) -> list[str]:
     return next(csv.reader([text], delimiter=fmt.delimiter)) if text else []
 
 
-def _csv(path: Path, fmt: CsvConfig, needed: tuple[str, ...], limit: int | None, work: Path) -> Source:
+def _csv(path: Path, fmt: CsvConfig, needed: tuple[str, ...], limit: int | None, work: Path,
+         block_bytes: int | None) -> Source:
     names = _header(path, fmt) if fmt.header else list(fmt.column_names)
     if fmt.header and not names:
         raise InputError(str(path), "the header line is empty", where="line 1")
@@ -197,7 +201,7 @@ def _csv(path: Path, fmt: CsvConfig, needed: tuple[str, ...], limit: int | None,
                       names, first_line)
     columns = ", ".join(f"c{names.index(name)} AS v{j}" for j, name in enumerate(needed))
     relation = (f"SELECT {columns}, NULL::BIGINT AS line, 0 AS event "
-                f"FROM {_read_csv(text.read, names, fmt.header, fmt.delimiter, chr(34))}")
+                f"FROM {_read_csv(text.read, names, fmt.header, fmt.delimiter, chr(34), block_bytes)}")
     return Source(path, "csv", relation, ("VARCHAR",) * len(needed), text)
 
 
@@ -226,7 +230,7 @@ def _parquet(con: duckdb.DuckDBPyConnection, path: Path, needed: tuple[str, ...]
 
 
 def _event_lines(con: duckdb.DuckDBPyConnection, path: Path, fmt: EventLinesConfig, needed: tuple[str, ...],
-                 limit: int | None, work: Path, index: int) -> Source:
+                 limit: int | None, work: Path, index: int, block_bytes: int | None) -> Source:
     """Each line's key fields and events become one record per event (key fields repeated)."""
     names = [*fmt.key_fields, *fmt.event_fields]
     _refuse_missing(path, needed, names, None)
@@ -235,7 +239,7 @@ def _event_lines(con: duckdb.DuckDBPyConnection, path: Path, fmt: EventLinesConf
     keys, sep = len(fmt.key_fields), sql_text(fmt.separator)
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT string_split(c0, {sep}) AS fields, c0 AS text "
-                    f"FROM {_read_csv(text.read, ['line'], False, _LINE_DELIMITER, '')}")
+                    f"FROM {_read_csv(text.read, ['line'], False, _LINE_DELIMITER, '', block_bytes)}")
     except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
         raise text.refusal(exc) from None
     lines = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
