@@ -61,7 +61,8 @@ def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
 
 
 def _encode(con: duckdb.DuckDBPyConnection, spec: ImportSpec, period: str, shown: str, kept: str) -> None:
-    """``encoded``: every ``kept`` record with dense ids, its period (-1: history only)."""
+    """``encoded``: every ``kept`` record with its ids (dense and hashed from the maps), its period
+    (-1: history only)."""
     selected = ["r.seq", "r.input", "r.line", "r.event", "r.domain", "r.label", "r.ts",
                 f"CASE WHEN {shown} THEN {period} ELSE -1 END::INTEGER AS period"]
     joins = []
