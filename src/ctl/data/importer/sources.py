@@ -130,8 +130,12 @@ def _refuse_missing(file: Path, needed: tuple[str, ...], names: list[str], delim
 def _text_file(path: Path, encoding: str, lines: int | None, work: Path, delimiter: str, names: list[str],
                first_line: int) -> TextFile:
     """``path`` as DuckDB reads it: itself, or (another encoding, or only its first ``lines`` lines) a UTF-8 copy."""
+    try:
+        utf8 = codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        raise InputError(str(path), f"the encoding {encoding!r} is not a known text encoding") from None
     read = path
-    if lines is not None or codecs.lookup(encoding).name != "utf-8":
+    if lines is not None or not utf8:
         read = work / f"{path.stem}-{uuid.uuid4().hex[:8]}.txt"
         decoder, left = codecs.getincrementaldecoder(encoding)(errors="strict"), lines
         with open(path, "rb") as source, open(read, "wb") as target:
