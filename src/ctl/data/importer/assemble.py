@@ -60,10 +60,11 @@ def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
     con.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
 
 
-def _encode(con: duckdb.DuckDBPyConnection, spec: ImportSpec, period: str, shown: str, kept: str) -> None:
+def _encode(con: duckdb.DuckDBPyConnection, spec: ImportSpec, period: str, shown: str, kept: str,
+            place: list[str]) -> None:
     """``encoded``: every ``kept`` record with its ids (dense and hashed from the maps), its period
-    (-1: history only)."""
-    selected = ["r.seq", "r.input", "r.line", "r.event", "r.domain", "r.label", "r.ts",
+    (-1: history only) and the ``place`` columns (input, line, event) where they are stored."""
+    selected = ["r.seq", *(f"r.{c}" for c in place), "r.domain", "r.label", "r.ts",
                 f"CASE WHEN {shown} THEN {period} ELSE -1 END::INTEGER AS period"]
     joins = []
     for i, feature in enumerate(spec.features):
@@ -77,7 +78,7 @@ def _encode(con: duckdb.DuckDBPyConnection, spec: ImportSpec, period: str, shown
     con.execute(f"CREATE TABLE encoded AS SELECT {', '.join(selected)} FROM records r {' '.join(joins)} WHERE {kept}")
 
 
-def _negative_rows(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict[str, str]) -> str:
+def _negative_rows(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict[str, str], places: str) -> str:
     """SELECT of the sampled negatives' rows: the positive's row, its own item and item attributes."""
     attributes = [i for i, f in enumerate(spec.features) if f.of == "item" and f.name != "item_id"]
     item = column["item_id"]
@@ -96,15 +97,18 @@ def _negative_rows(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dic
         else:
             selected.append(f"e.{staged_name(i)}")
     join = "LEFT JOIN item_attributes a ON a.item_id = d.item_id" if attributes else ""
-    return (f"SELECT {', '.join(selected)}, e.domain, e.period, e.ts, 0 AS label, v.hist_end, e.input, e.line, "
-            f"e.event, TRUE AS sampled, e.seq, d.j FROM drawn d JOIN encoded e ON e.seq = d.seq "
+    return (f"SELECT {', '.join(selected)}, e.domain, e.period, e.ts, 0 AS label, v.hist_end, {places}"
+            f"TRUE AS sampled, e.seq, d.j FROM drawn d JOIN encoded e ON e.seq = d.seq "
             f"JOIN visible v ON v.seq = d.seq {join}")
 
 
 def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict[str, int], folder: Path,
-             log=None) -> Assembled:
-    """Write ``rows.parquet``, ``history.parquet`` and ``origin.parquet`` of the staged ``records``
-    into ``folder``; ``dense_sizes`` holds the id-map size of every dense feature."""
+             places: tuple[str, str, str] | None, log=None) -> Assembled:
+    """Write ``rows.parquet``, ``history.parquet`` and ``origin.parquet`` of the ``records`` into
+    ``folder``; ``dense_sizes`` holds the id-map size of every dense feature, ``places`` the SQL of a
+    record's input, line and event from its ``seq`` (None: ``records`` stores them)."""
+    place = [] if places else ["input", "line", "event"]
+    carried = "".join(f"e.{c}, " for c in place)
     say = log or (lambda message: None)
     counts: dict[str, int] = {}
     time = spec.time
@@ -115,7 +119,7 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     counts["history_only"] = con.execute(f"SELECT count(*) FROM records WHERE {kept} AND NOT ({shown})").fetchone()[0]
     cut = cut_periods(con, time, f"{kept} AND {shown}")
     say(f"numbering ids and cutting {cut.n_periods} periods")
-    _encode(con, spec, cut.expression, shown, kept)
+    _encode(con, spec, cut.expression, shown, kept, place)
     con.execute("DROP VIEW records")  # spilled tables take disk: each goes when no step needs it
     con.execute("DROP TABLE checked")
     per_period = con.execute("SELECT period, count(*) FROM encoded WHERE period >= 0 GROUP BY period").fetchall()
@@ -130,13 +134,13 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     say("building the behaviour history")
     build_history(con, spec, column, item_map)
     features = ", ".join(staged_name(i) for i in range(len(spec.features)))
-    parts = [(f"SELECT {features}, e.domain, e.period, e.ts, e.label, v.hist_end, e.input, e.line, e.event, "
+    parts = [(f"SELECT {features}, e.domain, e.period, e.ts, e.label, v.hist_end, {carried}"
               "FALSE AS sampled, e.seq, -1 AS j FROM encoded e JOIN visible v ON v.seq = e.seq WHERE e.period >= 0")]
     if spec.implicit:
         say("sampling negatives")
         counts["negatives"], counts["negatives_unavailable"] = sample_negatives(
             con, column["user_id"], column["item_id"], spec.label.negatives, spec.label.seed)
-        parts.append(_negative_rows(con, spec, column))
+        parts.append(_negative_rows(con, spec, column, carried))
     say("sorting and writing the rows")
     rows = " UNION ALL ".join(parts)
     # ties: records in input order, then the negatives in the order of their positives
@@ -145,7 +149,8 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     row_columns += ["domain::TINYINT AS domain", "period::SMALLINT AS period", "ts::BIGINT AS ts",
                     "label::TINYINT AS label", "hist_end::INTEGER AS hist_end"]
     # sorted once for both files: a scan of the sorted table keeps its order
-    origin_columns = ["input::SMALLINT AS input", "line::BIGINT AS line", "event::INTEGER AS event", "sampled"]
+    # a place that follows from seq is computed as origin.parquet is written: the sort carries seq alone
+    origin_columns = [*place, "sampled"] if place else ["seq", "sampled"]
     con.execute(f"CREATE TABLE ordered AS SELECT {', '.join(row_columns + origin_columns)} FROM ({rows}) "
                 f"ORDER BY {order}")
     for table in ("encoded", "visible", "drawn", "seen", "pending", "candidate"):
@@ -153,7 +158,9 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     names = [f"{_quoted(f.name)}::BIGINT AS {_quoted(f.name)}" for f in spec.features]
     names += ["domain", "period", "ts", "label", "hist_end"]
     _copy(con, f"SELECT {', '.join(names)} FROM ordered", folder / "rows.parquet")
-    _copy(con, "SELECT input, line, event, sampled FROM ordered", folder / "origin.parquet")
+    input_, line, event = places or ("input", "line", "event")
+    _copy(con, f"SELECT ({input_})::SMALLINT AS input, ({line})::BIGINT AS line, ({event})::INTEGER AS event, sampled "
+               "FROM ordered", folder / "origin.parquet")
     per_domain = dict(con.execute("SELECT domain, count(*) FROM ordered GROUP BY domain").fetchall())
     con.execute("DROP TABLE ordered")
     _copy(con, "SELECT user_id::BIGINT AS user_id, item_id::BIGINT AS item_id, category_id::BIGINT AS category_id, "

@@ -30,7 +30,7 @@ from ctl.data.importer.assemble import assemble
 from ctl.data.importer.engine import DEFAULT_MEMORY_LIMIT, connect
 from ctl.data.importer.idmaps import map_table, number_ids
 from ctl.data.importer.records import RecordTable
-from ctl.data.importer.sources import open_source
+from ctl.data.importer.sources import open_source, reader_kind
 from ctl.data.importer.spec import ImportSpec
 from ctl.errors import CtlError
 from ctl.io import fsync_path, rename_into_place
@@ -123,10 +123,10 @@ def import_dataset(
     folder.mkdir(parents=True)
     con = connect(staging / "work", memory_limit, threads)
     try:
-        table = RecordTable(con, spec)
+        table = RecordTable(con, spec, events=any(reader_kind(path, spec) == "event_lines" for path in inputs))
         described = _read(con, spec, inputs, table, max_rows, staging / "work", block_bytes, log)
         sizes = number_ids(con, spec, table.locate)
-        built = assemble(con, spec, sizes, folder, log)
+        built = assemble(con, spec, sizes, folder, table.derived_places(), log)
         counts = {"records": table.rows, **built.counts,
                   **{f"skipped {reason}": int(n) for reason, n in sorted(table.skipped.items())}}
         provenance = {

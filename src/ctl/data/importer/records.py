@@ -108,13 +108,16 @@ class RecordTable:
         table.finish()                     # skip: counts and removes refused records; seq_items
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, spec: ImportSpec) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, spec: ImportSpec, events: bool) -> None:
+        """``events``: some input holds event lines, whose records' lines and events are stored; every
+        other record's place follows from its rowid (spilled work tables stay narrow)."""
         self.con = con
         self.spec = spec
         self.rows = 0
         self.skipped: Counter[str] = Counter()
+        self.events = events
         self._checks: list[Check] = []
-        self._line_offsets: dict[int, int] = {}  # CSV input -> its line minus its rowid in ``checked``
+        self._firsts: dict[int, tuple[int, int]] = {}  # input -> rowid of its first record, line of it
         self._sources: dict[int, Source] = {}
 
     def _domain(self, values: Values) -> str:
@@ -145,7 +148,8 @@ class RecordTable:
         else:
             checks.append(Check(column, "not a number", f"{domain} IS NULL",
                                 lambda v: f"value {v} is not a number (domains.boundaries cut it)"))
-        selected = {"input": str(input_index), "line": "line", "event": "event", "domain": domain}
+        selected = {"line": "line", "event": "event"} if self.events else {}
+        selected["domain"] = domain
         label = spec.label.column
         if label is not None:
             number = values.number(label)
@@ -197,7 +201,7 @@ class RecordTable:
             selected["seq_key"] = text
         cases = " ".join(f"WHEN {check.condition} THEN {k}" for k, check in enumerate(checks))
         selected["refusal"] = f"CASE {cases} END"
-        types = {"input": "SMALLINT", "line": "BIGINT", "event": "INTEGER", "domain": "TINYINT",
+        types = {"line": "BIGINT", "event": "INTEGER", "domain": "TINYINT",
                  "label": "TINYINT", "ts": "BIGINT", "period_value": "BIGINT", "seq_count": "INTEGER",
                  "seq_key": "VARCHAR", "refusal": "SMALLINT"}
         for i, feature in enumerate(spec.features):
@@ -215,16 +219,17 @@ class RecordTable:
         except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.NotImplementedException) as exc:
             raise source.read_error(exc) from None
         if source.kind == "csv":
-            first_line = source.text.first_line
             if added == 0:
-                raise InputError(str(source.file), "has a header but no data rows" if first_line > 1
+                raise InputError(str(source.file), "has a header but no data rows" if source.text.first_line > 1
                                  else "has no data rows")
-            source.text.verify(added + first_line - 1)
-            self._line_offsets[input_index] = first_line - self.rows
+            source.text.verify(added + source.text.first_line - 1)
+        if added:
+            self._firsts[input_index] = (self.rows, 1 if source.text is None else source.text.first_line)
         self.rows += added
         self._checks, self._sources[input_index] = checks, source
-        refused = self.con.execute(f"SELECT {self._line()}, event, refusal FROM checked WHERE refusal IS NOT NULL "
-                                   "ORDER BY rowid LIMIT 1").fetchone()
+        _, line, event = self.places("rowid")
+        refused = self.rows and self.con.execute(f"SELECT {line}, {event}, refusal FROM checked WHERE refusal IS NOT "
+                                                 "NULL ORDER BY rowid LIMIT 1").fetchone()
         if refused and self.spec.on_bad_rows == "error":
             line, event, code = refused
             check = self._checks[code]
@@ -241,10 +246,24 @@ class RecordTable:
         index, line, event = self.con.execute("SELECT input, line, event FROM records WHERE seq = ?", [seq]).fetchone()
         return str(self._sources[index].file), self._sources[index].where(line, event)
 
-    def _line(self) -> str:
-        """SQL of a record's line in ``checked``: stored, or (CSV) its rowid plus its input's offset."""
-        cases = " ".join(f"WHEN {i} THEN rowid + {offset}" for i, offset in self._line_offsets.items())
-        return f"coalesce(line, CASE input {cases} END)" if cases else "line"
+    def places(self, position: str) -> tuple[str, str, str]:
+        """SQL of a record's input, line and event from its ``position`` (a rowid of ``checked``, or a
+        ``seq`` while no record was left out): a stored line and event, or its place in its input."""
+        starts = sorted((first, i, f"{position} - {first - line}") for i, (first, line) in self._firsts.items())
+
+        def by_input(values: list[str]) -> str:  # the value of the input a position falls in
+            cases = " ".join(f"WHEN {position} >= {first} THEN {value}" for (first, _, _), value
+                             in zip(starts[:0:-1], values[:0:-1], strict=True))
+            return f"(CASE {cases} ELSE {values[0]} END)" if cases else values[0]
+
+        line = by_input([line for _, _, line in starts])
+        return (by_input([str(i) for _, i, _ in starts]), f"coalesce(line, {line})" if self.events else line,
+                "event" if self.events else "0")
+
+    def derived_places(self) -> tuple[str, str, str] | None:
+        """:meth:`places` from a column ``seq`` when no place is stored (no record left out, no event
+        lines), else None."""
+        return None if self.skipped or self.events else self.places("seq")
 
     def finish(self) -> None:
         """Count and leave out the refused records (``skip``), create the view ``records`` (``seq``: the
@@ -253,20 +272,20 @@ class RecordTable:
         for code, n in self.con.execute("SELECT refusal, count(*) FROM checked WHERE refusal IS NOT NULL "
                                         "GROUP BY refusal").fetchall():
             self.skipped[names[code]] += n
-        line = self._line()
-        if self.skipped:  # in insertion order, so the kept records' rowids number them
-            self.con.execute(f"CREATE TABLE kept AS SELECT * REPLACE ({line} AS line) FROM checked "
-                             "WHERE refusal IS NULL")
-            self.con.execute("DROP TABLE checked")
-            self.con.execute("ALTER TABLE kept RENAME TO checked")
-            line = "line"
-        ts = "" if self.spec.time.column else ", rowid AS ts"
-        self.con.execute(f"CREATE VIEW records AS SELECT rowid AS seq, * REPLACE ({line} AS line{ts}) FROM checked")
-        kept = self.rows - sum(self.skipped.values())
-        if kept == 0:
+        if self.rows == sum(self.skipped.values()):
             if self.skipped:
                 raise CtlError(f"no records left after skipping bad ones ({dict(self.skipped)})")
             raise CtlError("the inputs hold no records")
+        places, stored = self.places("rowid"), ["refusal", "line", "event"] if self.events else ["refusal"]
+        if self.skipped:  # in insertion order, so the kept records' rowids number them; their places are stored
+            self.con.execute(f"CREATE TABLE kept AS SELECT * EXCLUDE ({', '.join(stored)}), {places[0]} AS input, "
+                             f"{places[1]} AS line, {places[2]} AS event FROM checked WHERE refusal IS NULL")
+            self.con.execute("DROP TABLE checked")
+            self.con.execute("ALTER TABLE kept RENAME TO checked")
+            places, stored = ("input", "line", "event"), ["input", "line", "event"]
+        ts = "" if self.spec.time.column else " REPLACE (rowid AS ts)"
+        self.con.execute(f"CREATE VIEW records AS SELECT rowid AS seq, {places[0]} AS input, {places[1]} AS line, "
+                         f"{places[2]} AS event, * EXCLUDE ({', '.join(stored)}){ts} FROM checked")
         if self.spec.sequences.column is not None:
             separator = sql_text(self.spec.sequences.separator)
             self.con.execute(f"""
