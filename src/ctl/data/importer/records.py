@@ -8,10 +8,12 @@ ids for bucket and constant features. A feature is null/0 on the rows of domains
 Explicit sequences add ``seq_count`` (items in the list) and ``seq_key`` (the list's text), and
 ``seq_items`` holds their items (``seq``, ``pos``, ``raw``).
 
-``records`` is a view of the table ``checked``. ``refusal`` is the first :class:`Check` a record
-fails, in schema order (domain, label, time, period, features). With ``on_bad_rows: error`` the
-first refused record is reported with its file, place, column and raw value; with ``skip`` refused
-records are counted per check and left out.
+``records`` is a view of the table ``checked``: ``seq`` is a record's rowid there, and its input
+and line follow from it (:meth:`RecordTable.places`) unless records were left out or an input holds
+event lines; only then are they stored. ``refusal`` is the first :class:`Check` a record fails, in
+schema order (domain, label, time, period, features). With ``on_bad_rows: error`` the first refused
+record is reported with its file, place, column and raw value; with ``skip`` refused records are
+counted per check and left out.
 """
 
 from __future__ import annotations
