@@ -105,7 +105,7 @@ class RecordTable:
 
     Example::
 
-        table = RecordTable(con, spec)
+        table = RecordTable(con, spec, events=False)
         table.add(source, input_index=0)   # refuses at the first bad record unless on_bad_rows: skip
         table.finish()                     # skip: counts and removes refused records; seq_items
     """
