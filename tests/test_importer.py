@@ -402,6 +402,40 @@ def test_ragged_row_and_unknown_domain(tmp_path) -> None:
     assert "line 3, column 'domain': value 'mian' is not one of the domain values ['main', 'side-1', 'side-2']" in message
 
 
+def test_lines_that_are_not_one_record_are_refused(tmp_path) -> None:
+    # a record's line is its place in the file: an empty line or a quoted value spanning lines would shift it
+    lines = good_lines()
+    message = refusal(tmp_path, "\n".join(lines[:4] + [""] + lines[4:]) + "\n")
+    assert message.endswith("bad.csv: line 5: is empty; every line of the file must hold one record")
+    lines = good_lines()
+    lines[3] = lines[3].replace(lines[3].split(",")[3], '"s\n1"', 1)
+    message = refusal(tmp_path, "\n".join(lines) + "\n")
+    assert "bad.csv: line 4: has an unclosed quote: a quoted value may not span lines (one record per line)" in message
+
+
+def test_text_in_another_encoding_and_a_parquet_row_are_located(tmp_path) -> None:
+    records = make_log(30, seed=5)
+    for record in records:
+        record["city"] = "São Paulo"
+    source = tmp_path / "latin.csv"
+    source.write_bytes(("\n".join(csv_lines(records)) + "\n").encode("latin-1"))
+    out = import_dataset(parse_spec(log_schema(csv={"encoding": "latin-1"}), "s"), [source], tmp_path / "latin").path
+    assert set(read_id_map(out, "city")[1:]) == {"São Paulo"}
+    lines = [line.encode("gb18030") for line in csv_lines(records)]
+    lines[4] = lines[4].replace("São".encode("gb18030"), b"S\x81\x20o")  # not a gb18030 character
+    (tmp_path / "gb.csv").write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(InputError) as caught:
+        import_dataset(parse_spec(log_schema(csv={"encoding": "gb18030"}), "s"), [tmp_path / "gb.csv"], tmp_path / "no")
+    assert str(caught.value).startswith(f"{tmp_path / 'gb.csv'}: line 5, column 'city': is not valid gb18030 text")
+    table = pa.table({name: [r[name] for r in records] for name in HEADER})
+    table = table.set_column(HEADER.index("label"), "label", pa.array([int(r["label"]) for r in records[:2]] + [2]
+                                                                      + [0] * (len(records) - 3), pa.int8()))
+    pq.write_table(table, tmp_path / "bad.parquet")
+    with pytest.raises(InputError) as caught:
+        import_dataset(parse_spec(log_schema(), "s"), [tmp_path / "bad.parquet"], tmp_path / "never")
+    assert str(caught.value) == f"{tmp_path / 'bad.parquet'}: row 3, column 'label': value '2' is not a 0/1 label"
+
+
 def test_fixed_vocabulary_overflow_is_refused(tmp_path) -> None:
     schema = log_schema()
     schema["features"][2] = {"name": "category_id", "column": "cat", "vocab": 4, "dim": 4}

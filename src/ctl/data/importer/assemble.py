@@ -1,4 +1,4 @@
-"""Staged records -> the dataset's ``rows``, ``history`` and ``origin`` Parquet files, in SQL.
+"""Checked records -> the dataset's ``rows``, ``history`` and ``origin`` Parquet files, in SQL.
 
 Order of the steps: leave out records at or after ``time.end`` (counted); records before
 ``time.start`` feed the behaviour history only (counted); cut the rest into periods and lay them
@@ -60,23 +60,25 @@ def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
     con.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
 
 
-def _encode(con: duckdb.DuckDBPyConnection, spec: ImportSpec, period: str, shown: str, kept: str) -> None:
-    """``encoded``: every ``kept`` record with dense ids, its period (-1: history only)."""
-    selected = ["r.seq", "r.input", "r.line", "r.event", "r.domain", "r.label", "r.ts",
-                f"CASE WHEN {shown} THEN {period} ELSE -1 END AS period"]
+def _encode(con: duckdb.DuckDBPyConnection, spec: ImportSpec, period: str, shown: str, kept: str,
+            place: list[str]) -> None:
+    """``encoded``: every ``kept`` record with its ids (dense and hashed from the maps), its period
+    (-1: history only) and the ``place`` columns (input, line, event) where they are stored."""
+    selected = ["r.seq", *(f"r.{c}" for c in place), "r.domain", "r.label", "r.ts",
+                f"CASE WHEN {shown} THEN {period} ELSE -1 END::INTEGER AS period"]
     joins = []
     for i, feature in enumerate(spec.features):
-        if feature.dense:
-            selected.append(f"coalesce(m{i}.id, 0) AS {staged_name(i)}")
+        if feature.mapped:
+            selected.append(f"coalesce(m{i}.id, 0)::INTEGER AS {staged_name(i)}")
             joins.append(f"LEFT JOIN {map_table(i)} m{i} ON m{i}.raw = r.{staged_name(i)}")
         else:
-            selected.append(f"r.{staged_name(i)}")
+            selected.append(f"r.{staged_name(i)}::INTEGER AS {staged_name(i)}")
     if spec.sequences.column is not None:
         selected += ["r.seq_count", "r.seq_key"]
     con.execute(f"CREATE TABLE encoded AS SELECT {', '.join(selected)} FROM records r {' '.join(joins)} WHERE {kept}")
 
 
-def _negative_rows(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict[str, str]) -> str:
+def _negative_rows(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict[str, str], places: str) -> str:
     """SELECT of the sampled negatives' rows: the positive's row, its own item and item attributes."""
     attributes = [i for i, f in enumerate(spec.features) if f.of == "item" and f.name != "item_id"]
     item = column["item_id"]
@@ -95,15 +97,18 @@ def _negative_rows(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dic
         else:
             selected.append(f"e.{staged_name(i)}")
     join = "LEFT JOIN item_attributes a ON a.item_id = d.item_id" if attributes else ""
-    return (f"SELECT {', '.join(selected)}, e.domain, e.period, e.ts, 0 AS label, v.hist_end, e.input, e.line, "
-            f"e.event, TRUE AS sampled, e.seq, d.j FROM drawn d JOIN encoded e ON e.seq = d.seq "
+    return (f"SELECT {', '.join(selected)}, e.domain, e.period, e.ts, 0 AS label, v.hist_end, {places}"
+            f"TRUE AS sampled, e.seq, d.j FROM drawn d JOIN encoded e ON e.seq = d.seq "
             f"JOIN visible v ON v.seq = d.seq {join}")
 
 
 def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict[str, int], folder: Path,
-             log=None) -> Assembled:
-    """Write ``rows.parquet``, ``history.parquet`` and ``origin.parquet`` of the staged ``records``
-    into ``folder``; ``dense_sizes`` holds the id-map size of every dense feature."""
+             places: tuple[str, str, str] | None, log=None) -> Assembled:
+    """Write ``rows.parquet``, ``history.parquet`` and ``origin.parquet`` of the ``records`` into
+    ``folder``; ``dense_sizes`` holds the id-map size of every dense feature, ``places`` the SQL of a
+    record's input, line and event from its ``seq`` (None: ``records`` stores them)."""
+    place = [] if places else ["input", "line", "event"]
+    carried = "".join(f"e.{c}, " for c in place)
     say = log or (lambda message: None)
     counts: dict[str, int] = {}
     time = spec.time
@@ -114,7 +119,9 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     counts["history_only"] = con.execute(f"SELECT count(*) FROM records WHERE {kept} AND NOT ({shown})").fetchone()[0]
     cut = cut_periods(con, time, f"{kept} AND {shown}")
     say(f"numbering ids and cutting {cut.n_periods} periods")
-    _encode(con, spec, cut.expression, shown, kept)
+    _encode(con, spec, cut.expression, shown, kept, place)
+    con.execute("DROP VIEW records")  # spilled tables take disk: each goes when no step needs it
+    con.execute("DROP TABLE checked")
     per_period = con.execute("SELECT period, count(*) FROM encoded WHERE period >= 0 GROUP BY period").fetchall()
     period_counts = np.zeros(cut.n_periods, dtype=np.int64)
     for p, n in per_period:
@@ -122,36 +129,43 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     n_history = layout(cut, time.n_transfer, period_counts)
     vocab = {f.name: feature_vocab(f, dense_sizes.get(f.name, 0)) for f in spec.features}
     column = {f.name: staged_name(i) for i, f in enumerate(spec.features)}
-    item_map = map_table(spec.features.index(spec.feature("item_id"))) if spec.feature("item_id").dense else None
+    item_map = map_table(spec.features.index(spec.feature("item_id")))
 
     say("building the behaviour history")
     build_history(con, spec, column, item_map)
     features = ", ".join(staged_name(i) for i in range(len(spec.features)))
-    parts = [(f"SELECT {features}, e.domain, e.period, e.ts, e.label, v.hist_end, e.input, e.line, e.event, "
+    parts = [(f"SELECT {features}, e.domain, e.period, e.ts, e.label, v.hist_end, {carried}"
               "FALSE AS sampled, e.seq, -1 AS j FROM encoded e JOIN visible v ON v.seq = e.seq WHERE e.period >= 0")]
     if spec.implicit:
         say("sampling negatives")
         counts["negatives"], counts["negatives_unavailable"] = sample_negatives(
             con, column["user_id"], column["item_id"], spec.label.negatives, spec.label.seed)
-        parts.append(_negative_rows(con, spec, column))
+        parts.append(_negative_rows(con, spec, column, carried))
     say("sorting and writing the rows")
     rows = " UNION ALL ".join(parts)
     # ties: records in input order, then the negatives in the order of their positives
     order = "period, domain, ts, sampled, seq, j" if spec.implicit else "period, domain, ts, seq"
-    row_columns = [f"{staged_name(i)}::BIGINT AS {_quoted(f.name)}" for i, f in enumerate(spec.features)]
+    row_columns = [f"{staged_name(i)}::INTEGER AS {_quoted(f.name)}" for i, f in enumerate(spec.features)]
     row_columns += ["domain::TINYINT AS domain", "period::SMALLINT AS period", "ts::BIGINT AS ts",
                     "label::TINYINT AS label", "hist_end::INTEGER AS hist_end"]
-    _copy(con, f"SELECT {', '.join(row_columns)} FROM ({rows}) ORDER BY {order}", folder / "rows.parquet")
-    _copy(con, "SELECT input::SMALLINT AS input, line::BIGINT AS line, event::INTEGER AS event, sampled "
-               f"FROM ({rows}) ORDER BY {order}", folder / "origin.parquet")
+    # sorted once for both files: a scan of the sorted table keeps its order
+    # a place that follows from seq is computed as origin.parquet is written: the sort carries seq alone
+    origin_columns = [*place, "sampled"] if place else ["seq", "sampled"]
+    con.execute(f"CREATE TABLE ordered AS SELECT {', '.join(row_columns + origin_columns)} FROM ({rows}) "
+                f"ORDER BY {order}")
+    for table in ("encoded", "visible", "drawn", "seen", "pending", "candidate"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    names = [f"{_quoted(f.name)}::BIGINT AS {_quoted(f.name)}" for f in spec.features]
+    names += ["domain", "period", "ts", "label", "hist_end"]
+    _copy(con, f"SELECT {', '.join(names)} FROM ordered", folder / "rows.parquet")
+    input_, line, event = places or ("input", "line", "event")
+    _copy(con, f"SELECT ({input_})::SMALLINT AS input, ({line})::BIGINT AS line, ({event})::INTEGER AS event, sampled "
+               "FROM ordered", folder / "origin.parquet")
+    per_domain = dict(con.execute("SELECT domain, count(*) FROM ordered GROUP BY domain").fetchall())
+    con.execute("DROP TABLE ordered")
     _copy(con, "SELECT user_id::BIGINT AS user_id, item_id::BIGINT AS item_id, category_id::BIGINT AS category_id, "
                f"domain::TINYINT AS domain, ts::BIGINT AS ts FROM history ORDER BY {HISTORY_ORDER}",
           folder / "history.parquet")
-    per_domain = dict(con.execute("SELECT domain, count(*) FROM encoded WHERE period >= 0 GROUP BY domain").fetchall())
-    if spec.implicit:
-        for domain, n in con.execute("SELECT e.domain, count(*) FROM drawn d JOIN encoded e ON e.seq = d.seq "
-                                     "GROUP BY e.domain").fetchall():
-            per_domain[domain] += n
     schema = Schema(
         features=tuple(Feature(f.name, f.kind, vocab[f.name], f.dim, f.domains) for f in spec.features),
         domains=spec.domains.names,

@@ -146,7 +146,7 @@ def run_import(cfg: DictConfig) -> Path:
             raise CtlError("inputs=[a.csv,b.parquet] is required with schema=...")
         root = Path(str(cfg.root)).expanduser() if cfg.root else Path.cwd()
         inputs = resolve_inputs(list(cfg.inputs), root, "import")
-        import_dataset(spec, inputs, out, max_rows=cfg.max_rows, block_bytes=int(cfg.block_bytes), log=log,
+        import_dataset(spec, inputs, out, max_rows=cfg.max_rows, block_bytes=cfg.block_bytes, log=log,
                        memory_limit=str(cfg.memory_limit), threads=cfg.threads)
         path = out
     elif cfg.get("data") is not None and cfg.data.get("importer") is not None:

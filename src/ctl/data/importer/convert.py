@@ -29,8 +29,8 @@ from ctl.data.dataset import META_FILE, meta_yaml
 from ctl.data.importer.assemble import assemble
 from ctl.data.importer.engine import DEFAULT_MEMORY_LIMIT, connect
 from ctl.data.importer.idmaps import map_table, number_ids
-from ctl.data.importer.readers import DEFAULT_BLOCK_BYTES, read_blocks, reader_kind
-from ctl.data.importer.records import RecordStager
+from ctl.data.importer.records import RecordTable
+from ctl.data.importer.sources import open_source, reader_kind
 from ctl.data.importer.spec import ImportSpec
 from ctl.errors import CtlError
 from ctl.io import fsync_path, rename_into_place
@@ -54,39 +54,22 @@ class ImportReport:
     counts: dict[str, int]
 
 
-def _read(spec: ImportSpec, inputs: Sequence[Path], stager: RecordStager, max_rows: int | None, block_bytes: int,
-          log: Callable[[str], None] | None) -> list[dict]:
-    """Stage every input's checked records; returns each input's path, bytes and records read."""
+def _read(con: duckdb.DuckDBPyConnection, spec: ImportSpec, inputs: Sequence[Path], table: RecordTable,
+          max_rows: int | None, work: Path, block_bytes: int | None, log: Callable[[str], None] | None) -> list[dict]:
+    """Check and stage every input's records; returns each input's path, bytes and records read."""
     described = []
     remaining = max_rows
     for index, path in enumerate(inputs):
         records = 0
         if remaining is None or remaining > 0:
-            for block in read_blocks(path, spec.reader, spec.needed_columns(), remaining, block_bytes):
-                stager.stage(block, index)
-                records += block.records
+            records = table.add(open_source(con, spec, path, index, remaining, work, block_bytes), index)
             if remaining is not None:
                 remaining -= records
         described.append({"path": str(path), "bytes": path.stat().st_size, "records": records})
         if log is not None:
             log(f"read {records:,} records from {path}")
-    if stager.kept == 0:
-        if stager.skipped:
-            raise CtlError(f"no records left after skipping bad ones ({dict(stager.skipped)})")
-        raise CtlError("the inputs hold no records")
+    table.finish()
     return described
-
-
-def _locator(con: duckdb.DuckDBPyConnection, spec: ImportSpec, inputs: Sequence[Path]):
-    """``locate(seq)``: the file and the place (``line 4``, ``row 9``, ``line 3, event 2``) of a record."""
-
-    def locate(seq: int) -> tuple[str, str]:
-        index, line, event = con.execute("SELECT input, line, event FROM records WHERE seq = ?", [seq]).fetchone()
-        kind = reader_kind(inputs[index], spec.reader)
-        where = f"{'row' if kind == 'parquet' else 'line'} {line}"
-        return str(inputs[index]), where + (f", event {event}" if kind == "event_lines" else "")
-
-    return locate
 
 
 def _write_id_maps(con: duckdb.DuckDBPyConnection, spec: ImportSpec, folder: Path) -> list[str]:
@@ -107,7 +90,7 @@ def import_dataset(
     inputs: Sequence[Path | str],
     out: Path | str,
     max_rows: int | None = None,
-    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    block_bytes: int | None = None,
     log: Callable[[str], None] | None = None,
     memory_limit: str = DEFAULT_MEMORY_LIMIT,
     threads: int | None = None,
@@ -119,7 +102,8 @@ def import_dataset(
         inputs: CSV, Parquet or event-line files.
         out: the new dataset folder; it must not exist.
         max_rows: read at most this many records (CSV lines, Parquet rows, event lines), in order.
-        block_bytes: text read per block; memory grows with it, not with the file size.
+        block_bytes: bytes of a text file DuckDB reads at a time; None = DuckDB's own buffer, read on
+            every thread (a set size reads on one).
         log: called with a line of progress per input and per step.
         memory_limit: DuckDB's memory limit (``"2GB"``); beyond it the import spills to disk
             (a ``spill/`` folder inside the hidden staging folder next to ``out``).
@@ -139,13 +123,12 @@ def import_dataset(
     folder.mkdir(parents=True)
     con = connect(staging / "work", memory_limit, threads)
     try:
-        stager = RecordStager(spec, staging / "work")
-        described = _read(spec, inputs, stager, max_rows, block_bytes, log)
-        stager.views(con)
-        sizes = number_ids(con, spec, _locator(con, spec, inputs))
-        built = assemble(con, spec, sizes, folder, log)
-        counts = {"records": stager.kept + sum(stager.skipped.values()), **built.counts,
-                  **{f"skipped {reason}": int(n) for reason, n in sorted(stager.skipped.items())}}
+        table = RecordTable(con, spec, events=any(reader_kind(path, spec) == "event_lines" for path in inputs))
+        described = _read(con, spec, inputs, table, max_rows, staging / "work", block_bytes, log)
+        sizes = number_ids(con, spec, table.locate)
+        built = assemble(con, spec, sizes, folder, table.derived_places(), log)
+        counts = {"records": table.rows, **built.counts,
+                  **{f"skipped {reason}": int(n) for reason, n in sorted(table.skipped.items())}}
         provenance = {
             "importer": IMPORTER_VERSION,
             "name": spec.name,

@@ -1,8 +1,11 @@
-"""The DuckDB database an import works in: a file in the staging folder, a memory limit, a spill folder.
+"""The DuckDB database an import works in: in memory up to a limit, spilling to a folder beyond it.
 
-Everything the import holds beyond one read block lives in this database: DuckDB keeps at most
-``memory_limit`` in memory and spills the rest (sorts, joins, windows) to ``spill/`` next to it,
-so memory stays bounded whatever the input size. The folder is deleted with the staging folder.
+Everything the import holds lives in this database: DuckDB keeps at most ``memory_limit`` in
+memory and spills the rest (tables, sorts, joins, windows) to ``spill/`` in the staging folder, so
+memory stays bounded whatever the input size. An in-memory database, not a database file: its
+tables go to disk only when they outgrow the limit, uncompressed (a database file compresses every
+table it writes: the checked records of a 2M-row click log took 2.3 s to write there, 0.9 s in
+memory). The folder is deleted with the staging folder.
 """
 
 from __future__ import annotations
@@ -11,26 +14,30 @@ from pathlib import Path
 
 import duckdb
 
+from ctl.data.importer.encoders import register_hash
+
 #: DuckDB's memory limit during an import (``memory_limit=`` of ``ctl data import``).
 DEFAULT_MEMORY_LIMIT = "2GB"
 
 
 def connect(folder: Path, memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """A fresh database in ``folder`` (created) that spills to ``folder/spill``.
+    """A fresh in-memory database that spills to ``folder/spill`` (``folder`` is created).
 
     Args:
         memory_limit: DuckDB's limit, e.g. ``"2GB"`` or ``"500MB"``.
         threads: DuckDB's worker threads; None = one per core.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(folder / "import.duckdb"))
+    con = duckdb.connect(":memory:")
     con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute(f"SET temp_directory = '{folder / 'spill'}'")
-    con.execute("SET preserve_insertion_order = true")  # ordered CREATE/COPY keep their order
+    # ordered CREATE/COPY keep their order, and a table's rowids follow the order it was filled in
+    con.execute("SET preserve_insertion_order = true")
     con.execute("SET TimeZone = 'UTC'")
     if threads is not None:
         con.execute(f"SET threads = {int(threads)}")
     _hash_macros(con)
+    register_hash(con)
     return con
 
 

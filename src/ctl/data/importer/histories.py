@@ -32,7 +32,7 @@ def _strictly_before(user: str) -> str:
     running count of events stops just before the record's own second.
     """
     return f"""
-        SELECT seq, hist_end FROM (
+        SELECT seq, hist_end::INTEGER AS hist_end FROM (
             SELECT seq, is_event, sum(is_event) OVER (PARTITION BY user_id ORDER BY ts, is_event
                                                       ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS hist_end
             FROM (SELECT {user} AS user_id, ts, 0 AS is_event, seq FROM encoded WHERE period >= 0
@@ -40,18 +40,16 @@ def _strictly_before(user: str) -> str:
         WHERE is_event = 0"""
 
 
-def build_history(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict[str, str], item_map: str | None) -> None:
+def build_history(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict[str, str], item_map: str) -> None:
     """Create ``history`` and ``visible``; ``column[name]`` is a feature's id column in ``encoded``,
-    ``item_map`` the item id map's table (None when item ids are hashed)."""
+    ``item_map`` the item id map's table (dense or hashed)."""
     user, item, category = column["user_id"], column["item_id"], column["category_id"]
     if spec.sequences.column is None:
-        chosen = "TRUE" if spec.implicit or spec.sequences.events == "all" else "label = 1"
+        chosen = "TRUE" if spec.implicit or spec.sequences.events.value == "all" else "label = 1"
         con.execute(f"""CREATE TABLE history AS SELECT {user} AS user_id, {item} AS item_id, {category} AS category_id,
                         domain, ts, seq, 0 AS pos FROM encoded WHERE {chosen}""")
         con.execute(f"CREATE TABLE visible AS {_strictly_before(user)}")
         return
-    listed = "m.id" if item_map is not None else "s.hashed"
-    join_map = f"JOIN {item_map} m ON m.raw = s.raw" if item_map is not None else ""
     con.execute(f"""CREATE TABLE item_category AS
                     SELECT {item} AS item_id, arg_max({category}, seq) AS category_id FROM encoded GROUP BY {item}""")
     # one block per distinct (user, ts, list), represented by its first record; list_end: where it ends
@@ -64,10 +62,10 @@ def build_history(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict
               FROM encoded WHERE seq_count > 0 GROUP BY ALL)""")
     con.execute(f"""
         CREATE TABLE history AS
-        SELECT b.user_id, {listed} AS item_id, coalesce(c.category_id, 0) AS category_id, e.domain, b.ts - 1 AS ts,
+        SELECT b.user_id, m.id AS item_id, coalesce(c.category_id, 0) AS category_id, e.domain, b.ts - 1 AS ts,
                b.head AS seq, s.pos
-        FROM blocks b JOIN encoded e ON e.seq = b.head JOIN seq_items s ON s.seq = b.head {join_map}
-        LEFT JOIN item_category c ON c.item_id = {listed}""")
+        FROM blocks b JOIN encoded e ON e.seq = b.head JOIN seq_items s ON s.seq = b.head
+        JOIN {item_map} m ON m.raw = s.raw LEFT JOIN item_category c ON c.item_id = m.id""")
     con.execute(f"""
         CREATE TABLE visible AS
         SELECT w.seq, coalesce(b.list_end, w.hist_end) AS hist_end

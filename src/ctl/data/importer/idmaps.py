@@ -1,15 +1,17 @@
-"""Dense ids in SQL: ``1..n`` in order of first appearance, 0 = absent, one map per dense feature.
+"""Id maps in SQL: raw text -> id, one table ``map_<i>`` (``raw``, ``id``) per dense or hashed feature.
 
-A value's first appearance is its first record (``seq``), the record's own column before the
-items of its explicit sequence (``seq_items``, in list order). The maps live in the import's
-database as ``map_<i>`` (``raw``, ``id``, ``first``); a fixed ``vocab`` the data outgrows is
-refused at the record that brought the first value beyond it.
+Dense ids run ``1..n`` in order of first appearance (0 = absent). A value's first appearance is its
+first record (``seq``), the record's own column before the items of its explicit sequence
+(``seq_items``, in list order); a fixed ``vocab`` the data outgrows is refused at the record that
+brought the first value beyond it. Hashed ids are :func:`~ctl.data.importer.encoders.hashed_ids`
+of each distinct value.
 """
 
 from __future__ import annotations
 
 import duckdb
 
+from ctl.data.importer.encoders import HASH_FUNCTION
 from ctl.data.importer.errors import InputError
 from ctl.data.importer.records import staged_name
 from ctl.data.importer.spec import ImportSpec
@@ -23,21 +25,25 @@ def map_table(index: int) -> str:
 
 
 def number_ids(con: duckdb.DuckDBPyConnection, spec: ImportSpec, locate) -> dict[str, int]:
-    """Build ``map_<i>`` for every dense feature; returns each one's size (distinct values).
+    """Build ``map_<i>`` for every dense and hashed feature; returns each dense one's size (distinct values).
 
     ``locate(seq)`` gives ``(file, where)`` of a record, for the refusal of an outgrown vocab.
     """
     sizes = {}
     for i, feature in enumerate(spec.features):
-        if not feature.dense:
+        if not feature.mapped:
             continue
         column = staged_name(i)
         sources = [f"SELECT {column} AS raw, seq::HUGEINT * {SLOTS} AS first FROM records WHERE {column} IS NOT NULL"]
         if feature.name == "item_id" and spec.sequences.column is not None:
             sources.append(f"SELECT raw, seq::HUGEINT * {SLOTS} + 1 + pos AS first FROM seq_items")
+        if not feature.dense:
+            con.execute(f"""CREATE TABLE {map_table(i)} AS SELECT raw, {HASH_FUNCTION}(raw, {feature.hash_buckets})::INTEGER AS id
+                            FROM (SELECT DISTINCT raw FROM ({' UNION ALL '.join(sources)}))""")
+            continue
         con.execute(f"""
             CREATE TABLE {map_table(i)} AS
-            SELECT raw, row_number() OVER (ORDER BY first) AS id, first
+            SELECT raw, row_number() OVER (ORDER BY first)::INTEGER AS id, first
             FROM (SELECT raw, min(first) AS first FROM ({' UNION ALL '.join(sources)}) GROUP BY raw)""")
         sizes[feature.name] = con.execute(f"SELECT count(*) FROM {map_table(i)}").fetchone()[0]
         if feature.vocab is not None and sizes[feature.name] > feature.vocab - 1:

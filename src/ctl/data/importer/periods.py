@@ -13,12 +13,14 @@ rows are built; only its scalars (the origin, the number of periods) are read he
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import duckdb
 import numpy as np
 
-from ctl.data.importer.spec import TimeSpec
+from ctl.data.importer.schema_yaml import TimeConfig
+from ctl.data.importer.spec import PERIOD_UNITS
 from ctl.errors import CtlError
 
 
@@ -46,7 +48,7 @@ def _month(seconds: int) -> int:
     return int(np.datetime64(int(seconds), "s").astype("datetime64[M]").astype(np.int64))
 
 
-def cut_periods(con: duckdb.DuckDBPyConnection, spec: TimeSpec, shown: str) -> PeriodCut:
+def cut_periods(con: duckdb.DuckDBPyConnection, spec: TimeConfig, shown: str) -> PeriodCut:
     """The period of the ``records`` matching the SQL condition ``shown``, and every period's span."""
     n, low, high = con.execute(f"SELECT count(*), min(ts), max(ts) FROM records WHERE {shown}").fetchone()
     if n == 0:
@@ -72,7 +74,8 @@ def cut_periods(con: duckdb.DuckDBPyConnection, spec: TimeSpec, shown: str) -> P
         return PeriodCut(expression, tuple(
             f"{np.datetime64((first + p) * months - _EPOCH_MONTH, 'M')}-01 .. "
             f"{np.datetime64((first + p + 1) * months - _EPOCH_MONTH, 'M')}-01" for p in range(count)))
-    seconds = spec.period_seconds
+    count, unit = re.fullmatch(r"(\d+)\s*([a-z]+)", spec.period).groups()
+    seconds = int(count) * PERIOD_UNITS[unit]
     count = (high - origin) // seconds + 1
     return PeriodCut(f"((ts - {origin}) // {seconds})",
                      tuple(f"{_iso(origin + p * seconds)} .. {_iso(origin + (p + 1) * seconds)}" for p in range(count)))

@@ -1,41 +1,38 @@
-"""Raw blocks -> checked records staged for DuckDB: domain, label, time, place, feature values.
+"""Sources -> the ``records`` table: every record checked and encoded by one SQL pass per input.
 
-:class:`RecordStager` checks every value a record needs (refusing or, with ``on_bad_rows: skip``,
-dropping and counting bad records) block by block, and writes the kept records as Parquet parts
-of ``records`` (their explicit sequence items as parts of ``seq_items``), which DuckDB reads as
-views. What needs no global view
-is encoded here: hashed ids, numeric buckets, constants; dense features stay raw text, numbered
-later in SQL (:mod:`ctl.data.importer.idmaps`). A feature is null/0 on the rows of domains that
-lack it. ``seq`` numbers the kept records in input order: it orders everything downstream.
+Per record: ``seq`` (its place among the kept records in input order: it orders everything
+downstream), ``input``, ``line``, ``event``, ``domain``, ``label``, ``ts`` (the record's ``seq``
+when the schema has no time column), ``period_value`` (explicit periods), and ``f<i>`` per schema
+feature: raw text for dense and hashed features (numbered later, :mod:`ctl.data.importer.idmaps`),
+ids for bucket and constant features. A feature is null/0 on the rows of domains that lack it.
+Explicit sequences add ``seq_count`` (items in the list) and ``seq_key`` (the list's text), and
+``seq_items`` holds their items (``seq``, ``pos``, ``raw``).
+
+``records`` is a view of the table ``checked``: ``seq`` is a record's rowid there, and its input
+and line follow from it (:meth:`RecordTable.places`) unless records were left out or an input holds
+event lines; only then are they stored. ``refusal`` is the first :class:`Check` a record fails, in
+schema order (domain, label, time, period, features). With ``on_bad_rows: error`` the first refused
+record is reported with its file, place, column and raw value; with ``skip`` refused records are
+counted per check and left out.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import duckdb
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from ctl.data.importer.encoders import (
-    Refusals,
-    as_text,
-    hash_text,
-    hashed_ids,
-    missing_mask,
-    parse_label,
-    parse_numbers,
-    parse_time,
-    refusal_detail,
-)
-from ctl.data.importer.readers import RawBlock
-from ctl.data.importer.spec import FeatureSpec, ImportSpec
+from ctl.data.importer.errors import InputError
+from ctl.data.importer.sources import Source, sql_text
+from ctl.data.importer.spec import ImportSpec
+from ctl.errors import CtlError
 
-#: ``seq_items``: the items of the explicit sequences, ``pos`` within the record's list
-ITEMS_SCHEMA = pa.schema([("seq", pa.int64()), ("pos", pa.int32()), ("raw", pa.string()), ("hashed", pa.int64())])
+_FLOATS = ("FLOAT", "DOUBLE", "REAL")
+_TEMPORAL = ("TIMESTAMP", "DATE")
+_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
+            "UHUGEINT", "DECIMAL", "BOOLEAN")
 
 
 def staged_name(index: int) -> str:
@@ -43,192 +40,258 @@ def staged_name(index: int) -> str:
     return f"f{index}"
 
 
-class RecordStager:
-    """Checks blocks and stages their kept records as Parquet parts of ``records`` / ``seq_items``.
+@dataclass(frozen=True)
+class Check:
+    """A refusal: ``condition`` (SQL, true where refused) on input ``column``; ``kind`` names it in the
+    skip counts, ``detail(value)`` in the error (``value``: the raw value as the message shows it)."""
+
+    column: str
+    kind: str
+    condition: str
+    detail: Callable[[str], str]
+
+
+class Values:
+    """SQL of one source's raw values: text (null where empty), finite numbers, times in seconds."""
+
+    def __init__(self, spec: ImportSpec, source: Source) -> None:
+        self.index = {name: j for j, name in enumerate(spec.needed_columns())}
+        self.types = source.types
+
+    def _column(self, name: str) -> tuple[str, str]:
+        j = self.index[name]
+        return f"v{j}", self.types[j]
+
+    def present(self, name: str) -> str:
+        value, kind = self._column(name)
+        if kind == "VARCHAR":
+            return f"({value} IS NOT NULL AND {value} <> '')"
+        return f"({value} IS NOT NULL AND NOT isnan({value}))" if kind in _FLOATS else f"({value} IS NOT NULL)"
+
+    def text(self, name: str) -> str:
+        value, kind = self._column(name)
+        return f"nullif({value}, '')" if kind == "VARCHAR" else f"CAST({value} AS VARCHAR)"
+
+    def number(self, name: str) -> str:
+        """DOUBLE, null where missing or not a finite number."""
+        value, kind = self._column(name)
+        if kind.startswith(_NUMERIC):
+            return f"CAST({value} AS DOUBLE)"
+        number = f"TRY_CAST({value} AS DOUBLE)" if kind.startswith(_FLOATS + ("VARCHAR",)) else \
+            f"TRY_CAST(CAST({value} AS VARCHAR) AS DOUBLE)"
+        return f"(CASE WHEN isfinite({number}) THEN {number} END)"
+
+    def seconds(self, name: str, fmt: str) -> str:
+        """BIGINT seconds since the Unix epoch (UTC), null where missing or unreadable."""
+        value, kind = self._column(name)
+        if kind.startswith(_TEMPORAL):
+            return f"CAST(floor(epoch({value})) AS BIGINT)"
+        if fmt in ("unix", "unix_ms"):
+            return f"TRY_CAST(floor({self.number(name)}{' / 1000' if fmt == 'unix_ms' else ''}) AS BIGINT)"
+        return f"CAST(floor(epoch(try_strptime(trim({self.text(name)}), {sql_text(fmt)}))) AS BIGINT)"
+
+
+def _raw(value: object) -> str:
+    return "(empty)" if value is None or value == "" else repr(value if isinstance(value, str) else str(value))
+
+
+def _counted_boundaries(number: str, boundaries: tuple[float, ...]) -> str:
+    """How many boundaries lie at or below ``number`` (numpy's ``searchsorted(..., side='right')``)."""
+    return " + ".join(f"CAST({number} >= {float(b)!r} AS INTEGER)" for b in boundaries)
+
+
+class RecordTable:
+    """Builds ``records`` input by input and reports or drops refused records.
 
     Example::
 
-        stager = RecordStager(spec, folder)
-        stager.stage(block, input_index=0)   # bad records dropped (counted) or refused
-        stager.views(con)                    # SELECT ... FROM records
+        table = RecordTable(con, spec, events=False)
+        table.add(source, input_index=0)   # refuses at the first bad record unless on_bad_rows: skip
+        table.finish()                     # skip: counts and removes refused records; seq_items
     """
 
-    def __init__(self, spec: ImportSpec, folder: Path) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, spec: ImportSpec, events: bool) -> None:
+        """``events``: some input holds event lines, whose records' lines and events are stored; every
+        other record's place follows from its rowid (spilled work tables stay narrow)."""
+        self.con = con
         self.spec = spec
-        self.folder = folder
+        self.rows = 0
         self.skipped: Counter[str] = Counter()
-        self.kept = 0
-        self._parts = 0
-        names = spec.domains.names
-        self._carriers = {f.name: np.array([names.index(d) for d in f.domains], dtype=np.int8)
-                          for f in spec.features}
-        self._domain_values = None if spec.domains.values is None else pa.array(spec.domains.values, pa.string())
-        for table in ("records", "seq_items"):
-            (folder / table).mkdir(parents=True)
+        self.events = events
+        self._checks: list[Check] = []
+        self._firsts: dict[int, tuple[int, int]] = {}  # input -> rowid of its first record, line of it
+        self._sources: dict[int, Source] = {}
 
-    def views(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Create the views ``records`` and ``seq_items`` (explicit sequences only) over the staged parts."""
-        if self.spec.sequences.column is not None and not any((self.folder / "seq_items").iterdir()):
-            pq.write_table(ITEMS_SCHEMA.empty_table(), self.folder / "seq_items" / "part-00000.parquet")
-        for table in ("records", "seq_items") if self.spec.sequences.column is not None else ("records",):
-            parts = ", ".join("'" + str(p).replace("'", "''") + "'" for p in sorted((self.folder / table).iterdir()))
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{parts}])")
-
-    # --- checks ----------------------------------------------------------------------------------
-
-    def _domain(self, block: RawBlock, checks: Refusals) -> np.ndarray:
+    def _domain(self, values: Values) -> str:
         spec = self.spec.domains
-        values = block.columns[spec.column]
-        missing = missing_mask(values)
-        checks.refuse(spec.column, missing, "empty", lambda i: "is empty; every record needs a domain")
-        if self._domain_values is not None:
-            found = pc.index_in(as_text(values), value_set=self._domain_values)
-            unknown = missing_mask(found) & ~missing
-            checks.refuse(spec.column, unknown, "unknown domain",
-                          refusal_detail(values, f"is not one of the domain values {list(spec.values)} "
-                                                 "(domains.values)"))
-            index = pc.fill_null(found, -1).to_numpy(zero_copy_only=False)
+        if spec.values is not None:
+            cases = " ".join(f"WHEN {sql_text(raw)} THEN {i}" for i, raw in enumerate(spec.values))
+            return f"(CASE {values.text(spec.column)} {cases} END)"
+        number = values.number(spec.column)
+        return f"(CASE WHEN {number} IS NOT NULL THEN {_counted_boundaries(number, spec.boundaries)} END)"
+
+    def _carrier(self, domains: tuple[str, ...], domain: str) -> str:
+        names = self.spec.domains.names
+        if set(domains) == set(names):
+            return "TRUE"
+        return f"({domain} IN ({', '.join(str(names.index(d)) for d in domains)}))"
+
+    def _select(self, values: Values, input_index: int) -> tuple[str, list[Check]]:
+        """The SELECT list over a source computing every column of ``records``, and its checks."""
+        spec, checks = self.spec, []
+        domain = self._domain(values)
+        column = spec.domains.column
+        checks.append(Check(column, "empty", f"NOT {values.present(column)}",
+                            lambda v: "is empty; every record needs a domain"))
+        if spec.domains.values is not None:
+            checks.append(Check(column, "unknown domain", f"{domain} IS NULL",
+                                lambda v: f"value {v} is not one of the domain values {list(spec.domains.values)} "
+                                          "(domains.values)"))
         else:
-            numbers, bad = parse_numbers(values)
-            checks.refuse(spec.column, bad & ~missing, "not a number",
-                          refusal_detail(values, "is not a number (domains.boundaries cut it)"))
-            index = np.searchsorted(np.asarray(spec.boundaries), numbers, side="right")
-            index[np.isnan(numbers)] = -1
-        return index.astype(np.int8)
-
-    def _label(self, block: RawBlock, checks: Refusals) -> np.ndarray:
-        column = self.spec.label.column
-        if column is None:
-            return np.ones(len(block), dtype=np.int8)
-        values = block.columns[column]
-        label, bad = parse_label(values)
-        checks.refuse(column, bad, "not 0/1", refusal_detail(values, "is not a 0/1 label"))
-        return label
-
-    def _time(self, block: RawBlock, checks: Refusals) -> np.ndarray | None:
-        spec = self.spec.time
-        if spec.column is None:
-            return None  # file order: the kept records' positions, set after the checks
-        values = block.columns[spec.column]
-        ts, bad = parse_time(values, spec.format)
-        missing = missing_mask(values)
-        checks.refuse(spec.column, missing, "empty", lambda i: "is empty; every record needs a time")
-        what = {"unix": "is not a Unix time in seconds", "unix_ms": "is not a Unix time in milliseconds"}
-        checks.refuse(spec.column, bad & ~missing, "bad time",
-                      refusal_detail(values, what.get(spec.format, f"does not match the time format {spec.format!r}")))
-        return ts
-
-    def _period_values(self, block: RawBlock, checks: Refusals) -> np.ndarray | None:
-        column = self.spec.time.period_column
-        if column is None:
-            return None
-        values = block.columns[column]
-        numbers, bad = parse_numbers(values)
-        bad |= ~np.isfinite(numbers) | (numbers != np.round(numbers))
-        checks.refuse(column, bad, "not an integer period", refusal_detail(values, "is not an integer period"))
-        return np.where(bad, 0, numbers).astype(np.int64)
-
-    def _feature_checks(self, block: RawBlock, domain: np.ndarray, checks: Refusals) -> dict[str, np.ndarray]:
-        """Numbers of the bucket features (NaN = missing); refuses missing values where not allowed."""
-        numbers = {}
-        for feature in self.spec.features:
+            checks.append(Check(column, "not a number", f"{domain} IS NULL",
+                                lambda v: f"value {v} is not a number (domains.boundaries cut it)"))
+        selected = {"line": "line", "event": "event"} if self.events else {}
+        selected["domain"] = domain
+        label = spec.label.column
+        if label is not None:
+            number = values.number(label)
+            checks.append(Check(label, "not 0/1", f"coalesce({number} NOT IN (0, 1), TRUE)",
+                                lambda v: f"value {v} is not a 0/1 label"))
+            selected["label"] = f"TRY_CAST({number} AS TINYINT)"
+        else:
+            selected["label"] = "1"
+        time = spec.time
+        if time.column is not None:
+            seconds = values.seconds(time.column, time.format)
+            what = {"unix": "is not a Unix time in seconds", "unix_ms": "is not a Unix time in milliseconds"}
+            checks.append(Check(time.column, "empty", f"NOT {values.present(time.column)}",
+                                lambda v: "is empty; every record needs a time"))
+            checks.append(Check(time.column, "bad time", f"{seconds} IS NULL", lambda v: f"value {v} " + what.get(
+                time.format, f"does not match the time format {time.format!r}")))
+            selected["ts"] = seconds
+        else:
+            selected["ts"] = "NULL"  # the record's seq (see finish)
+        if time.period_column is not None:
+            number = values.number(time.period_column)
+            checks.append(Check(time.period_column, "not an integer period",
+                                f"coalesce({number} <> round({number}), TRUE)",
+                                lambda v: f"value {v} is not an integer period"))
+            selected["period_value"] = f"TRY_CAST({number} AS BIGINT)"
+        for i, feature in enumerate(spec.features):
+            carrier = self._carrier(feature.domains, domain)
             if feature.constant:
+                selected[staged_name(i)] = f"CASE WHEN {carrier} THEN 1 ELSE 0 END"
                 continue
-            values = block.columns[feature.column]
-            carrier = np.isin(domain, self._carriers[feature.name])
-            missing = missing_mask(values)
+            present = values.present(feature.column)
             if feature.kind == "bucket":
-                parsed, bad = parse_numbers(values)
-                checks.refuse(feature.column, carrier & bad, "not a number",
-                              refusal_detail(values, f"is not a number (feature {feature.name!r} is a bucket)"))
-                numbers[feature.name] = parsed
-                missing = np.isnan(parsed) & ~bad
+                number = values.number(feature.column)
+                checks.append(Check(feature.column, "not a number", f"{carrier} AND {present} AND {number} IS NULL",
+                                    lambda v, f=feature: f"value {v} is not a number (feature {f.name!r} is a bucket)"))
+                counted = _counted_boundaries(number, feature.boundaries)
+                selected[staged_name(i)] = f"CASE WHEN {carrier} AND {number} IS NOT NULL THEN 1 + {counted} ELSE 0 END"
+            else:
+                selected[staged_name(i)] = (f"CASE WHEN {carrier} THEN {values.text(feature.column)} END"
+                                            if carrier != "TRUE" else values.text(feature.column))
             if feature.missing == "error":
-                checks.refuse(feature.column, carrier & missing, "empty",
-                              lambda i, f=feature: f"is empty; feature {f.name!r} needs a value on the rows of "
-                                                   f"{list(f.domains)} (or set missing: absent)")
-        return numbers
+                checks.append(Check(feature.column, "empty", f"{carrier} AND NOT {present}",
+                                    lambda v, f=feature: f"is empty; feature {f.name!r} needs a value on the rows of "
+                                                         f"{list(f.domains)} (or set missing: absent)"))
+        if spec.sequences.column is not None:
+            text = f"coalesce({values.text(spec.sequences.column)}, '')"
+            separator = sql_text(spec.sequences.separator)
+            selected["seq_count"] = f"len(list_filter(string_split({text}, {separator}), lambda x: x <> ''))"
+            selected["seq_key"] = text
+        cases = " ".join(f"WHEN {check.condition} THEN {k}" for k, check in enumerate(checks))
+        selected["refusal"] = f"CASE {cases} END"
+        types = {"line": "BIGINT", "event": "INTEGER", "domain": "TINYINT",
+                 "label": "TINYINT", "ts": "BIGINT", "period_value": "BIGINT", "seq_count": "INTEGER",
+                 "seq_key": "VARCHAR", "refusal": "SMALLINT"}
+        for i, feature in enumerate(spec.features):
+            types[staged_name(i)] = "VARCHAR" if feature.mapped else "INTEGER"
+        return ", ".join(f"CAST({sql} AS {types[name]}) AS {name}" for name, sql in selected.items()), checks
 
-    # --- encoding --------------------------------------------------------------------------------
+    def add(self, source: Source, input_index: int) -> int:
+        """Append the records of ``source`` (input ``input_index``); returns the file records it held
+        (lines or rows; an event line holds many records, or none)."""
+        values = Values(self.spec, source)
+        select, checks = self._select(values, input_index)
+        verb = "INSERT INTO checked" if self._checks else "CREATE TABLE checked AS"
+        try:
+            added = self.con.execute(f"{verb} SELECT {select} FROM ({source.relation})").fetchone()[0]
+        except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.NotImplementedException) as exc:
+            raise source.read_error(exc) from None
+        if source.kind == "csv":
+            if added == 0:
+                raise InputError(str(source.file), "has a header but no data rows" if source.text.first_line > 1
+                                 else "has no data rows")
+            source.text.verify(added + source.text.first_line - 1)
+        if added:
+            self._firsts[input_index] = (self.rows, 1 if source.text is None else source.text.first_line)
+        self.rows += added
+        self._checks, self._sources[input_index] = checks, source
+        _, line, event = self.places("rowid")
+        refused = self.rows and self.con.execute(f"SELECT {line}, {event}, refusal FROM checked WHERE refusal IS NOT "
+                                                 "NULL ORDER BY rowid LIMIT 1").fetchone()
+        if refused and self.spec.on_bad_rows == "error":
+            line, event, code = refused
+            check = self._checks[code]
+            j = values.index[check.column]
+            place = f"row_number() OVER () + {source.text.first_line - 1}" if source.kind == "csv" else "line"
+            raw = self.con.execute(f"SELECT v{j} FROM (SELECT *, {place} AS place FROM ({source.relation})) "
+                                   "WHERE place = ? AND event = ?", [line, event]).fetchone()[0]
+            raise InputError(str(source.file), check.detail(_raw(raw)), where=source.where(line, event),
+                             column=check.column)
+        return source.lines if source.kind == "event_lines" else added
 
-    def _values(self, feature: FeatureSpec, block: RawBlock, domain: np.ndarray,
-                numbers: np.ndarray | None) -> pa.Array:
-        """Raw text of a dense feature (null where absent), else its int64 ids (0 where absent)."""
-        carrier = np.isin(domain, self._carriers[feature.name])
-        if feature.constant:
-            return pa.array(carrier.astype(np.int64))
-        if feature.kind == "bucket":
-            present = carrier & ~np.isnan(numbers)
-            ids = np.zeros(len(block), dtype=np.int64)
-            ids[present] = np.searchsorted(np.asarray(feature.boundaries), numbers[present], side="right") + 1
-            return pa.array(ids)
-        values = block.columns[feature.column]
-        present = carrier & ~missing_mask(values)
-        if feature.dense:
-            return pc.if_else(pa.array(present), as_text(values), pa.scalar(None, pa.string()))
-        ids = np.zeros(len(block), dtype=np.int64)
-        ids[present] = hashed_ids(pc.filter(as_text(values), pa.array(present)), feature.hash_buckets)
-        return pa.array(ids)
+    def locate(self, seq: int) -> tuple[str, str]:
+        """The file and the place (``line 4``, ``row 9``, ``line 3, event 2``) of the kept record ``seq``."""
+        index, line, event = self.con.execute("SELECT input, line, event FROM records WHERE seq = ?", [seq]).fetchone()
+        return str(self._sources[index].file), self._sources[index].where(line, event)
 
-    def _sequences(self, block: RawBlock, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray, pa.Table]:
-        """Per record: list length and raw-list hash; the lists' items as ``(seq, pos, raw, hashed id)``."""
-        spec = self.spec.sequences
-        text = as_text(block.columns[spec.column])
-        parts = pc.split_pattern(pc.fill_null(text, ""), spec.separator)
-        flat = pc.list_flatten(parts)
-        owner = pc.list_parent_indices(parts).to_numpy(zero_copy_only=False)
-        nonempty = pc.not_equal(flat, "")
-        flat, owner = pc.filter(flat, nonempty), owner[nonempty.to_numpy(zero_copy_only=False)]
-        counts = np.bincount(owner, minlength=len(block)).astype(np.int32)
-        pos = np.arange(owner.shape[0], dtype=np.int32) - np.repeat((np.cumsum(counts) - counts).astype(np.int32),
-                                                                    counts)
-        item = self.spec.feature("item_id")
-        hashed = (hashed_ids(flat, item.hash_buckets) if item.hash_buckets is not None
-                  else np.zeros(owner.shape[0], dtype=np.int64))
-        items = pa.table({"seq": seq[owner], "pos": pos, "raw": flat, "hashed": hashed}, schema=ITEMS_SCHEMA)
-        return counts, hash_text(text), items
+    def places(self, position: str) -> tuple[str, str, str]:
+        """SQL of a record's input, line and event from its ``position`` (a rowid of ``checked``, or a
+        ``seq`` while no record was left out): a stored line and event, or its place in its input."""
+        starts = sorted((first, i, f"{position} - {first - line}") for i, (first, line) in self._firsts.items())
 
-    def stage(self, block: RawBlock, input_index: int) -> None:
-        """Check ``block`` and append its kept records (of input ``input_index``) to the tables."""
-        checks = Refusals(block, skip=self.spec.on_bad_rows == "skip")
-        domain = self._domain(block, checks)
-        label = self._label(block, checks)
-        ts = self._time(block, checks)
-        period_values = self._period_values(block, checks)
-        numbers = self._feature_checks(block, domain, checks)
-        self.skipped.update(checks.counts)
-        keep = ~checks.mask
-        if not keep.all():
-            block = block.filter(keep)
-            domain, label = domain[keep], label[keep]
-            ts = None if ts is None else ts[keep]
-            period_values = None if period_values is None else period_values[keep]
-            numbers = {name: values[keep] for name, values in numbers.items()}
-        n = len(block)
-        if n == 0:
-            return
-        seq = np.arange(self.kept, self.kept + n, dtype=np.int64)
-        self.kept += n
-        columns = {
-            "seq": seq,
-            "input": np.full(n, input_index, dtype=np.int16),
-            "line": block.line,
-            "event": np.zeros(n, dtype=np.int32) if block.event is None else block.event.astype(np.int32),
-            "domain": domain,
-            "label": label,
-            "ts": seq if ts is None else ts,
-        }
-        if period_values is not None:
-            columns["period_value"] = period_values
-        for i, feature in enumerate(self.spec.features):
-            columns[staged_name(i)] = self._values(feature, block, domain, numbers.get(feature.name))
+        def by_input(values: list[str]) -> str:  # the value of the input a position falls in
+            cases = " ".join(f"WHEN {position} >= {first} THEN {value}" for (first, _, _), value
+                             in zip(starts[:0:-1], values[:0:-1], strict=True))
+            return f"(CASE {cases} ELSE {values[0]} END)" if cases else values[0]
+
+        line = by_input([line for _, _, line in starts])
+        return (by_input([str(i) for _, i, _ in starts]), f"coalesce(line, {line})" if self.events else line,
+                "event" if self.events else "0")
+
+    def derived_places(self) -> tuple[str, str, str] | None:
+        """:meth:`places` from a column ``seq`` when no place is stored (no record left out, no event
+        lines), else None."""
+        return None if self.skipped or self.events else self.places("seq")
+
+    def finish(self) -> None:
+        """Count and leave out the refused records (``skip``), create the view ``records`` (``seq``: the
+        kept records' place in input order) and stage ``seq_items``."""
+        names = {k: f"{check.column}: {check.kind}" for k, check in enumerate(self._checks)}
+        for code, n in self.con.execute("SELECT refusal, count(*) FROM checked WHERE refusal IS NOT NULL "
+                                        "GROUP BY refusal").fetchall():
+            self.skipped[names[code]] += n
+        if self.rows == sum(self.skipped.values()):
+            if self.skipped:
+                raise CtlError(f"no records left after skipping bad ones ({dict(self.skipped)})")
+            raise CtlError("the inputs hold no records")
+        places, stored = self.places("rowid"), ["refusal", "line", "event"] if self.events else ["refusal"]
+        if self.skipped:  # in insertion order, so the kept records' rowids number them; their places are stored
+            self.con.execute(f"CREATE TABLE kept AS SELECT * EXCLUDE ({', '.join(stored)}), {places[0]} AS input, "
+                             f"{places[1]} AS line, {places[2]} AS event FROM checked WHERE refusal IS NULL")
+            self.con.execute("DROP TABLE checked")
+            self.con.execute("ALTER TABLE kept RENAME TO checked")
+            places, stored = ("input", "line", "event"), ["input", "line", "event"]
+        ts = "" if self.spec.time.column else " REPLACE (rowid AS ts)"
+        self.con.execute(f"CREATE VIEW records AS SELECT rowid AS seq, {places[0]} AS input, {places[1]} AS line, "
+                         f"{places[2]} AS event, * EXCLUDE ({', '.join(stored)}){ts} FROM checked")
         if self.spec.sequences.column is not None:
-            columns["seq_count"], columns["seq_key"], items = self._sequences(block, seq)
-            self._append("seq_items", items)
-        self._append("records", pa.table(columns))
-
-    def _append(self, table: str, values: pa.Table) -> None:
-        # Parquet parts, not INSERTs: DuckDB scans them as fast, and writing them costs a quarter
-        if values.num_rows:
-            pq.write_table(values, self.folder / table / f"part-{self._parts:05d}.parquet", compression="lz4")
-            self._parts += 1
+            separator = sql_text(self.spec.sequences.separator)
+            self.con.execute(f"""
+                CREATE TABLE seq_items AS
+                SELECT seq, unnest(items) AS raw, CAST(generate_subscripts(items, 1) - 1 AS INTEGER) AS pos
+                FROM (SELECT seq, list_filter(string_split(seq_key, {separator}), lambda x: x <> '') AS items
+                      FROM records WHERE seq_count > 0)""")

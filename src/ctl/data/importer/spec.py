@@ -25,7 +25,9 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from ctl.data.importer.errors import SpecError
 from ctl.data.importer.schema_yaml import (
+    CsvConfig,
     DomainsConfig,
+    EventLinesConfig,
     FeatureConfig,
     LabelConfig,
     ReaderKind,
@@ -44,39 +46,6 @@ ITEM_ATTRIBUTES = ("item_id", "category_id", "seller_id")
 
 
 @dataclass(frozen=True)
-class CsvFormat:
-    """How to read delimited text: one record per line, a header line unless ``column_names``."""
-
-    delimiter: str
-    encoding: str
-    header: bool
-    column_names: tuple[str, ...] | None
-
-
-@dataclass(frozen=True)
-class EventLinesFormat:
-    """One line per key (e.g. a user): key fields, then events whose fields are joined by a separator.
-
-    A line reads ``key_1 <sep> .. key_k <sep> event_1 <sep> event_2 ...`` and an event reads
-    ``field_1 <event_sep> field_2 ...``; extra trailing event fields (e.g. a trailing separator)
-    are ignored. Each event becomes one record with the key fields and the event fields as columns.
-    """
-
-    separator: str
-    key_fields: tuple[str, ...]
-    event_separator: str
-    event_fields: tuple[str, ...]
-    encoding: str
-
-
-@dataclass(frozen=True)
-class ReaderSpec:
-    kind: str  # auto (by file extension), csv, parquet or event_lines
-    csv: CsvFormat
-    event_lines: EventLinesFormat | None
-
-
-@dataclass(frozen=True)
 class DomainSpec:
     """The domain of each record: raw values named one by one, or a numeric column cut at boundaries."""
 
@@ -85,53 +54,6 @@ class DomainSpec:
     values: tuple[str, ...] | None  # raw value of each name (value mode)
     boundaries: tuple[float, ...] | None  # numeric mode: names[i] holds [boundaries[i-1], boundaries[i])
     source: str
-
-
-@dataclass(frozen=True)
-class LabelSpec:
-    """A 0/1 label column, or implicit feedback (``column`` None): every record is a positive."""
-
-    column: str | None
-    negatives: int  # implicit: sampled negatives per positive
-    seed: int
-
-
-@dataclass(frozen=True)
-class TimeSpec:
-    """Event time and the period cut.
-
-    Exactly one of ``period`` (calendar ``month``/``quarter`` or a fixed length like ``6d``),
-    ``period_column`` (explicit integer periods) or ``periods`` (file order: equal chunks of the
-    records, ``column`` None) is set. ``start``/``end`` are seconds since the Unix epoch (UTC).
-    """
-
-    column: str | None  # None: time is the record's position in the inputs
-    format: str  # unix | unix_ms | a strptime pattern
-    period: str | None
-    period_column: str | None
-    periods: int | None
-    start: int | None  # records before it feed the behaviour history only
-    end: int | None  # records at or after it are left out (counted)
-    n_transfer: int
-
-    @property
-    def period_seconds(self) -> int | None:
-        """Length of a fixed period in seconds; None for calendar, explicit or file-order periods."""
-        if self.period is None or self.period in CALENDAR_PERIODS:
-            return None
-        count, unit = re.fullmatch(r"(\d+)\s*([a-z]+)", self.period).groups()
-        return int(count) * PERIOD_UNITS[unit]
-
-
-@dataclass(frozen=True)
-class SequenceSpec:
-    """Behaviour sequences: from the users' earlier events, or from an explicit per-record column."""
-
-    short_len: int
-    long_len: int
-    events: str  # positives | all: which records become behaviour events
-    column: str | None  # explicit: each record's earlier items, joined by ``separator``
-    separator: str
 
 
 @dataclass(frozen=True)
@@ -162,16 +84,23 @@ class FeatureSpec:
         """Ids come from a dense id map (saved next to the dataset)."""
         return self.kind == "categorical" and not self.constant and self.hash_buckets is None
 
+    @property
+    def mapped(self) -> bool:
+        """Ids come from the raw text by a map: dense (numbered) or hashed."""
+        return self.kind == "categorical" and not self.constant
+
 
 @dataclass(frozen=True)
 class ImportSpec:
     name: str
     description: str
-    reader: ReaderSpec
+    format: str  # auto (by file extension), csv, parquet or event_lines
+    csv: CsvConfig
+    event_lines: EventLinesConfig | None
     domains: DomainSpec
-    label: LabelSpec
-    time: TimeSpec
-    sequences: SequenceSpec
+    label: LabelConfig
+    time: TimeConfig  # start/end: seconds since the Unix epoch (UTC)
+    sequences: SequencesConfig
     features: tuple[FeatureSpec, ...]
     on_bad_rows: str  # error | skip
     origin: str  # where the spec came from, for messages
@@ -255,7 +184,7 @@ def _increasing(values: list[float] | None, fail) -> tuple[float, ...] | None:
     return numbers
 
 
-def _reader(cfg: SchemaConfig, fail) -> ReaderSpec:
+def _check_reader(cfg: SchemaConfig, fail) -> None:
     csv = cfg.csv
     _one_char(csv.delimiter, fail("csv.delimiter"))
     if not csv.header and csv.column_names is None:
@@ -270,12 +199,6 @@ def _reader(cfg: SchemaConfig, fail) -> ReaderSpec:
             raise fail("event_lines.event_separator")("must differ from separator")
         if not lines.event_fields:
             raise fail("event_lines.event_fields")("must name at least one field")
-    return ReaderSpec(
-        cfg.format.value,
-        CsvFormat(csv.delimiter, csv.encoding, csv.header, None if csv.column_names is None else tuple(csv.column_names)),
-        None if lines is None else EventLinesFormat(lines.separator, tuple(lines.key_fields), lines.event_separator,
-                                                    tuple(lines.event_fields), lines.encoding),
-    )
 
 
 def _domains(cfg: DomainsConfig, fail) -> DomainSpec:
@@ -308,7 +231,7 @@ def _domains(cfg: DomainsConfig, fail) -> DomainSpec:
     return DomainSpec(cfg.column, names, raws, boundaries, cfg.source)
 
 
-def _label(cfg: LabelConfig, fail) -> LabelSpec:
+def _check_label(cfg: LabelConfig, fail) -> None:
     if cfg.negatives is not None and cfg.negatives < 1:
         raise fail("label.negatives")(f"must be >= 1, got {cfg.negatives}")
     if cfg.seed < 0:
@@ -317,10 +240,10 @@ def _label(cfg: LabelConfig, fail) -> LabelSpec:
         raise fail("label.column")("give the 0/1 label column, or negatives: N for implicit feedback")
     if cfg.column is not None and cfg.negatives is not None:
         raise fail("label.negatives")("is for implicit feedback; a label column already gives the negatives")
-    return LabelSpec(cfg.column, cfg.negatives or 0, cfg.seed)
 
 
-def _time(cfg: TimeConfig, fail) -> TimeSpec:
+def _check_time(cfg: TimeConfig, fail) -> None:
+    """Also turns ``start``/``end`` into seconds since the Unix epoch."""
     if cfg.format not in TIME_FORMATS and "%" not in cfg.format:
         raise fail("time.format")(f"must be one of {list(TIME_FORMATS)} or a strptime pattern like "
                                   f"'%Y-%m-%d %H:%M:%S', got {cfg.format!r}")
@@ -345,16 +268,15 @@ def _time(cfg: TimeConfig, fail) -> TimeSpec:
         raise fail("time.start")("start/end need time.column (a real event time)")
     if start is not None and end is not None and end <= start:
         raise fail("time.end")("must lie after start")
-    return TimeSpec(cfg.column, cfg.format, cfg.period, cfg.period_column, cfg.periods, start, end, cfg.n_transfer)
+    cfg.start, cfg.end = start, end
 
 
-def _sequences(cfg: SequencesConfig, fail) -> SequenceSpec:
+def _check_sequences(cfg: SequencesConfig, fail) -> None:
     for name in ("short_len", "long_len"):
         if getattr(cfg, name) < 1:
             raise fail(f"sequences.{name}")(f"must be >= 1, got {getattr(cfg, name)}")
     if not cfg.separator:
         raise fail("sequences.separator")("must not be empty")
-    return SequenceSpec(cfg.short_len, cfg.long_len, cfg.events.value, cfg.column, cfg.separator)
 
 
 def _feature(cfg: FeatureConfig, domains: tuple[str, ...], fail) -> FeatureSpec:
@@ -427,14 +349,20 @@ def parse_spec(data: Mapping, origin: str) -> ImportSpec:
     if missing:
         raise fail("features")(f"the id features {missing} are missing (every dataset has {list(ID_FEATURES)}; "
                                "use constant: true where the data has no such column)")
+    _check_reader(cfg, fail)
+    _check_label(cfg.label, fail)
+    _check_time(cfg.time, fail)
+    _check_sequences(cfg.sequences, fail)
     return ImportSpec(
         name=cfg.name if cfg.name is not None else Path(origin).stem,
         description=cfg.description,
-        reader=_reader(cfg, fail),
+        format=cfg.format.value,
+        csv=cfg.csv,
+        event_lines=cfg.event_lines,
         domains=domains,
-        label=_label(cfg.label, fail),
-        time=_time(cfg.time, fail),
-        sequences=_sequences(cfg.sequences, fail),
+        label=cfg.label,
+        time=cfg.time,
+        sequences=cfg.sequences,
         features=features,
         on_bad_rows=cfg.on_bad_rows.value,
         origin=origin,
