@@ -163,3 +163,6 @@ if __name__ == "__main__":
     result = fit(Path(sys.argv[1]), devices=WORLD_SIZE, batch_size=PER_RANK_BATCH)
     if result["rank"] == 0:
         Path(sys.argv[2]).write_text(json.dumps(result))
+    from ctl.training.distributed import shutdown
+
+    shutdown()

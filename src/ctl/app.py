@@ -15,7 +15,7 @@ def train_task(cfg: DictConfig) -> float | None:
     from ctl import quiet
     from ctl.report.console import print_run
     from ctl.sweep_jobs import clear_failure, record_failure
-    from ctl.training.distributed import is_rank_zero
+    from ctl.training.distributed import is_rank_zero, shutdown
     from ctl.training.protocol import run_train
 
     quiet.install()  # again: a launcher may run this job in a process that never went through `ctl`
@@ -34,6 +34,7 @@ def train_task(cfg: DictConfig) -> float | None:
             metrics = run_train(cfg, run_dir)
     if cfg.print_table and is_rank_zero():
         print_run(metrics, run_dir=run_dir)
+    shutdown()
     return metrics["test"].get("auc")
 
 

@@ -32,6 +32,14 @@ def is_rank_zero() -> bool:
     return all(int(os.environ.get(name, "0")) == 0 for name in RANK_VARIABLES)
 
 
+def shutdown() -> None:
+    """Close the process group, if any, before the interpreter exits: left to the exit's destructors,
+    gloo's threads can abort the process (``terminate called without an active exception``) after a
+    run that succeeded."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     """Wait for every rank (nothing to wait for outside a distributed run)."""
     if is_distributed():
