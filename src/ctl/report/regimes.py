@@ -26,7 +26,13 @@ from ctl.metrics import paired_bootstrap_mean
 from ctl.report.oracle import OracleSlice, headroom_share
 from ctl.report.records import record
 from ctl.report.runs import Run
-from ctl.report.significance import ALPHA, BOOTSTRAP_SEED, paired_predictions, read_predictions
+from ctl.report.significance import (
+    ALPHA,
+    BOOTSTRAP_SEED,
+    paired_predictions,
+    read_predictions,
+    reference_predictions_path,
+)
 from ctl.report.tables import QUALITY_METRICS, TEST, row_groups
 
 KNOBS: tuple[str, ...] = ("volume", "gap", "drift")
@@ -78,16 +84,14 @@ def is_ctnet_family(label: str) -> bool:
 
 def _pairs(group: Sequence[Run], reference: Sequence[Run], what: str) -> list[tuple]:
     """(labels, preds, reference preds, users) per seed both have, rows paired by id."""
-    by_seed = {run.seed: run for run in reference}
+    versus = reference[0].label if reference else BASE
     pairs = []
     for run in sorted(group, key=lambda r: r.seed):
-        other = by_seed.get(run.seed)
-        ref_path = other.predictions if other is not None else (
-            run.base_track_predictions if reference and reference[0].label == BASE else None)
+        ref_path = reference_predictions_path(run, reference, versus)
         if run.predictions is None or ref_path is None or not ref_path.is_file():
             continue
         rows, ref_pred = paired_predictions(read_predictions(run.predictions), read_predictions(ref_path),
-                                            f"{what}, seed {run.seed}", reference[0].label if reference else BASE)
+                                            f"{what}, seed {run.seed}", versus)
         pairs.append((rows.label, rows.pred, ref_pred, rows.user_id))
     return pairs
 

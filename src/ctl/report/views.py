@@ -448,7 +448,7 @@ def regimes_views(records: Sequence[dict]) -> list[View]:
                             "= the best method outside the CTNet family, base included.")
             shown.append(view)
     rows = View(title="Regime map — rows each method trained on itself (mean over seeds)",
-                headers=["cell", "target", *[label for label in _labels(records)]], text_columns=(0, 1))
+                headers=["cell", "target", *_labels(records)], text_columns=(0, 1))
     for cell in cells:
         for target in _targets(records):
             own = [index.get((cell, label, target, "own_rows")) for label in _labels(records)]
