@@ -10,6 +10,7 @@ from ctl.models.backbone import BackboneConfig
 DOMAINS = ("A", "B", "C")
 SHORT_LEN = 5
 LONG_LEN = 12
+SIM_LEN = 4
 
 
 def make_schema() -> Schema:
@@ -29,6 +30,7 @@ def make_schema() -> Schema:
         n_transfer=2,
         short_len=SHORT_LEN,
         long_len=LONG_LEN,
+        sim_len=SIM_LEN,
     )
 
 

@@ -16,10 +16,11 @@ from ctl.models.baselines.dasl import left_align
 from ctl.models.baselines.minet import ItemLevelAttention
 from ctl.models.baselines.ple import PleLevel
 from ctl.models.baselines.reuse import Reuse, reuse_parameters
-from hand_made import LONG_LEN, SHORT_LEN, make_schema, small_backbone
+from hand_made import LONG_LEN, SHORT_LEN, SIM_LEN, make_schema, small_backbone
 
 BATCH = 10
-SEQUENCE_PREFIXES = ("short", "long", "seq_A", "seq_B")
+SEQUENCE_PREFIXES = ("short", "long", "sim", "seq_A", "seq_B")
+WIDTHS = {"long": LONG_LEN, "sim": SIM_LEN}
 
 
 def sequence(
@@ -46,12 +47,12 @@ def make_batch(
             [schema.domains[d] in feature.domains for d in domain.tolist()]
         )
     for prefix in SEQUENCE_PREFIXES:
-        width = LONG_LEN if prefix == "long" else SHORT_LEN
+        width = WIDTHS.get(prefix, SHORT_LEN)
         lengths = torch.randint(0, width + 1, (rows,), generator=generator)
         lengths[:2] = 0
         lengths[2:4] = width
         batch.update(sequence(generator, lengths, width, prefix))
-    batch["long_domain"] = torch.randint(0, 2, (rows, LONG_LEN), generator=generator) * batch["long_mask"]
+    batch["sim_category"] = batch["category_id"][:, None] * batch["sim_mask"]
     batch["label"] = torch.randint(0, 2, (rows,), generator=generator).float()
     return batch
 

@@ -21,13 +21,16 @@ def dataset(tmp_path: Path) -> Dataset:
     return load_dataset(make_random_dataset(tmp_path, short_len=4, long_len=9))
 
 
-def _reference_sequence(ds: Dataset, row: int, length: int, domain: int | None) -> dict[str, list[int]]:
-    """The last ``length`` visible events of the row's user, found by looping over its events."""
+def _reference_sequence(
+    ds: Dataset, row: int, length: int, domain: int | None, category: int | None = None
+) -> dict[str, list[int]]:
+    """The last ``length`` visible events of the row's user (of ``domain``, of ``category``), found by a loop."""
     hist = ds.history
     user = int(ds.rows["user_id"][row])
     start = int(hist.user_offsets[user])
     events = range(start, start + int(ds.rows["hist_end"][row]))
-    kept = [e for e in events if domain is None or int(hist.domain[e]) == domain][-length:]
+    kept = [e for e in events if (domain is None or int(hist.domain[e]) == domain)
+            and (category is None or int(hist.category[e]) == category)][-length:]
     pad = length - len(kept)
     return {
         "item": [0] * pad + [int(hist.item[e]) for e in kept],
@@ -51,8 +54,11 @@ def _check_batch_against_reference(
         for field in ("item", "category", "mask"):
             assert batch[f"short_{field}"][i].tolist() == expected[field], (row, field)
         expected = _reference_sequence(ds, row, schema.long_len, None)
-        for field in ("item", "category", "domain", "mask"):
+        for field in ("item", "category", "mask"):
             assert batch[f"long_{field}"][i].tolist() == expected[field], (row, field)
+        expected = _reference_sequence(ds, row, schema.sim_len, None, int(ds.rows["category_id"][row]))
+        for field in ("item", "category", "mask"):
+            assert batch[f"sim_{field}"][i].tolist() == expected[field], (row, field)
         for name in sequence_domains:
             expected = _reference_sequence(ds, row, schema.short_len, schema.domain_index(name))
             for field in ("item", "category", "mask"):
@@ -81,14 +87,17 @@ def test_batch_keys_dtypes_and_shapes(dataset: Dataset) -> None:
         iter(RowBatcher(dataset, np.arange(10), batch_size=8, shuffle=False, seed=0, domain_sequences=["B"]))
     )
     features = set(dataset.schema.feature_names)
-    sequences = {f"{p}_{f}" for p in ("short", "seq_B") for f in ("item", "category", "mask")}
-    sequences |= {f"long_{f}" for f in ("item", "category", "domain", "mask")}
+    sequences = {f"{p}_{f}" for p in ("short", "seq_B", "sim") for f in ("item", "category", "mask")}
+    sequences |= {f"long_{f}" for f in ("item", "category", "mask")}
     assert set(batch) == features | sequences | {"label", "domain", "period", "row"}
     assert batch["label"].dtype == torch.float32
     for key in features | {"domain", "period", "row"}:
         assert batch[key].dtype == torch.int64 and batch[key].shape == (8,), key
     assert batch["short_item"].shape == (8, 4) and batch["short_mask"].dtype == torch.bool
-    assert batch["long_domain"].shape == (8, 9) and batch["long_mask"].dtype == torch.bool
+    assert batch["long_item"].shape == (8, 9) and batch["long_mask"].dtype == torch.bool
+    assert batch["sim_item"].shape == (8, dataset.schema.sim_len) and batch["sim_mask"].dtype == torch.bool
+    # SIM's search keeps events of the candidate's category only
+    assert bool(((batch["sim_category"] == batch["category_id"][:, None]) | ~batch["sim_mask"]).all())
     assert batch["row"].tolist() == list(range(8))
 
 
@@ -171,6 +180,61 @@ def test_gather_last_on_a_hand_made_history() -> None:
     assert item.tolist() == [[0, 11], [12, 13], [0, 20], [0, 0]]
     with pytest.raises(ValueError, match=r"users and visible must both be \[B\]"):
         hist.gather_last(users, visible[:2], length=2, domain=None)
+
+
+def test_category_search_on_a_hand_made_history() -> None:
+    # user 1: (item, category) = (10,1) (11,2) (12,1) (13,3) (14,1); user 2: (20,1); user 0: none
+    hist = UserHistory.from_columns(
+        {
+            "user_id": np.array([1, 1, 1, 1, 1, 2]),
+            "item_id": np.array([10, 11, 12, 13, 14, 20]),
+            "category_id": np.array([1, 2, 1, 3, 1, 1]),
+            "domain": np.array([0, 1, 0, 0, 1, 1]),
+            "ts": np.array([1, 2, 3, 4, 5, 1]),
+        },
+        n_users=3,
+        n_domains=2,
+    )
+    users, visible = np.array([1, 1, 1, 2, 0, 1]), np.array([5, 4, 5, 1, 0, 0])
+    category = np.array([1, 1, 2, 1, 1, 1])
+    item, cat, domain, mask = hist.gather_category_last(users, visible, category, length=2)
+    # the 5th event (14) is not visible to row 1; user 2's category-1 event is not user 1's
+    assert item.tolist() == [[12, 14], [10, 12], [0, 11], [0, 20], [0, 0], [0, 0]]
+    assert cat.tolist() == [[1, 1], [1, 1], [0, 2], [0, 1], [0, 0], [0, 0]]
+    assert domain.tolist() == [[0, 1], [0, 0], [0, 1], [0, 1], [0, 0], [0, 0]]
+    assert mask.tolist() == [[True, True], [True, True], [False, True], [False, True], [False, False],
+                             [False, False]]
+    with pytest.raises(ValueError, match=r"must all be \[B\]"):
+        hist.gather_category_last(users, visible, category[:2], length=2)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_category_search_equals_the_brute_force_scan_of_the_whole_history(seed: int) -> None:
+    """SIM (hard) by definition: among the visible events, those of the candidate's category, the k most recent."""
+    from ctl.models.blocks import SimHardRetrieval
+
+    rng = np.random.default_rng(seed)
+    n_users, n_events = 7, 600
+    user = np.sort(rng.integers(0, n_users - 1, n_events))  # the last user has no events
+    hist = UserHistory.from_columns(
+        {"user_id": user, "item_id": rng.integers(1, 50, n_events), "category_id": rng.integers(0, 4, n_events),
+         "domain": rng.integers(0, 3, n_events), "ts": np.arange(n_events)},
+        n_users=n_users, n_domains=3,
+    )
+    rows = 200
+    users = rng.integers(0, n_users, rows)
+    visible = np.array([rng.integers(0, int(hist.counts()[u]) + 1) for u in users])
+    candidate = rng.integers(0, 4, rows)
+    k = 5
+    item, category, _, mask = hist.gather_category_last(users, visible, candidate, length=k)
+    # the brute force: the whole visible history as one long sequence, scanned
+    whole_item, whole_category, _, whole_mask = hist.gather_last(users, visible, length=n_events, domain=None)
+    index, picked = SimHardRetrieval(k)(torch.from_numpy(candidate), whole_category, whole_mask)
+    for row in range(rows):
+        expected = whole_item[row, index[row][picked[row]]].tolist()[::-1]  # the scan orders most recent first
+        assert item[row][mask[row]].tolist() == expected
+        assert mask[row].sum() == picked[row].sum()
+    assert bool(((category == torch.from_numpy(candidate)[:, None]) | ~mask).all())
 
 
 # --- ContinualDataModule -----------------------------------------------------------------------

@@ -276,30 +276,61 @@ def brute_force_eta(
     return kept
 
 
-def test_eta_topk_equals_a_brute_force_hamming_ranking() -> None:
+@pytest.mark.parametrize("n_bits", [6, 16, 40])
+def test_eta_topk_equals_a_brute_force_hamming_ranking(n_bits: int) -> None:
     torch.manual_seed(5)
-    eta = EtaRetrieval(k=5, n_bits=6, dim=4, seed=11)
+    eta = EtaRetrieval(k=5, n_bits=n_bits, dim=4, seed=11)
     # few distinct vectors, so many events tie in distance and recency must break the ties
     palette = torch.randn(4, 4)
     events = palette[torch.randint(0, 4, (6, 12))]
     candidate = torch.randn(6, 4)
     mask = right_aligned_mask([12, 7, 3, 0, 5, 9], 12)
-    index, picked = eta(candidate, events, mask)
+    index, picked = eta(eta.pack(candidate), eta.pack(events), mask)
     assert index.shape == picked.shape == (6, 5)
     expected = brute_force_eta(eta, candidate, events, mask)
     for row in range(6):
         assert index[row][picked[row]].tolist() == expected[row]
 
 
-def test_eta_hyperplanes_are_seeded_buffers_and_hashing_has_no_gradient() -> None:
+def test_eta_packs_32_bits_a_word_and_counts_differing_bits() -> None:
+    eta = EtaRetrieval(k=2, n_bits=40, dim=2, seed=0)
+    # bit b is bit b % 32 of word b // 32
+    assert eta.n_words == 2 and eta.bit_weights[1, 3].item() == 8 and eta.bit_weights[1, 8].item() == 0
+    # the hyperplanes' signs: an embedding on hyperplane b's side sets bit b, bit 31 included
+    plane = eta.hyperplanes[:, 31]
+    assert eta.pack(plane)[0].item() < 0 and eta.pack(-plane)[0].item() >= 0
+    query = torch.tensor([[0b1011, 0b1]], dtype=torch.int32)
+    events = torch.tensor([[[0b1011, 0b1], [0, 0], [-1, 0b1111]]], dtype=torch.int32)
+    # -1 has all 32 bits set: 32 - 3 differ in the first word, 3 in the second
+    assert eta.hamming(query, events).tolist() == [[0, 4, 29 + 3]]
+
+
+def test_eta_item_codes_follow_the_table_and_hashing_has_no_gradient() -> None:
     a, b, c = (EtaRetrieval(k=2, n_bits=8, dim=4, seed=s) for s in (1, 1, 2))
     assert torch.equal(a.hyperplanes, b.hyperplanes) and not torch.equal(a.hyperplanes, c.hyperplanes)
-    assert "hyperplanes" in a.state_dict() and not list(a.parameters())
-    events = torch.randn(2, 3, 4, requires_grad=True)
-    index, picked = a(torch.randn(2, 4, requires_grad=True), events, torch.ones(2, 3, dtype=torch.bool))
+    assert list(a.state_dict()) == ["hyperplanes"] and not list(a.parameters())
+    table = nn.Parameter(torch.randn(5, 4))
+    a.eval()
+    codes = a.item_codes(table)
+    assert torch.equal(codes, a.pack(table)) and a.item_codes(table) is codes  # cached while unchanged
+    with torch.no_grad():
+        table.mul_(-1.0)  # a checkpoint loaded in place: every bit flips
+    assert torch.equal(a.item_codes(table), 255 - codes)  # 8 bits: every one flipped
+    # a fused optimiser's step moves the weight without bumping its version: training hashes every
+    # call, and a switch of mode drops the cache
+    optimiser = torch.optim.Adagrad([table], lr=1.0, fused=True)
+    a.train()
+    for _ in range(3):
+        assert torch.equal(a.item_codes(table), a.pack(table))
+        table.grad = torch.randn(5, 4)
+        optimiser.step()
+    a.eval()
+    assert torch.equal(a.item_codes(table), a.pack(table))
+    events = a.pack(torch.randn(2, 3, 4, requires_grad=True))
+    index, picked = a(a.pack(torch.randn(2, 4, requires_grad=True)), events, torch.ones(2, 3, dtype=torch.bool))
     assert not index.requires_grad and not picked.requires_grad
     with pytest.raises(ValueError, match="EtaRetrieval"):
-        a(torch.randn(2, 5), events, torch.ones(2, 3, dtype=torch.bool))
+        a(torch.zeros(2, 2, dtype=torch.int32), events, torch.ones(2, 3, dtype=torch.bool))
 
 
 # --- MLP -----------------------------------------------------------------------------------------

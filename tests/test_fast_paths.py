@@ -49,8 +49,8 @@ def gathered_long_attention(backbone: Backbone, batch: dict) -> torch.Tensor:
     index, picked = backbone.sim(batch["category_id"], category, mask)
     events = embeddings.embed_sequence(gather_events(item, index), gather_events(category, index))
     sim = backbone.sim_attention(candidate, events, picked)
-    long_items = embeddings.lookup("item_id", item).detach()
-    index, picked = backbone.eta(candidate[:, : embeddings.dim("item_id")], long_items, mask)
+    codes = backbone.eta.pack(embeddings.tables["item_id"].weight)
+    index, picked = backbone.eta(codes[batch["item_id"]], codes[item], mask)
     events = embeddings.embed_sequence(gather_events(item, index), gather_events(category, index))
     return torch.cat([sim, backbone.eta_attention(candidate, events, picked)], dim=-1)
 
@@ -58,8 +58,9 @@ def gathered_long_attention(backbone: Backbone, batch: dict) -> torch.Tensor:
 def test_retrievals_that_keep_every_event_skip_the_gathers_and_match_them() -> None:
     torch.manual_seed(1)
     schema = make_schema()
+    # the window path (a scan of the long sequence), whose SIM may keep every event
     keeps_all = BackboneConfig(embed_dim=4, mlp_dims=(8,), num_heads=2, attn_dim=8, sim_k=schema.long_len,
-                               eta_k=schema.long_len, eta_bits=8, eta_seed=0)
+                               eta_k=schema.long_len, eta_bits=8, eta_seed=0, long_window=schema.long_len)
     backbone = Backbone(schema, keeps_all)
     batch = make_batch(schema, 12, seed=3)
     torch.testing.assert_close(backbone.long_attention(batch), gathered_long_attention(backbone, batch),

@@ -30,6 +30,8 @@ LABELS: dict[tuple[str, ...], str] = {
      "model.refresh_source=false"): "ctnet_aw64_matched_once",
     ("model=ctnet_linear", "model.net.adapter_base_width=null"): "ctnet_linear_awnone",
     ("model=base", "model.first_period=12"): "base_from12",
+    ("model=base", "model.size.long_window=64"): "base_w64",
+    ("model=ctnet", "model.net.share_attention=true", "model.size.long_window=64"): "ctnet_shared_w64",
     ("model=din", "model.first_period=1"): "din_from1",
     ("model=ctnet", "model.net.adapter_rank=16", "model.net.share_attention=true"): "ctnet_r16_shared",
     ("model=ctnet_linear", "model.net.adapter_rank=64", "model.net.share_attention=true",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -14,7 +15,7 @@ from ctl.models.backbone import BackboneConfig
 from ctl.models.base import BaseModel
 from ctl.models.ctnet import CTNet
 from ctl.models.din import DIN
-from hand_made import LONG_LEN, SHORT_LEN, make_schema, small_backbone
+from hand_made import LONG_LEN, SHORT_LEN, SIM_LEN, make_schema, small_backbone
 
 
 def sequence(
@@ -45,8 +46,11 @@ def make_batch(schema: Schema, batch_size: int = 8, seed: int = 0) -> dict[str, 
     short_len[1], long_len[1] = SHORT_LEN, LONG_LEN
     batch.update(sequence(generator, short_len, SHORT_LEN, schema, "short"))
     batch.update(sequence(generator, long_len, LONG_LEN, schema, "long"))
-    batch["long_domain"] = torch.randint(0, len(schema.domains), (batch_size, LONG_LEN), generator=generator)
-    batch["long_domain"] *= batch["long_mask"]
+    # SIM's search: events of the candidate's category only
+    sim_len = torch.randint(0, SIM_LEN + 1, (batch_size,), generator=generator)
+    sim_len[0], sim_len[1] = 0, SIM_LEN
+    batch.update(sequence(generator, sim_len, SIM_LEN, schema, "sim"))
+    batch["sim_category"] = batch["category_id"][:, None] * batch["sim_mask"]
     batch["label"] = torch.randint(0, 2, (batch_size,), generator=generator).float()
     return batch
 
@@ -79,7 +83,7 @@ def pad_with_other_ids(batch: dict[str, torch.Tensor], seed: int) -> dict[str, t
     """The same batch with random non-zero ids at every padded sequence position."""
     generator = torch.Generator().manual_seed(seed)
     changed = dict(batch)
-    for prefix in ("short", "long"):
+    for prefix in ("short", "long", "sim"):
         padding = ~batch[f"{prefix}_mask"]
         for field, high in (("item", 25), ("category", 4)):
             noise = torch.randint(1, high, padding.shape, generator=generator)
@@ -190,7 +194,7 @@ def test_base_model_builds_with_the_paper_sizes() -> None:
         eta_bits=32,
         eta_seed=0,
     )
-    model = BaseModel(make_schema(), paper).eval()
+    model = BaseModel(dataclasses.replace(make_schema(), sim_len=64), paper).eval()
     logits = model(make_batch(make_schema(), batch_size=4))
     assert logits.shape == (4,) and torch.isfinite(logits).all()
     assert model.backbone.out_dim == 6 * 16 + 3 * 256
@@ -315,3 +319,42 @@ def test_ctnet_shared_attention_reads_the_source_towers_sim_and_eta() -> None:
 def test_ctnet_rejects_an_unknown_adapter() -> None:
     with pytest.raises(ValueError, match="unknown adapter 'mlp'"):
         CTNet(make_schema(), small_backbone(), adapter="mlp")
+
+
+def test_searched_sim_equals_the_scan_when_the_long_sequence_holds_the_whole_history() -> None:
+    """The lifelong path (SIM from the batch's category search) and the window path (a scan of the
+    long sequence) are one model when the long sequence is the user's whole history."""
+    from ctl.models.blocks import SimHardRetrieval, gather_events
+
+    schema = make_schema()
+    lifelong = make_trained_looking(BaseModel(schema, small_backbone()), seed=6).eval()
+    window = BaseModel(schema, small_backbone(long_window=LONG_LEN)).eval()
+    window.load_state_dict(lifelong.state_dict())
+    batch = make_batch(schema)
+    index, picked = SimHardRetrieval(SIM_LEN)(batch["category_id"], batch["long_category"], batch["long_mask"])
+    # the search's layout: right-aligned, the most recent match last
+    searched = {
+        "sim_item": (gather_events(batch["long_item"], index) * picked).flip(1),
+        "sim_category": (gather_events(batch["long_category"], index) * picked).flip(1),
+        "sim_mask": picked.flip(1),
+    }
+    torch.testing.assert_close(lifelong(dict(batch, **searched)), window(batch))
+    # the window path reads no sim_* key; the lifelong path does
+    assert not torch.allclose(lifelong(batch), window(batch))
+    window_only = {k: v for k, v in batch.items() if not k.startswith("sim_")}
+    torch.testing.assert_close(window(window_only), window(batch))
+
+
+def test_a_long_window_keeps_only_the_last_events() -> None:
+    schema = make_schema()
+    model = make_trained_looking(BaseModel(schema, small_backbone(long_window=4)), seed=7).eval()
+    batch = make_batch(schema)
+    older = dict(batch)
+    for key in ("long_item", "long_category"):
+        older[key] = batch[key].clone()
+        older[key][:, :-4] = torch.where(batch["long_mask"][:, :-4], older[key][:, :-4] % 3 + 1, 0)
+    torch.testing.assert_close(model(older), model(batch))
+    with pytest.raises(ValueError, match="long_window must be >= 1"):
+        small_backbone(long_window=0)
+    with pytest.raises(ValueError, match=r"sim_k \(9\) exceeds .* sim_len, 4"):
+        BaseModel(schema, small_backbone(sim_k=9))

@@ -21,17 +21,20 @@ config                                                 label
 ``model=ft_all model.finetune_periods=1``              ``ft_all_k1``
 ``model=ft_all model.finetune_periods=all``            ``ft_all_kall``
 ``model=ft_id_emb model.inherit_optimizer=true``       ``ft_id_emb_warmopt``
+``model=base model.size.long_window=64``                ``base_w64``
 any other model config                                 its ``model.name``
 =====================================================  ==========================
 
 CTNet's suffixes combine in the order ``_r<rank>``, ``_shared``, ``_alr<lr>``, ``_aw<width>``,
 ``_<adapter_state>``, ``_once``
-(``ctnet_linear_r64_shared_once``); the fine-tuning ones as ``_k<periods>_warmopt``.
+(``ctnet_linear_r64_shared_once``); the fine-tuning ones as ``_k<periods>_warmopt``. A long-sequence
+window (``model.size.long_window``, SIM and ETA over the last W events instead of the lifelong
+history) adds ``_w<W>`` last, to any method.
 """
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 #: the label of the target production model, the reference of every gain
 BASE = "base"
@@ -74,6 +77,9 @@ def method_label(cfg: DictConfig) -> str:
             label += f"_k{model.finetune_periods}"
         if model.inherit_optimizer:
             label += "_warmopt"
+    window = OmegaConf.select(cfg, "model.size.long_window")
+    if window is not None:
+        label += f"_w{window}"
     return label
 
 

@@ -8,8 +8,12 @@ A batch is a ``dict[str, torch.Tensor]`` of B rows:
   ``period``: int64 ``[B]``; ``row``: int64 ``[B]`` (row index in the dataset, for predictions);
 * short sequence, the user's last L events *in the row's own domain* visible at impression time:
   ``short_item``, ``short_category``: int64 ``[B, L]``; ``short_mask``: bool ``[B, L]``;
-* long sequence, the user's last M events *in all domains*:
-  ``long_item``, ``long_category``, ``long_domain``: int64 ``[B, M]``; ``long_mask``: bool ``[B, M]``;
+* long sequence, the user's last M = ``long_len`` events *in all domains* of the lifelong history
+  (ETA's scan): ``long_item``, ``long_category``: int64 ``[B, M]``; ``long_mask``: bool ``[B, M]``;
+* SIM's search, the user's last K = ``sim_len`` events *of the candidate's category* in the whole
+  visible lifelong history, found through the per-category index
+  (:meth:`ctl.data.history.UserHistory.gather_category_last`): ``sim_item``, ``sim_category``:
+  int64 ``[B, K]``; ``sim_mask``: bool ``[B, K]``;
 * optionally (joint models ask for them), the user's last L events in one named domain:
   ``seq_<domain>_item``, ``seq_<domain>_category``: int64 ``[B, L]``; ``seq_<domain>_mask``: bool.
 

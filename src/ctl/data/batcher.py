@@ -21,10 +21,11 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from ctl.data.batch import Batch, domain_sequence_prefix
+from ctl.data.batch import Batch
 from ctl.data.dataset import Dataset
 from ctl.data.history import UserHistory
 from ctl.data.schema import Schema
+from ctl.data.sequences import gather_sequences
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -72,8 +73,7 @@ class BatchAssembler:
             raise ValueError(f"BatchAssembler: row_ids {row_ids.shape} and the columns {wrong} differ in shape")
         self.sequence_domains = {name: schema.domain_index(name) for name in domain_sequences}
         self.history = history
-        self.short_len = schema.short_len
-        self.long_len = schema.long_len
+        self.schema = schema
         self.columns: dict[str, torch.Tensor] = {
             name: torch.from_numpy(np.asarray(columns[name]).astype(np.int64, copy=False))
             for name in (*schema.feature_names, "domain", "period")
@@ -109,15 +109,9 @@ class BatchAssembler:
         """The batch of the rows at ``positions`` (int64 ``[B]``)."""
         # index_select: several times faster than advanced indexing for 1-d gathers.
         batch = {name: column.index_select(0, positions) for name, column in self.columns.items()}
-        users, visible = batch["user_id"], self.hist_end.index_select(0, positions)
-        item, category, _, mask = self.history.gather_last(users, visible, self.short_len, batch["domain"])
-        batch.update(short_item=item, short_category=category, short_mask=mask)
-        item, category, domain, mask = self.history.gather_last(users, visible, self.long_len, None)
-        batch.update(long_item=item, long_category=category, long_domain=domain, long_mask=mask)
-        for name, index in self.sequence_domains.items():
-            item, category, _, mask = self.history.gather_last(users, visible, self.short_len, index)
-            prefix = domain_sequence_prefix(name)
-            batch.update({f"{prefix}_item": item, f"{prefix}_category": category, f"{prefix}_mask": mask})
+        visible = self.hist_end.index_select(0, positions)
+        batch.update(gather_sequences(self.history, self.schema, batch["user_id"], visible, batch["domain"],
+                                      batch["category_id"], self.sequence_domains))
         return batch
 
 

@@ -75,6 +75,7 @@ class Schema:
     n_transfer: int
     short_len: int = 10
     long_len: int = 64
+    sim_len: int = 64
     description: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -93,6 +94,9 @@ class Schema:
                 raise ValueError(f"schema: feature {f.name!r} names unknown domains {sorted(unknown)}")
         if self.n_history < 1 or self.n_transfer < 1:
             raise ValueError("schema: n_history and n_transfer must both be >= 1")
+        for name in ("short_len", "long_len", "sim_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"schema: {name} must be >= 1, got {getattr(self, name)}")
 
     # --- period layout -------------------------------------------------------------------------
     @property
@@ -156,6 +160,7 @@ class Schema:
             n_transfer=int(d["n_transfer"]),
             short_len=int(d.get("short_len", 10)),
             long_len=int(d.get("long_len", 64)),
+            sim_len=int(d.get("sim_len", 64)),
             description=str(d.get("description", "")),
             extra=dict(d.get("extra", {}) or {}),
         )

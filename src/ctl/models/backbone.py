@@ -25,6 +25,7 @@ from ctl.models.blocks import (
 
 SHORT_SEQUENCE_KEYS: tuple[str, ...] = ("short_item", "short_category", "short_mask")
 LONG_SEQUENCE_KEYS: tuple[str, ...] = ("long_item", "long_category", "long_mask")
+SIM_SEQUENCE_KEYS: tuple[str, ...] = ("sim_item", "sim_category", "sim_mask")
 
 #: feed-forward width of the sequence encoder, in multiples of the event width
 ENCODER_FF_MULTIPLE = 4
@@ -43,6 +44,10 @@ class BackboneConfig:
         eta_k: events ETA keeps from the long sequence.
         eta_bits: SimHash signature length.
         eta_seed: seed of ETA's hyperplanes.
+        long_window: None (the paper's model): SIM searches the user's whole lifelong history (the
+            batch's ``sim_*`` events, found through the per-category index) and ETA scans the last
+            ``long_len`` events; an int W: both read only the last W events of the long sequence,
+            the window ctl read before lifelong histories (method suffix ``_w<W>``).
     """
 
     embed_dim: int | None
@@ -53,6 +58,7 @@ class BackboneConfig:
     eta_k: int
     eta_bits: int
     eta_seed: int
+    long_window: int | None = None
 
     def __post_init__(self) -> None:
         # configs hand lists (or omegaconf ListConfig); keep an immutable tuple of ints
@@ -69,6 +75,8 @@ class BackboneConfig:
         for name in ("sim_k", "eta_k", "eta_bits"):
             if getattr(self, name) < 1:
                 raise ValueError(f"BackboneConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if self.long_window is not None and self.long_window < 1:
+            raise ValueError(f"BackboneConfig: long_window must be >= 1 or None, got {self.long_window}")
 
 
 def require_batch_keys(batch: Batch, keys: Iterable[str], who: str) -> None:
@@ -79,7 +87,7 @@ def require_batch_keys(batch: Batch, keys: Iterable[str], who: str) -> None:
 
 
 class Backbone(nn.Module):
-    """Feature embeddings + TA(transformer(short sequence)) + SIM and ETA attention on the long sequence.
+    """Feature embeddings + TA(transformer(short sequence)) + SIM and ETA attention on the lifelong history.
 
     Args:
         schema: the dataset's features and sequence lengths.
@@ -104,6 +112,12 @@ class Backbone(nn.Module):
             event_dim, config.num_heads, ENCODER_FF_MULTIPLE * event_dim, schema.short_len
         )
         self.short_attention = TargetAttention(event_dim, event_dim, config.num_heads, config.attn_dim)
+        self.long_window = config.long_window
+        if self.long_window is None and config.sim_k > schema.sim_len:
+            raise ValueError(
+                f"Backbone: sim_k ({config.sim_k}) exceeds the events of the candidate's category a batch "
+                f"carries (the schema's sim_len, {schema.sim_len}); lower sim_k or raise sequences.sim_len"
+            )
         self.sim = SimHardRetrieval(config.sim_k)
         self.sim_attention = TargetAttention(event_dim, event_dim, config.num_heads, config.attn_dim)
         self.eta = EtaRetrieval(
@@ -130,13 +144,16 @@ class Backbone(nn.Module):
         if candidate is None:
             candidate = self.candidate(batch)
         item, category, mask = batch["long_item"], batch["long_category"], batch["long_mask"]
+        if self.long_window is not None:
+            item, category, mask = (t[:, -self.long_window :] for t in (item, category, mask))
         # Target attention ignores the order of its events, so a retrieval that keeps every event
         # it may pick (k >= M) equals attention over the whole sequence under the retrieval's mask:
         # no top-k, no gathers, one lookup shared by SIM and ETA.
         length = mask.shape[1]
         whole = self.embeddings.embed_sequence(item, category) if length <= max(self.sim.k, self.eta.k) else None
-
-        if length <= self.sim.k:
+        if self.long_window is None:
+            sim_out = self._searched_sim(batch, candidate)
+        elif length <= self.sim.k:
             sim_out = self.sim_attention(candidate, whole, self.sim.matches(batch["category_id"], category, mask))
         else:
             index, picked = self.sim(batch["category_id"], category, mask)
@@ -146,13 +163,19 @@ class Backbone(nn.Module):
         if length <= self.eta.k:
             eta_out = self.eta_attention(candidate, whole, mask)
         else:
-            with torch.no_grad():
-                long_items = self.embeddings.lookup("item_id", item)
-            candidate_item = candidate[:, : self.embeddings.dim("item_id")]
-            index, picked = self.eta(candidate_item, long_items, mask)
+            codes = self.eta.item_codes(self.embeddings.tables["item_id"].weight)
+            event_codes = codes.index_select(0, item.reshape(-1)).view(*item.shape, -1)
+            index, picked = self.eta(codes.index_select(0, batch["item_id"]), event_codes, mask)
             events = self.embeddings.embed_sequence(gather_events(item, index), gather_events(category, index))
             eta_out = self.eta_attention(candidate, events, picked)
         return torch.cat([sim_out, eta_out], dim=-1)
+
+    def _searched_sim(self, batch: Batch, candidate: torch.Tensor) -> torch.Tensor:
+        """A_SIM over the k most recent events of the candidate's category in the whole history (the batch's search)."""
+        require_batch_keys(batch, SIM_SEQUENCE_KEYS, "Backbone")
+        k = self.sim.k
+        item, category, mask = (batch[key][:, -k:] for key in SIM_SEQUENCE_KEYS)
+        return self.sim_attention(candidate, self.embeddings.embed_sequence(item, category), mask)
 
     def forward(self, batch: Batch, long_attention: torch.Tensor | None = None) -> torch.Tensor:
         """E [B, out_dim]; ``long_attention`` [B, 2 * attn_dim], if given, replaces this backbone's SIM/ETA output."""

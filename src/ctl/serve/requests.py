@@ -35,8 +35,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
 
-from ctl.data.batch import domain_sequence_prefix
 from ctl.data.history import UserHistory
+from ctl.data.sequences import gather_sequences
 from ctl.errors import CtlError
 from ctl.serve.artifact import ID_MAPS_DIR, Artifact
 
@@ -362,15 +362,9 @@ class RequestEncoder:
                 visible: np.ndarray) -> None:
         """The batch's sequences: the last events among each row's ``visible`` events of user ``users``."""
         seen = torch.from_numpy(np.ascontiguousarray(visible, dtype=np.int64))
-        item, category, _, mask = history.gather_last(users, seen, self.schema.short_len, batch["domain"])
-        batch.update(short_item=item, short_category=category, short_mask=mask)
-        item, category, domain, mask = history.gather_last(users, seen, self.schema.long_len, None)
-        batch.update(long_item=item, long_category=category, long_domain=domain, long_mask=mask)
-        for name in self.artifact.domain_sequences:
-            item, category, _, mask = history.gather_last(users, seen, self.schema.short_len,
-                                                          self.schema.domain_index(name))
-            prefix = domain_sequence_prefix(name)
-            batch.update({f"{prefix}_item": item, f"{prefix}_category": category, f"{prefix}_mask": mask})
+        domains = {name: self.schema.domain_index(name) for name in self.artifact.domain_sequences}
+        batch.update(gather_sequences(history, self.schema, users, seen, batch["domain"], batch["category_id"],
+                                      domains))
 
 
 def _integers(table: pa.Table, column: str, file: Where) -> np.ndarray:

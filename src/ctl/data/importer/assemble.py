@@ -174,6 +174,7 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
         n_transfer=time.n_transfer,
         short_len=spec.sequences.short_len,
         long_len=spec.sequences.long_len,
+        sim_len=spec.sequences.sim_len,
         description=spec.description,
     )
     return Assembled(

@@ -94,6 +94,7 @@ class TimeConfig:
 class SequencesConfig:
     short_len: int = 10
     long_len: int = 64
+    sim_len: int = 64
     events: SequenceEvents = SequenceEvents.positives
     column: str | None = None
     separator: str = "^"

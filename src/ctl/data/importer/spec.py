@@ -272,7 +272,7 @@ def _check_time(cfg: TimeConfig, fail) -> None:
 
 
 def _check_sequences(cfg: SequencesConfig, fail) -> None:
-    for name in ("short_len", "long_len"):
+    for name in ("short_len", "long_len", "sim_len"):
         if getattr(cfg, name) < 1:
             raise fail(f"sequences.{name}")(f"must be >= 1, got {getattr(cfg, name)}")
     if not cfg.separator:

@@ -1,17 +1,46 @@
-"""ETA retrieval (Chen et al. 2021): SimHash signatures, the k events nearest in Hamming distance."""
+"""ETA retrieval (Chen et al. 2021): SimHash signatures as packed bits, the k events nearest in Hamming distance.
+
+A signature holds one bit per fixed random hyperplane (seeded, a buffer so a checkpoint carries
+it): whether the item embedding's projection on it is positive. Signatures are packed 32 bits to
+an int32 word, kept per item in a table (:meth:`EtaRetrieval.item_codes`), and compared by XOR and
+a popcount read off a 16-bit table, so a row costs a few integer operations per history event and
+nothing of width D: ETA can scan tens of thousands of events where hashing each event's float
+embedding (``[B, M, D]``) could not.
+
+Cadence: the table is recomputed at every forward in training mode (every optimiser step has
+moved the embedding since the last one), at the first forward after any switch of mode (the last
+step came after the last training forward), and in eval mode whenever the table is another tensor
+or its version counter moved (a checkpoint loaded into it). The version counter alone cannot be
+trusted: fused optimisers update weights without bumping it. A frozen model in eval mode (CTNet's
+source tower, a scoring model) hashes once; an exported graph carries the table as a constant. At
+V x D x m multiply-adds a refresh costs less than one batch's forward at every size ctl ships.
+
+Hashing is not differentiable and runs without gradient; the caller attends over the picked
+events' embeddings with gradient.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+#: bits packed into one int32 word of a signature
+BITS_PER_WORD = 32
+#: a word's popcount is read off a table of every 16-bit value's, twice
+HALF_WORD = 16
+
+
+def _popcount_table() -> torch.Tensor:
+    """uint8 ``[2**16]``: the number of set bits of every 16-bit value."""
+    values = torch.arange(2**HALF_WORD, dtype=torch.int64)
+    counts = torch.zeros(2**HALF_WORD, dtype=torch.int64)
+    for bit in range(HALF_WORD):
+        counts += (values >> bit) & 1
+    return counts.to(torch.uint8)
+
 
 class EtaRetrieval(nn.Module):
     """Keep the k real events whose SimHash signature is nearest the candidate's (ties: more recent first).
-
-    A signature holds one bit per fixed random hyperplane (seeded, stored as a buffer so a checkpoint
-    carries it): the sign of the embedding's projection on it. Hashing is not differentiable and runs
-    without gradient; the caller attends over the picked events' embeddings with gradient.
 
     Args:
         k: events to keep (at most M are returned when the sequence is shorter).
@@ -22,7 +51,8 @@ class EtaRetrieval(nn.Module):
     Example::
 
         eta = EtaRetrieval(k=8, n_bits=16, dim=8, seed=0)
-        index, mask = eta(candidate_item_emb, long_item_emb, batch["long_mask"])  # [B, 8] each
+        codes = eta.item_codes(item_table.weight)                  # [V, W] int64, cached
+        index, mask = eta(codes[batch["item_id"]], codes[batch["long_item"]], batch["long_mask"])  # [B, 8]
     """
 
     hyperplanes: torch.Tensor
@@ -34,39 +64,86 @@ class EtaRetrieval(nn.Module):
         self.k = k
         self.n_bits = n_bits
         self.dim = dim
+        self.n_words = -(-n_bits // BITS_PER_WORD)
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("hyperplanes", torch.randn(dim, n_bits, generator=generator))
+        # Plain tensors, not buffers: derived values that no checkpoint carries or reuse plans; they
+        # follow the device of the tensors they meet.
+        self.popcount = _popcount_table()
+        # bit b of a signature is bit (b % 32) of word b // 32
+        weights = torch.zeros(self.n_words * BITS_PER_WORD, dtype=torch.int64)
+        weights[:n_bits] = 2 ** (torch.arange(n_bits) % BITS_PER_WORD)
+        self.bit_weights = weights.view(self.n_words, BITS_PER_WORD)
+        self.codes = torch.zeros(0, self.n_words, dtype=torch.int32)
+        self._hashed: tuple[int, int, int] | None = None
 
-    def signature(self, embedding: torch.Tensor) -> torch.Tensor:
-        """SimHash as ±1: embedding [..., D] -> [..., n_bits] (+1 where the projection is positive)."""
-        projection = embedding @ self.hyperplanes.to(embedding.dtype)
-        # 2 * [p > 0] - 1: the same ±1 as a where() with scalars, about 3x faster on CPU
-        return (projection > 0).to(projection.dtype).mul_(2.0).sub_(1.0)
+    def pack(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Packed signatures: embedding [..., D] -> int32 [..., n_words] (bit 31 is the sign bit)."""
+        with torch.no_grad():
+            bits = (embedding.detach().float() @ self.hyperplanes.float()) > 0  # [..., m]
+            padded = torch.zeros(*bits.shape[:-1], self.n_words * BITS_PER_WORD, dtype=torch.int64,
+                                 device=bits.device)
+            padded[..., : self.n_bits] = bits.to(torch.int64)
+            words = padded.view(*bits.shape[:-1], self.n_words, BITS_PER_WORD)
+            if self.bit_weights.device != words.device:
+                self.bit_weights = self.bit_weights.to(words.device)
+            # sums below 2**32, wrapped into int32 two's complement: the same 32 bits
+            return (words * self.bit_weights).sum(-1).to(torch.int32)
+
+    def item_codes(self, table: torch.Tensor) -> torch.Tensor:
+        """The packed signature of every row of the item table ``table`` [V, D]: int32 [V, n_words], cached.
+
+        See the module docstring for when it is recomputed; a graph being exported or compiled
+        reads the cache as it stands.
+        """
+        if torch.compiler.is_exporting() or torch.compiler.is_compiling():
+            return self.codes
+        stamp = (id(table), table.data_ptr(), table._version)
+        if self.training or stamp != self._hashed or self.codes.shape[0] != table.shape[0]:
+            self.codes = self.pack(table)
+            self._hashed = stamp
+        return self.codes
+
+    def train(self, mode: bool = True) -> EtaRetrieval:
+        self._hashed = None  # training steps may have moved the table since the last hash
+        return super().train(mode)
+
+    def hamming(self, query: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+        """Differing bits: query int32 [B, W], events int32 [B, M, W] -> int32 [B, M]."""
+        differ = torch.bitwise_xor(events, query.unsqueeze(1))
+        if self.popcount.device != differ.device:
+            self.popcount = self.popcount.to(differ.device)
+        flat = differ.reshape(-1)
+        low = self.popcount.index_select(0, flat & 0xFFFF)
+        # >> is arithmetic on int32: the mask keeps the high half's own 16 bits
+        high = self.popcount.index_select(0, (flat >> HALF_WORD) & 0xFFFF)
+        counts = low.to(torch.int32).add_(high).view(differ.shape)
+        return counts.squeeze(-1) if counts.shape[-1] == 1 else counts.sum(-1, dtype=torch.int32)
 
     def forward(
         self, candidate: torch.Tensor, events: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """candidate [B, D], events [B, M, D], mask bool [B, M] -> (index [B, K], mask [B, K]), K = min(k, M)."""
+        """candidate int32 [B, W], events int32 [B, M, W] (packed signatures), mask bool [B, M]
+        -> (index [B, K], mask [B, K]), K = min(k, M)."""
         if (
             candidate.dim() != 2
             or events.dim() != 3
-            or candidate.shape[-1] != self.dim
-            or events.shape[-1] != self.dim
+            or candidate.shape[-1] != self.n_words
+            or events.shape[-1] != self.n_words
             or events.shape[0] != candidate.shape[0]
             or mask.shape != events.shape[:2]
         ):
             raise ValueError(
-                f"EtaRetrieval: expected candidate [B, {self.dim}], events [B, M, {self.dim}], "
+                f"EtaRetrieval: expected candidate [B, {self.n_words}], events [B, M, {self.n_words}], "
                 f"mask [B, M]; got {tuple(candidate.shape)}, {tuple(events.shape)}, {tuple(mask.shape)}"
             )
         length = events.shape[1]
         with torch.no_grad():
-            query = self.signature(candidate.detach().float())
-            keys = self.signature(events.detach().float())
-            # for ±1 codes, agreement = n_bits - 2 * Hamming, exact in float32 for any sane n_bits
-            agreement = torch.einsum("bn,bmn->bm", query, keys).round().long()
-            position = torch.arange(length, device=events.device)
+            wide = (self.n_bits + 1) * length >= 2**31
             # fewer differing bits first, then more recent; invalid events below every valid one
-            score = torch.where(mask, (agreement + self.n_bits) * length + position, -1)
+            score = self.hamming(candidate, events).to(torch.int64 if wide else torch.int32)
+            score.neg_().add_(self.n_bits).mul_(length)
+            score.add_(torch.arange(length, device=events.device, dtype=score.dtype))
+            score.masked_fill_(~mask, -1)
             top, index = score.topk(min(self.k, length), dim=1)
         return index, top >= 0
