@@ -294,8 +294,8 @@ def test_eta_topk_equals_a_brute_force_hamming_ranking(n_bits: int) -> None:
 
 def test_eta_packs_32_bits_a_word_and_counts_differing_bits() -> None:
     eta = EtaRetrieval(k=2, n_bits=40, dim=2, seed=0)
-    # bit b is bit b % 32 of word b // 32
-    assert eta.n_words == 2 and eta.bit_weights[1, 3].item() == 8 and eta.bit_weights[1, 8].item() == 0
+    # bit b is bit b % 32 of word b // 32: of half word b // 16, weight 2 ** (b % 16)
+    assert eta.n_words == 2 and eta.bit_weights[35, 2].item() == 8 and eta.bit_weights[35].sum().item() == 8
     # the hyperplanes' signs: an embedding on hyperplane b's side sets bit b, bit 31 included
     plane = eta.hyperplanes[:, 31]
     assert eta.pack(plane)[0].item() < 0 and eta.pack(-plane)[0].item() >= 0

@@ -70,10 +70,11 @@ class EtaRetrieval(nn.Module):
         # Plain tensors, not buffers: derived values that no checkpoint carries or reuse plans; they
         # follow the device of the tensors they meet.
         self.popcount = _popcount_table()
-        # bit b of a signature is bit (b % 32) of word b // 32
-        weights = torch.zeros(self.n_words * BITS_PER_WORD, dtype=torch.int64)
-        weights[:n_bits] = 2 ** (torch.arange(n_bits) % BITS_PER_WORD)
-        self.bit_weights = weights.view(self.n_words, BITS_PER_WORD)
+        # bit b of a signature is bit (b % 32) of word b // 32. Packing is one float32 matmul of the
+        # bits with the weight 2**(b % 16) in column b // 16 (a half word, exact below 2**24).
+        bit = torch.arange(n_bits)
+        self.bit_weights = torch.zeros(n_bits, 2 * self.n_words)
+        self.bit_weights[bit, bit // HALF_WORD] = (2 ** (bit % HALF_WORD)).float()
         self.codes = torch.zeros(0, self.n_words, dtype=torch.int32)
         self._hashed: tuple[int, int, int] | None = None
 
@@ -81,14 +82,11 @@ class EtaRetrieval(nn.Module):
         """Packed signatures: embedding [..., D] -> int32 [..., n_words] (bit 31 is the sign bit)."""
         with torch.no_grad():
             bits = (embedding.detach().float() @ self.hyperplanes.float()) > 0  # [..., m]
-            padded = torch.zeros(*bits.shape[:-1], self.n_words * BITS_PER_WORD, dtype=torch.int64,
-                                 device=bits.device)
-            padded[..., : self.n_bits] = bits.to(torch.int64)
-            words = padded.view(*bits.shape[:-1], self.n_words, BITS_PER_WORD)
-            if self.bit_weights.device != words.device:
-                self.bit_weights = self.bit_weights.to(words.device)
-            # sums below 2**32, wrapped into int32 two's complement: the same 32 bits
-            return (words * self.bit_weights).sum(-1).to(torch.int32)
+            if self.bit_weights.device != bits.device:
+                self.bit_weights = self.bit_weights.to(bits.device)
+            halves = (bits.float() @ self.bit_weights).to(torch.int32)  # [..., 2W], each below 2**16
+            # the high half shifted into bits 16..31 wraps into int32's sign bit: the same 32 bits
+            return halves[..., 0::2] | (halves[..., 1::2] << HALF_WORD)
 
     def item_codes(self, table: torch.Tensor) -> torch.Tensor:
         """The packed signature of every row of the item table ``table`` [V, D]: int32 [V, n_words], cached.
