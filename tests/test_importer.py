@@ -592,3 +592,11 @@ def test_the_same_inputs_give_the_same_bytes_whatever_the_threads(tmp_path) -> N
     for name, data in digests[0].items():
         assert digests[1][name] == data, name
     assert not list(tmp_path.glob(".t*"))  # the staging folders (database, spill, parts) are gone
+
+
+def test_importing_into_an_existing_folder_is_refused_naming_it(shop_log, tmp_path) -> None:
+    _, source, _ = shop_log
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    with pytest.raises(CtlError, match=rf"^{taken}: a dataset \(or file\) already exists there; choose a new folder$"):
+        import_dataset(parse_spec(log_schema(), "test schema"), [source], taken)
