@@ -317,7 +317,7 @@ def test_two_concurrent_appends_one_waits_and_none_is_lost(tmp_path) -> None:
 
 
 def test_without_an_atomic_exchange_the_swap_is_two_renames(logs, monkeypatch) -> None:
-    import ctl.data.append as append
+    from ctl.data import append
 
     tmp_path, _, paths, dataset = logs
     monkeypatch.setattr(append, "_rename_exchange", lambda: None)  # a system without renameat2

@@ -87,7 +87,7 @@ def test_runs_on_an_edited_input_are_refused_by_export_and_continuation(tmp_path
 
 
 def test_cached_worlds_are_keyed_by_the_generator_version(monkeypatch) -> None:
-    import ctl.data.registry as registry
+    from ctl.data import registry
 
     data_cfg = OmegaConf.create({"name": "world", "generator": {"_target_": "ctl.data.synthetic.SyntheticWorld",
                                                                 "seed": 1}})

@@ -11,8 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctl.data.dataset import load_dataset
-from ctl.data.importer import import_dataset, parse_spec, read_id_map
-from ctl.data.importer import SpecError
+from ctl.data.importer import SpecError, import_dataset, parse_spec, read_id_map
 
 DAY = 86_400
 START = 1_709_251_200  # 2024-03-01 00:00 UTC: period p is day p
@@ -35,7 +34,7 @@ def clicks(path: Path) -> Path:
     """Seven days, one a period. User u clicks item a on day 2 at noon and first clicks x on day 5;
     v clicks x on day 2 at 10:00, from shop s1 (x moves to shop s2 by day 5). Both domains have a
     click every day (w on b, z on c)."""
-    at = lambda day, hour: START + day * DAY + hour * 3600  # noqa: E731
+    at = lambda day, hour: START + day * DAY + hour * 3600
     records = [("w", "b", "t", "s0", at(d, 9)) for d in (0, 1, 3, 4, 6)]
     records += [("z", "c", "s", "s0", at(d, 9)) for d in range(7)]
     records += [("v", "x", "t", "s1", at(2, 10)), ("u", "a", "t", "s9", at(2, 12)), ("u", "x", "t", "s2", at(5, 10))]
