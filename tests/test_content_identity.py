@@ -56,7 +56,7 @@ def test_an_input_edited_in_place_at_the_same_size_makes_another_dataset(tmp_pat
     assert inputs[0]["path"] == str(source.resolve()) and inputs[0]["sha256"] == file_sha256(source)
 
 
-def test_runs_on_an_edited_input_are_refused_by_export_and_continuation(tmp_path) -> None:
+def test_runs_on_an_edited_input_are_refused_by_export_and_continuation(tmp_path, caplog) -> None:
     from hydra import compose, initialize_config_module
 
     from ctl.serve.export import load_run_model
@@ -81,9 +81,12 @@ def test_runs_on_an_edited_input_are_refused_by_export_and_continuation(tmp_path
         load_run_model(tmp_path / "run")
     with pytest.raises(CtlError, match=r"continue_from=.*run: its dataset \(\w+\) is not an earlier version"):
         run_train(cfg(f"continue_from={tmp_path / 'run'}"), tmp_path / "continued")
-    run_train(cfg(), tmp_path / "again")  # the tracks of the earlier data are not reused: built anew
+    with caplog.at_level("WARNING", logger="ctl.training.tracks"):
+        run_train(cfg(), tmp_path / "again")  # the tracks of the earlier data are not reused: built anew
     rebuilt = sorted(p.name for p in (tmp_path / "home" / "tracks").iterdir() if not p.name.startswith("."))
     assert set(tracks) < set(rebuilt)
+    said = [r.getMessage() for r in caplog.records if "changed since track" in r.getMessage()]
+    assert len(said) == 2 and all(f"the dataset at {dataset} changed since track" in line for line in said), said
 
 
 def test_cached_worlds_are_keyed_by_the_generator_version(monkeypatch) -> None:
