@@ -274,9 +274,10 @@ IMPLICIT_SCHEMA = {
 }
 
 
-def test_implicit_feedback_samples_unseen_items_of_the_same_domain_and_period(tmp_path) -> None:
+@pytest.mark.parametrize("exclude", ["past", "all"])
+def test_implicit_feedback_samples_unseen_items_of_the_same_domain_and_period(tmp_path, exclude) -> None:
     histories = write_event_lines(tmp_path / "lines.txt", users=60, seed=3)
-    spec = parse_spec(IMPLICIT_SCHEMA, "implicit schema")
+    spec = parse_spec({**IMPLICIT_SCHEMA, "label": {**IMPLICIT_SCHEMA["label"], "exclude": exclude}}, "implicit schema")
     out = import_dataset(spec, [tmp_path / "lines.txt"], tmp_path / "implicit").path
     ds = load_dataset(out)
     rows, origin = ds.rows, read_origin(out)
@@ -295,7 +296,9 @@ def test_implicit_feedback_samples_unseen_items_of_the_same_domain_and_period(tm
         pools.setdefault((rows["domain"][r], rows["period"][r]), set()).add(raw_item[r])
     for r in np.flatnonzero(~positive):
         assert raw_item[r] in pools[(rows["domain"][r], rows["period"][r])]
-        assert raw_item[r] not in {item for item, _ in histories[raw_user[r]]}
+        # past: never an item the user touched at or before the row's time; all: at any time
+        touched = {item for item, ts in histories[raw_user[r]] if exclude == "all" or ts <= rows["ts"][r]}
+        assert raw_item[r] not in touched
         assert rows["category_id"][r] == bisect.bisect_right([10, 20, 30], raw_item[r]) + 1  # the item's own
         assert rows["domain"][r] == (raw_item[r] >= 20)
     again = load_dataset(import_dataset(spec, [tmp_path / "lines.txt"], tmp_path / "again").path)
@@ -589,3 +592,11 @@ def test_the_same_inputs_give_the_same_bytes_whatever_the_threads(tmp_path) -> N
     for name, data in digests[0].items():
         assert digests[1][name] == data, name
     assert not list(tmp_path.glob(".t*"))  # the staging folders (database, spill, parts) are gone
+
+
+def test_importing_into_an_existing_folder_is_refused_naming_it(shop_log, tmp_path) -> None:
+    _, source, _ = shop_log
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    with pytest.raises(CtlError, match=rf"^{taken}: a dataset \(or file\) already exists there; choose a new folder$"):
+        import_dataset(parse_spec(log_schema(), "test schema"), [source], taken)

@@ -1,7 +1,8 @@
 """The on-disk dataset: one folder of ``meta.yaml``, ``rows.parquet`` and ``history.parquet``.
 
 ``meta.yaml`` holds ``schema`` (:meth:`Schema.to_dict`), ``provenance`` (free-form, how the data
-was made), ``format_version``, ``n_rows`` and ``n_events``. ``rows.parquet`` has every schema
+was made), ``format_version``, ``n_rows``, ``n_events`` and ``content`` (the sha256 of each data
+file, so the fingerprint follows the data). ``rows.parquet`` has every schema
 feature as int64 plus :data:`ROW_COLUMNS`; ``history.parquet`` has :data:`HISTORY_COLUMNS`, sorted
 by ``(user_id, ts)``.
 
@@ -42,7 +43,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from ctl.data.schema import HISTORY_COLUMNS, ROW_COLUMNS, Schema
-from ctl.io import fsync_path, rename_into_place
+from ctl.io import file_sha256, fsync_path, rename_into_place
 
 if TYPE_CHECKING:  # torch is imported by loading, not by writing (the importer runs without it)
     from ctl.data.history import UserHistory
@@ -309,14 +310,21 @@ def _rows_order(rows: dict[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
-def meta_yaml(schema: Schema, n_rows: int, n_events: int, provenance: dict) -> str:
-    """The text of a dataset's ``meta.yaml``."""
+def content_digests(folder: Path, names: Sequence[str]) -> dict[str, str]:
+    """The sha256 of each data file ``names`` of ``folder`` (paths relative to it), for ``meta.yaml``'s
+    ``content``: computed once, as the dataset is written."""
+    return {name: file_sha256(Path(folder) / name) for name in sorted(names)}
+
+
+def meta_yaml(schema: Schema, n_rows: int, n_events: int, provenance: dict, content: dict[str, str]) -> str:
+    """The text of a dataset's ``meta.yaml``; ``content``: :func:`content_digests` of its data files."""
     meta = {
         "format_version": FORMAT_VERSION,
         "n_rows": int(n_rows),
         "n_events": int(n_events),
         "schema": schema.to_dict(),
         "provenance": provenance,
+        "content": content,
     }
     return yaml.safe_dump(meta, sort_keys=False)
 
@@ -361,7 +369,6 @@ def write_dataset(
     oracle_table = _oracle_table(click_prob, rows64["label"].shape[0], order)
     rows_table = pa.table(_to_disk_dtypes(rows64, row_types))
     history_table = pa.table(_to_disk_dtypes(history64, history_types))
-    meta_text = meta_yaml(schema, rows_table.num_rows, history_table.num_rows, provenance)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -376,6 +383,8 @@ def write_dataset(
         if oracle_table is not None:
             _write_synced(staging / ORACLE_FILE, lambda f: pq.write_table(oracle_table, f))
         # meta.yaml last: a folder holding it has both data files complete.
+        meta_text = meta_yaml(schema, rows_table.num_rows, history_table.num_rows, provenance,
+                              content_digests(staging, [ROWS_FILE, HISTORY_FILE]))
         _write_synced(staging / META_FILE, lambda f: f.write(meta_text.encode()))
         fsync_path(staging)
         rename_into_place(staging, path, "another writer")
@@ -533,12 +542,18 @@ class Dataset:
         return np.flatnonzero(keep).astype(np.int64)
 
     def fingerprint(self) -> str:
-        """Short hash of the meta content (schema, provenance, sizes), for cache keys."""
+        """Short hash of ``meta.yaml`` (schema, provenance, sizes and the data files' digests), for
+        cache keys: two datasets with other contents have other fingerprints."""
         return fingerprint_of(self.meta)
 
 
 def fingerprint_of(meta: dict) -> str:
-    """:meth:`Dataset.fingerprint` of a dataset whose ``meta.yaml`` holds ``meta``."""
+    """:meth:`Dataset.fingerprint` of a dataset whose ``meta.yaml`` holds ``meta``.
+
+    The meta holds the sha256 of every data file (``content``, computed once as the dataset was
+    written), so the fingerprint follows the data, not only its description; a dataset written
+    before ``content`` existed is known by its meta alone.
+    """
     text = yaml.safe_dump(meta, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -2,8 +2,9 @@
 
 A data config either points at a dataset folder (``path: ...``) or describes how to make one
 (``generator: {_target_: ...}``, or ``importer: {schema, inputs, ...}`` for real logs); made
-datasets live in ``<home>/datasets/<name>-<key>``, keyed by the generator config (or the import
-schema and the input files' sizes and times), and are made once (under a file lock, so
+datasets live in ``<home>/datasets/<name>-<key>``, keyed by the generator config and
+:data:`~ctl.data.synthetic.version.GENERATOR_VERSION` (or the import schema and the input files'
+sizes and times), and are made once (under a file lock, so
 concurrent jobs of a sweep wait for the first instead of generating twice).
 
 A generated dataset made before generators kept the true click probabilities of the test slice
@@ -20,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ctl.data.dataset import ORACLE_FILE, Dataset, DatasetError, load_dataset, read_fingerprint
+from ctl.data.synthetic.version import GENERATOR_VERSION
 from ctl.errors import CtlError
 from ctl.io import check_writable, file_lock, stable_hash
 
@@ -37,7 +39,9 @@ def dataset_dir(data_cfg: DictConfig, home: str | Path) -> Path:
         return Path(str(home)).expanduser() / "datasets" / f"{data_cfg.name}-{import_key(data_cfg)}"
     if data_cfg.get("generator") is None:
         raise CtlError(f"data config {data_cfg.name!r} has none of 'path', 'generator' or 'importer'")
-    key = stable_hash(OmegaConf.to_container(data_cfg.generator, resolve=True))
+    # the generator's code version too: a changed generator draws other worlds from the same config
+    key = stable_hash({"generator": OmegaConf.to_container(data_cfg.generator, resolve=True),
+                       "version": GENERATOR_VERSION})
     return Path(str(home)).expanduser() / "datasets" / f"{data_cfg.name}-{key}"
 
 

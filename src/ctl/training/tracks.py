@@ -130,8 +130,27 @@ def ensure_track(cfg: DictConfig, dataset: Dataset, domain: str, net: DictConfig
                 if path.exists():
                     log.warning("track %s is damaged (%s): rebuilding it", path, problem)
                     shutil.rmtree(path)
+                else:
+                    _say_if_the_data_changed(root, name, spec, dataset)
                 _build(cfg, dataset, domain, net, name, spec, path, earlier)
     return Track(path=path, name=name)
+
+
+def _say_if_the_data_changed(root: Path, name: str, spec: dict, dataset: Dataset) -> None:
+    """One line when a finished track of the same model was built on other data at the dataset's path
+    (the fingerprint follows the content): it is not reused, and this says why."""
+    for metrics_file in sorted(root.glob(f"{name}-*/metrics.json")):
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except (OSError, ValueError):
+            continue
+        earlier = metrics.get("spec", {})
+        if metrics.get("dataset_path") == str(dataset.path) and earlier.get("dataset") != spec["dataset"] \
+                and {k: v for k, v in earlier.items() if k != "dataset"} == {k: v for k, v in spec.items() if k != "dataset"}:
+            log.warning("the dataset at %s changed since track %s was built on it (fingerprint %s, now %s): "
+                        "building the track anew", dataset.path, metrics_file.parent, earlier.get("dataset"),
+                        spec["dataset"])
+            return
 
 
 def earlier_track(root: Path, name: str, spec: dict, dataset: Dataset) -> Continuation | None:
@@ -174,6 +193,7 @@ def _build(cfg: DictConfig, dataset: Dataset, domain: str, net_cfg: DictConfig, 
         write_val_predictions(tmp / "val_predictions.parquet", result.val_predictions)
         atomic_write_json(tmp / "metrics.json", {
             "kind": "track", "model": spec["model"], "domain": domain, "seed": int(cfg.seed), "spec": spec,
+            "dataset_path": str(dataset.path),
             "periods": result.periods, "test": result.test, "cost": result.cost,
         })
         write_manifest(tmp, skip=UNCHECKED)

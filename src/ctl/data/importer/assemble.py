@@ -3,7 +3,8 @@
 Order of the steps: leave out records at or after ``time.end`` (counted); records before
 ``time.start`` feed the behaviour history only (counted); cut the rest into periods and lay them
 out; number the dense features and encode every record (``encoded``); build the history (events
-or explicit lists) and every row's ``hist_end``; sample negatives for implicit feedback; sort rows
+or explicit lists) and every row's ``hist_end``; sample negatives for implicit feedback (their item
+attributes as of the positive's time, :mod:`ctl.data.importer.asof`); sort rows
 by ``(period, domain, ts)`` as the dataset stores them (ties: records in input order, then their
 negatives), with each row's origin (input file, line, event, sampled or not) in the same order.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from ctl.data.importer.asof import create_item_values, item_value, item_values_joins
 from ctl.data.importer.histories import HISTORY_ORDER, build_history
 from ctl.data.importer.idmaps import map_table
 from ctl.data.importer.periods import cut_periods, layout
@@ -81,10 +83,8 @@ def _encode(con: duckdb.DuckDBPyConnection, spec: ImportSpec, period: str, shown
 def _negative_rows(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict[str, str], places: str) -> str:
     """SELECT of the sampled negatives' rows: the positive's row, its own item and item attributes."""
     attributes = [i for i, f in enumerate(spec.features) if f.of == "item" and f.name != "item_id"]
-    item = column["item_id"]
-    if attributes:  # each item's values on its last record
-        values = ", ".join(f"arg_max({staged_name(i)}, seq) AS {staged_name(i)}" for i in attributes)
-        con.execute(f"CREATE TABLE item_attributes AS SELECT {item} AS item_id, {values} FROM encoded GROUP BY {item}")
+    if attributes:  # each item's values as of the positive's time, never from a later record
+        create_item_values(con, column["item_id"], [staged_name(i) for i in attributes], "item_attributes")
     names = spec.domains.names
     selected = []
     for i, feature in enumerate(spec.features):
@@ -92,11 +92,11 @@ def _negative_rows(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dic
             selected.append(f"d.item_id AS {staged_name(i)}")
         elif i in attributes:
             carriers = ", ".join(str(names.index(d)) for d in feature.domains)
-            selected.append(f"CASE WHEN e.domain IN ({carriers}) THEN coalesce(a.{staged_name(i)}, 0) ELSE 0 END "
-                            f"AS {staged_name(i)}")
+            selected.append(f"CASE WHEN e.domain IN ({carriers}) THEN coalesce({item_value(staged_name(i), 'a')}, 0) "
+                            f"ELSE 0 END AS {staged_name(i)}")
         else:
             selected.append(f"e.{staged_name(i)}")
-    join = "LEFT JOIN item_attributes a ON a.item_id = d.item_id" if attributes else ""
+    join = item_values_joins("item_attributes", "d.item_id", "e.ts", "a") if attributes else ""
     return (f"SELECT {', '.join(selected)}, e.domain, e.period, e.ts, 0 AS label, v.hist_end, {places}"
             f"TRUE AS sampled, e.seq, d.j FROM drawn d JOIN encoded e ON e.seq = d.seq "
             f"JOIN visible v ON v.seq = d.seq {join}")
@@ -139,7 +139,7 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     if spec.implicit:
         say("sampling negatives")
         counts["negatives"], counts["negatives_unavailable"] = sample_negatives(
-            con, column["user_id"], column["item_id"], spec.label.negatives, spec.label.seed)
+            con, column["user_id"], column["item_id"], spec.label.negatives, spec.label.seed, spec.label.exclude)
         parts.append(_negative_rows(con, spec, column, carried))
     say("sorting and writing the rows")
     rows = " UNION ALL ".join(parts)
@@ -153,7 +153,8 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     origin_columns = [*place, "sampled"] if place else ["seq", "sampled"]
     con.execute(f"CREATE TABLE ordered AS SELECT {', '.join(row_columns + origin_columns)} FROM ({rows}) "
                 f"ORDER BY {order}")
-    for table in ("encoded", "visible", "drawn", "seen", "pending", "candidate"):
+    for table in ("encoded", "visible", "drawn", "seen", "pending", "candidate", "item_attributes_at",
+                  "item_attributes_first"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     names = [f"{_quoted(f.name)}::BIGINT AS {_quoted(f.name)}" for f in spec.features]
     names += ["domain", "period", "ts", "label", "hist_end"]

@@ -3,8 +3,10 @@
 A data preset with an ``importer:`` node (``conf/data/amazon_food_kitchen.yaml``) names a schema
 (a composed mapping, a packaged schema name or a YAML path), its input files (relative to
 ``root``) and an optional ``max_rows``. The registry keys the imported dataset by the schema, the
-inputs' paths, sizes and modification times, and ``max_rows`` (:func:`import_key`), so editing a
-file or the schema imports again, and an unchanged one is reused.
+inputs' paths, sizes, modification and change times, and ``max_rows`` (:func:`import_key`), so
+editing a file or the schema imports again, and an unchanged one is reused. The imported dataset
+records each input's sha256, so its fingerprint follows the inputs' content: an input edited in
+place makes another dataset, with another fingerprint, even at the same size.
 
 Public data root: ``root`` if set, else ``$CTL_PUBLIC_DATA``, else ``../shared/data`` next to the
 repository (the folder holding ``amazon_food_kitchen_c2dsr/`` etc.).
@@ -90,12 +92,14 @@ def resolve_inputs(inputs: list, root: Path, origin: str) -> list[Path]:
 
 
 def import_key(data_cfg: DictConfig) -> str:
-    """Cache key of a preset's import: schema, input paths/sizes/mtimes, ``max_rows``, importer version."""
+    """Cache key of a preset's import: schema, input paths/sizes/times, ``max_rows``, importer version."""
     origin = f"data {data_cfg.name!r} importer"
     importer = _importer(data_cfg.importer, origin)
     spec = schema_from(importer.get("schema"), f"{origin}.schema")
     inputs = resolve_inputs(importer["inputs"], public_data_root(importer.get("root")), origin)
-    files = [{"path": str(p.resolve()), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in inputs]
+    # ctime too: an edit that keeps the size and sets the modification time back still changes it
+    files = [{"path": str(p.resolve()), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
+              "ctime_ns": p.stat().st_ctime_ns} for p in inputs]
     return stable_hash({"importer": IMPORTER_VERSION, "schema": spec.raw, "inputs": files,
                         "max_rows": importer.get("max_rows")})
 

@@ -25,7 +25,7 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from ctl.data.dataset import META_FILE, meta_yaml
+from ctl.data.dataset import HISTORY_FILE, META_FILE, ROWS_FILE, content_digests, meta_yaml
 from ctl.data.importer.assemble import assemble
 from ctl.data.importer.engine import DEFAULT_MEMORY_LIMIT, connect
 from ctl.data.importer.idmaps import map_table, number_ids
@@ -33,9 +33,9 @@ from ctl.data.importer.records import RecordTable
 from ctl.data.importer.sources import open_source, reader_kind
 from ctl.data.importer.spec import ImportSpec
 from ctl.errors import CtlError
-from ctl.io import fsync_path, rename_into_place
+from ctl.io import file_sha256, fsync_path, rename_into_place
 
-IMPORTER_VERSION = 2
+IMPORTER_VERSION = 3
 ID_MAPS_DIR = "id_maps"
 ORIGIN_FILE = "origin.parquet"
 
@@ -56,7 +56,8 @@ class ImportReport:
 
 def _read(con: duckdb.DuckDBPyConnection, spec: ImportSpec, inputs: Sequence[Path], table: RecordTable,
           max_rows: int | None, work: Path, block_bytes: int | None, log: Callable[[str], None] | None) -> list[dict]:
-    """Check and stage every input's records; returns each input's path, bytes and records read."""
+    """Check and stage every input's records; returns each input's absolute path, bytes, sha256 and
+    records read."""
     described = []
     remaining = max_rows
     for index, path in enumerate(inputs):
@@ -65,7 +66,8 @@ def _read(con: duckdb.DuckDBPyConnection, spec: ImportSpec, inputs: Sequence[Pat
             records = table.add(open_source(con, spec, path, index, remaining, work, block_bytes), index)
             if remaining is not None:
                 remaining -= records
-        described.append({"path": str(path), "bytes": path.stat().st_size, "records": records})
+        described.append({"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": file_sha256(path),
+                          "records": records})
         if log is not None:
             log(f"read {records:,} records from {path}")
     table.finish()
@@ -112,7 +114,7 @@ def import_dataset(
     out = Path(out).expanduser()
     inputs = [Path(p).expanduser() for p in inputs]
     if out.exists():
-        raise FileExistsError(f"{out}: a dataset (or file) already exists there; choose a new folder")
+        raise CtlError(f"{out}: a dataset (or file) already exists there; choose a new folder")
     if not inputs:
         raise CtlError("no input files given (inputs=[a.csv,b.parquet])")
     if max_rows is not None and max_rows < 1:
@@ -141,13 +143,18 @@ def import_dataset(
         }
         con.close()
         # meta.yaml last: a folder holding it has every data file complete
-        (folder / META_FILE).write_text(meta_yaml(built.schema, built.n_rows, built.n_events, provenance))
+        files = [ROWS_FILE, HISTORY_FILE, ORIGIN_FILE, *(f"{ID_MAPS_DIR}/{p.name}" for p in (folder / ID_MAPS_DIR).iterdir())]
+        (folder / META_FILE).write_text(meta_yaml(built.schema, built.n_rows, built.n_events, provenance,
+                                                  content_digests(folder, files)))
         for path in [*folder.iterdir(), *(folder / ID_MAPS_DIR).iterdir()]:
             if path.is_file():
                 fsync_path(path)
         fsync_path(folder / ID_MAPS_DIR)
         fsync_path(folder)
-        rename_into_place(folder, out, "another import")
+        try:
+            rename_into_place(folder, out, "another import")
+        except FileExistsError as exc:
+            raise CtlError(f"{out}: another import created it meanwhile; choose a new folder") from exc
     finally:
         con.close()
         shutil.rmtree(staging, ignore_errors=True)

@@ -8,7 +8,8 @@ Two sources:
   record's list becomes a block of events one time unit before the record (identical blocks of a
   user at one time are kept once), and the row sees the history up to the end of its own block,
   so the last events of its long sequence are exactly its list. Rows without a list see the
-  blocks strictly before their time.
+  blocks strictly before their time. An event's category is its item's as of the event's time
+  (:mod:`ctl.data.importer.asof`).
 
 :func:`build_history` creates ``history`` (its events, written sorted by ``(user_id, ts, seq,
 pos)``: ties in input order) and ``visible`` (``seq``, ``hist_end`` of every shown record) from
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import duckdb
 
+from ctl.data.importer.asof import create_item_values, item_value, item_values_joins
 from ctl.data.importer.spec import ImportSpec
 
 #: ``history`` columns in the order ``history.parquet`` stores them, and the sort that orders them
@@ -50,8 +52,7 @@ def build_history(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict
                         domain, ts, seq, 0 AS pos FROM encoded WHERE {chosen}""")
         con.execute(f"CREATE TABLE visible AS {_strictly_before(user)}")
         return
-    con.execute(f"""CREATE TABLE item_category AS
-                    SELECT {item} AS item_id, arg_max({category}, seq) AS category_id FROM encoded GROUP BY {item}""")
+    create_item_values(con, item, [category], "item_category")  # an event's category as of its time
     # one block per distinct (user, ts, list), represented by its first record; list_end: where it ends
     con.execute(f"""
         CREATE TABLE blocks AS
@@ -62,10 +63,10 @@ def build_history(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict
               FROM encoded WHERE seq_count > 0 GROUP BY ALL)""")
     con.execute(f"""
         CREATE TABLE history AS
-        SELECT b.user_id, m.id AS item_id, coalesce(c.category_id, 0) AS category_id, e.domain, b.ts - 1 AS ts,
-               b.head AS seq, s.pos
+        SELECT b.user_id, m.id AS item_id, coalesce({item_value(category, 'c')}, 0) AS category_id, e.domain,
+               b.ts - 1 AS ts, b.head AS seq, s.pos
         FROM blocks b JOIN encoded e ON e.seq = b.head JOIN seq_items s ON s.seq = b.head
-        JOIN {item_map} m ON m.raw = s.raw LEFT JOIN item_category c ON c.item_id = m.id""")
+        JOIN {item_map} m ON m.raw = s.raw {item_values_joins("item_category", "m.id", "b.ts - 1", "c")}""")
     con.execute(f"""
         CREATE TABLE visible AS
         SELECT w.seq, coalesce(b.list_end, w.hist_end) AS hist_end

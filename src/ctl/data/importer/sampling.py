@@ -1,7 +1,16 @@
 """Negative sampling for implicit feedback, in SQL: unclicked items of the same domain and period.
 
 Each positive gets ``per_positive`` items drawn uniformly (with replacement) from the distinct
-items of its cell (its domain and period), redrawing any item the user has a positive event with.
+items of its cell (its domain and period), redrawing any item the user has touched:
+
+* ``past`` (the default): an item the user has a record with at or before the positive's time.
+  A negative is what the user had not done yet, so an item first clicked in a later period may be
+  a negative earlier, and the negatives of a period never depend on later logs (an append of new
+  logs keeps every stored negative);
+* ``all``: an item the user has a record with at any time, later ones included. Some papers
+  sample this way; it leaks the future (the user's later clicks shape the earlier negatives), and
+  new logs change the negatives of the stored periods.
+
 A draw that still hits one of the user's items after :data:`MAX_ROUNDS` rounds (the user has
 touched most of a tiny pool) is left out and counted, never silently.
 
@@ -15,6 +24,8 @@ from __future__ import annotations
 import duckdb
 
 MAX_ROUNDS = 32
+#: ``label.exclude`` values: which of a user's items are never their negatives
+EXCLUDE_RULES = ("past", "all")
 
 
 def _seed_hash(seed: int) -> int:
@@ -28,19 +39,26 @@ def _seed_hash(seed: int) -> int:
 
 
 def sample_negatives(con: duckdb.DuckDBPyConnection, user: str, item: str, per_positive: int,
-                     seed: int) -> tuple[int, int]:
+                     seed: int, exclude: str = "past") -> tuple[int, int]:
     """Create ``drawn`` (``seq``, ``j``, ``item_id``): negative ``j`` of every shown positive ``seq``.
 
-    ``user``/``item`` name the id columns of ``encoded``; items a user has any positive event with
-    (any period) are never their negatives. Returns the negatives drawn and the draws given up.
+    ``user``/``item`` name the id columns of ``encoded``; ``exclude`` (:data:`EXCLUDE_RULES`) says
+    which of the user's items are never their negatives. Returns the negatives drawn and the draws
+    given up.
     """
+    if exclude not in EXCLUDE_RULES:
+        raise ValueError(f"exclude must be one of {EXCLUDE_RULES}, got {exclude!r}")
     con.execute(f"""CREATE TABLE pool AS
                     SELECT domain, period, item_id, row_number() OVER (PARTITION BY domain, period ORDER BY item_id) - 1 AS k
                     FROM (SELECT DISTINCT domain, period, {item} AS item_id FROM encoded WHERE period >= 0)""")
     con.execute("CREATE TABLE cells AS SELECT domain, period, count(*) AS size FROM pool GROUP BY ALL")
-    con.execute(f"CREATE TABLE seen AS SELECT DISTINCT {user} AS user_id, {item} AS item_id FROM encoded")
+    # first: when the user first touched the item; "past" excludes it from that second on
+    con.execute(f"CREATE TABLE seen AS SELECT {user} AS user_id, {item} AS item_id, min(ts) AS first "
+                "FROM encoded GROUP BY ALL")
+    touched = ("s.user_id = c.user_id AND s.item_id = c.item_id"
+               + (" AND s.first <= c.ts" if exclude == "past" else ""))
     con.execute(f"""CREATE TABLE pending AS
-                    SELECT e.seq, j.range::INTEGER AS j, e.{user} AS user_id, e.domain, e.period
+                    SELECT e.seq, j.range::INTEGER AS j, e.{user} AS user_id, e.domain, e.period, e.ts
                     FROM encoded e CROSS JOIN range({per_positive}) j WHERE e.period >= 0""")
     con.execute("CREATE TABLE drawn (seq BIGINT, j INTEGER, item_id BIGINT)")
     base = _seed_hash(seed)
@@ -48,17 +66,16 @@ def sample_negatives(con: duckdb.DuckDBPyConnection, user: str, item: str, per_p
         counter = f"(seq * {per_positive * MAX_ROUNDS} + j * {MAX_ROUNDS} + {round_})"
         con.execute(f"""
             CREATE OR REPLACE TABLE candidate AS
-            SELECT p.seq, p.j, p.user_id, pool.item_id
+            SELECT p.seq, p.j, p.user_id, p.ts, pool.item_id
             FROM (SELECT p.*, (p.u * c.size) >> 32 AS k
                   FROM (SELECT *, mix32(xor(h, {counter} >> 32)) AS u
                         FROM (SELECT *, mix32(xor({base}, {counter} & 4294967295)) AS h FROM pending)) p
                   JOIN cells c ON c.domain = p.domain AND c.period = p.period) p
             JOIN pool ON pool.domain = p.domain AND pool.period = p.period AND pool.k = p.k""")
-        con.execute("""INSERT INTO drawn SELECT c.seq, c.j, c.item_id FROM candidate c
-                       ANTI JOIN seen s ON s.user_id = c.user_id AND s.item_id = c.item_id""")
-        con.execute("""CREATE OR REPLACE TABLE pending AS SELECT p.* FROM pending p SEMI JOIN
-                       (SELECT c.seq, c.j FROM candidate c SEMI JOIN seen s ON s.user_id = c.user_id AND s.item_id = c.item_id) r
-                       ON r.seq = p.seq AND r.j = p.j""")
+        con.execute(f"INSERT INTO drawn SELECT c.seq, c.j, c.item_id FROM candidate c ANTI JOIN seen s ON {touched}")
+        con.execute(f"""CREATE OR REPLACE TABLE pending AS SELECT p.* FROM pending p SEMI JOIN
+                        (SELECT c.seq, c.j FROM candidate c SEMI JOIN seen s ON {touched}) r
+                        ON r.seq = p.seq AND r.j = p.j""")
         if con.execute("SELECT count(*) FROM pending").fetchone()[0] == 0:
             break
     unavailable = con.execute("SELECT count(*) FROM pending").fetchone()[0]

@@ -75,6 +75,7 @@ class DomainsConfig:
 class LabelConfig:
     column: str | None = None
     negatives: int | None = None
+    exclude: str = "past"
     seed: int = 0
 
 

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from ctl.data.importer.errors import SpecError
+from ctl.data.importer.sampling import EXCLUDE_RULES
 from ctl.data.importer.schema_yaml import (
     CsvConfig,
     DomainsConfig,
@@ -240,6 +241,8 @@ def _check_label(cfg: LabelConfig, fail) -> None:
         raise fail("label.column")("give the 0/1 label column, or negatives: N for implicit feedback")
     if cfg.column is not None and cfg.negatives is not None:
         raise fail("label.negatives")("is for implicit feedback; a label column already gives the negatives")
+    if cfg.exclude not in EXCLUDE_RULES:
+        raise fail("label.exclude")(f"must be one of {list(EXCLUDE_RULES)}, got {cfg.exclude!r}")
 
 
 def _check_time(cfg: TimeConfig, fail) -> None:

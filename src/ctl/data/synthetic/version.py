@@ -1,0 +1,9 @@
+"""The version of the synthetic world generator.
+
+Raise :data:`GENERATOR_VERSION` with every change that makes a generator config draw another world
+(another simulation, another order of random draws): cached worlds are keyed by it with their
+config (:func:`ctl.data.registry.dataset_dir`), so a changed generator makes its worlds anew
+instead of reusing worlds the earlier code drew.
+"""
+
+GENERATOR_VERSION = 1
