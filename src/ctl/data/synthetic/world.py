@@ -197,7 +197,7 @@ class SyntheticWorld:
         dormant_recur_share: float = 0.002,
         dormant_impression_share: float = 0.1,
         dormant_weight: float = 0.8,
-        events_per_period: float = 2.0,
+        events_per_period: float = 2.2,
         event_activity_exponent: float = 1.5,
         prehistory_periods: int = 30,
         user_spread: float = 0.5,
