@@ -71,6 +71,13 @@ def _rowwise_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("nd,nd->n", a, b)
 
 
+def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct values of sorted ``values [N]`` with the first index and length of each run
+    (``np.unique``'s, without sorting again)."""
+    first = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+    return values[first], first, np.diff(np.append(first, values.size))
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -235,16 +242,20 @@ class Simulation:
     def _absorb_events(self, user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> None:
         """Fold events into their users' recent-behaviour summaries: an EMA that keeps
         ``recent_decay`` of itself per event, the events of a user taken in ts order."""
-        if user.size == 0:
-            return
-        order = np.lexsort((ts, user))
-        user, item = user[order], item[order]
-        users, first, count = np.unique(user, return_index=True, return_counts=True)
         decay = self.world.recent_decay
-        # Weight of each event in its user's new summary: (1 - decay) decay^(events after it).
+        if user.size == 0 or decay == 1.0:
+            return
+        order = np.argsort(user * self.span + (ts + self.first), kind="stable")
+        user = user[order]
+        users, first, count = _runs(user)
+        # Weight of each event in its user's new summary: (1 - decay) decay^(events after it); events
+        # further back than the horizon weigh under 1e-9 and are left out.
+        horizon = 1 if decay == 0.0 else int(np.ceil(np.log(1e-9) / np.log(decay)))
         after = np.repeat(first + count, count) - 1 - np.arange(user.size)
-        weight = ((1.0 - decay) * decay**after).astype(np.float32)
-        fresh = np.add.reduceat(self.items.latent[item] * weight[:, None], first, axis=0)
+        kept = np.flatnonzero(after < horizon)  # each user's last min(count, horizon) events, in order
+        weight = ((1.0 - decay) * decay ** np.arange(horizon)).astype(np.float32)[after[kept]]
+        starts = np.concatenate([[0], np.cumsum(np.minimum(count, horizon))[:-1]])
+        fresh = np.add.reduceat(self.items.latent[item[order[kept]]] * weight[:, None], starts, axis=0)
         keep = (decay**count).astype(np.float32)[:, None]
         self.recent[users] = keep * self.recent[users] + fresh
 
@@ -254,7 +265,7 @@ class Simulation:
         """Set ``hist_end`` of one time slice's rows: the user's events before the slice plus their
         events inside it strictly before the row's ts; then count the slice's events in."""
         keys = np.sort(event_user * self.span + event_ts)
-        active_users, first = np.unique(keys // self.span, return_index=True)
+        active_users, first, count = _runs(keys // self.span)
         first_in_slice = np.full(self.events_so_far.size, -1, dtype=np.int64)
         first_in_slice[active_users] = first
         for block, lo, hi in slices:
@@ -266,7 +277,7 @@ class Simulation:
             query = user[busy] * self.span + block.ts[lo:hi][busy]
             hist_end[busy] += np.searchsorted(keys, query, side="left") - start[busy]
             block.hist_end[lo:hi] = hist_end
-        self.events_so_far[active_users] += np.diff(np.append(first, keys.size))
+        self.events_so_far[active_users] += count
 
     # --- impressions --------------------------------------------------------------------------
 
