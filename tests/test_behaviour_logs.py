@@ -78,7 +78,7 @@ def test_behaviour_events_join_the_history_and_never_become_rows(imported) -> No
 
 
 def test_behaviour_items_get_ids_after_the_records_and_their_records_category(imported) -> None:
-    records, plain, report = imported
+    _, plain, report = imported
     items = read_id_map(report.path, "item_id")
     assert list(items[: len(read_id_map(plain.path, "item_id"))]) == list(read_id_map(plain.path, "item_id"))
     assert items[-1] == "new-item"  # the only item no record shows
