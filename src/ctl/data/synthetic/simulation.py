@@ -196,8 +196,9 @@ class Simulation:
         self.events_so_far = np.zeros(self.interest.shape[0], dtype=np.int64)
         self.behaviour = BehaviourLog(self)
         self.logged: list[Events] = []  # the behaviour events so far, pre-history first
-        # Every ts lies in [-first, span - first): user * span + first + ts orders events by (user, ts).
-        self.first = np.int64(w.prehistory_periods * w.period_seconds)
+        # Every ts lies in [-prehistory_seconds, span - prehistory_seconds): user * span +
+        # prehistory_seconds + ts orders events by (user, ts).
+        self.prehistory_seconds = np.int64(w.prehistory_periods * w.period_seconds)
         self.span = np.int64((w.prehistory_periods + w.n_periods) * w.period_seconds)
 
     # --- state updates ------------------------------------------------------------------------
@@ -245,7 +246,7 @@ class Simulation:
         decay = self.world.recent_decay
         if user.size == 0 or decay == 1.0:
             return
-        order = np.argsort(user * self.span + (ts + self.first), kind="stable")
+        order = np.argsort(user * self.span + (ts + self.prehistory_seconds), kind="stable")
         user = user[order]
         users, first, count = _runs(user)
         # Weight of each event in its user's new summary: (1 - decay) decay^(events after it); events
@@ -493,7 +494,7 @@ class Simulation:
         event_ts = np.concatenate([e.ts for e in logged] + [ts[clicked]])
         # Stable: simultaneous events of a user keep their order (behaviour before clicks, the
         # clicks in the (period, domain, ts) order of the rows).
-        events = np.argsort(event_user * self.span + (event_ts + self.first), kind="stable")
+        events = np.argsort(event_user * self.span + (event_ts + self.prehistory_seconds), kind="stable")
         event_item = np.concatenate([e.item for e in logged] + [item[clicked]])[events]
         history = {
             "user_id": event_user[events],
