@@ -117,7 +117,8 @@ def test_ctnet_with_a_matched_adapter_state_trains_and_records_it(tmp_path) -> N
     assert [tuple(s.shape) for s in adapter_sums] == [tuple(a.proj.weight.shape) for a in
                                                       build_model(cfg.model.net, load_dataset(metrics["dataset_path"]).schema).adapters]
     # each accumulator grew from the matched level, never below it
-    assert all(float(s.min()) >= level * (1 - 1e-6) for s in adapter_sums)
+    # (the message rounds the level to 3 significant digits: up by at most half a unit of the third)
+    assert all(float(s.min()) >= level * (1 - 5e-3) for s in adapter_sums)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["method"] == method_label(cfg)
 
 

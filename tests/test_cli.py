@@ -98,6 +98,7 @@ def test_generate_then_describe(generated: Path) -> None:
     for domain in ("A", "B", "C"):
         assert f" {domain} " in out
     assert "CTR" in out
+    assert "History lengths" in out and "visible per row" in out
 
 
 def test_validate_accepts_then_refuses_a_corrupted_label(generated: Path, tmp_path: Path) -> None:

@@ -15,7 +15,13 @@ from rich.console import Console
 from conftest import make_random_dataset, random_columns
 from ctl.data import dataset as dataset_module
 from ctl.data.dataset import DatasetError, load_dataset, write_dataset
-from ctl.data.describe import describe_dataset, describe_domains, print_description, regime_knobs
+from ctl.data.describe import (
+    describe_dataset,
+    describe_domains,
+    history_lengths,
+    print_description,
+    regime_knobs,
+)
 
 Columns = dict[str, np.ndarray]
 
@@ -366,12 +372,48 @@ def test_regime_knobs_are_the_training_periods_means_of_each_target(tmp_path: Pa
         assert knob["test_new_item_share"] == test["new_item_share"]
 
 
+def test_history_lengths_match_a_per_user_and_per_row_reference(tmp_path: Path) -> None:
+    path = make_random_dataset(tmp_path)
+    ds = load_dataset(path)
+    history, rows = _read(path / "history.parquet"), ds.rows
+    records = history_lengths(ds)
+    assert [r["scope"] for r in records] == ["all", "A", "B", "C"]
+    for record in records:
+        d = None if record["scope"] == "all" else ds.schema.domain_index(record["scope"])
+        per_user = {}
+        for user, domain in zip(history["user_id"].tolist(), history["domain"].tolist()):
+            if d is None or domain == d:
+                per_user[user] = per_user.get(user, 0) + 1
+        counts = np.array(sorted(per_user.values()))
+        assert record["events"] == counts.sum() and record["users"] == len(per_user)
+        assert record["per_user"]["mean"] == pytest.approx(counts.mean())
+        assert record["per_user"]["p50"] == pytest.approx(np.median(counts))
+        assert record["per_user"]["p99"] == pytest.approx(np.percentile(counts, 99))
+        assert record["per_user"]["max"] == counts.max()
+        # a row sees its user's events of every domain strictly before it, whatever its own domain
+        seen = [int(np.sum((history["user_id"] == u) & (history["ts"] < t)))
+                for u, t, rd in zip(rows["user_id"], rows["ts"], rows["domain"]) if d is None or rd == d]
+        assert record["rows"] == len(seen)
+        assert record["visible"]["mean"] == pytest.approx(np.mean(seen))
+        assert record["visible"]["max"] == max(seen)
+        test = [h for h, p, rd in zip(rows["hist_end"], rows["period"], rows["domain"])
+                if p == ds.schema.test_period and (d is None or rd == d)]
+        assert record["test_rows"] == len(test)
+        assert record["visible_test"]["mean"] == pytest.approx(np.mean(test))
+    assert records[0]["events"] == ds.history.n_events == sum(r["events"] for r in records[1:])
+
+
 def test_print_description_renders_both_tables(tmp_path: Path) -> None:
     ds = load_dataset(make_random_dataset(tmp_path))
     console = Console(record=True, width=160)
     print_description(ds, console)
     text = console.export_text()
     assert "Rows per domain and period" in text and "Per domain" in text and "Target knobs" in text
+    assert "History lengths" in text
+    lengths = history_lengths(ds)[0]
+    visible = [f"{lengths['visible'][k]:,.0f}" for k in ("mean", "p50", "p99", "max")]
+    line = next(line for line in text.splitlines() if "all" in line and "visible per row" in line)
+    assert [cell.strip() for cell in line.split("│")[3:8]] == [f"{lengths['rows']:,}", *visible]
     assert ds.fingerprint() in text
     first = describe_dataset(ds)[0]
     assert f"{first['rows']:,}" in text and f"{first['ctr']:.4f}" in text

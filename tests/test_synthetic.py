@@ -208,24 +208,40 @@ def test_ids_are_real_and_within_the_vocabulary(tiny_sample):
         assert values.min() >= 1 and values.max() < feature.vocab, feature.name
 
 
-def test_history_is_exactly_the_clicks_in_user_time_order(tiny_sample):
+def test_history_is_the_lifelong_log_with_every_click_in_user_time_order(tiny_sample):
     rows, history = tiny_sample.rows, tiny_sample.history
     clicked = rows["label"] == 1
     as_events = np.stack([rows[c][clicked] for c in ("user_id", "item_id", "domain", "ts")], axis=1)
     in_history = np.stack([history[c] for c in ("user_id", "item_id", "domain", "ts")], axis=1)
-    np.testing.assert_array_equal(np.unique(as_events, axis=0), np.unique(in_history, axis=0))
-    assert in_history.shape == as_events.shape
+    # Every click is an event (as often as it was clicked), among far more behaviour events.
+    events, counts = np.unique(in_history, axis=0, return_counts=True)
+    logged = dict(zip(map(tuple, events), counts, strict=True))
+    clicks, click_counts = np.unique(as_events, axis=0, return_counts=True)
+    assert all(logged.get(tuple(c), 0) >= n for c, n in zip(clicks, click_counts, strict=True))
+    assert in_history.shape[0] > 50 * as_events.shape[0]
     key = history["user_id"] * 10**12 + history["ts"]
     assert (np.diff(key) >= 0).all()
+    # The pre-history lies before period 0; the events are in the domains their users visit.
+    world, sim = tiny_world(), Simulation(tiny_world())
+    first = -world.prehistory_periods * world.period_seconds
+    assert history["ts"].min() >= first and (history["ts"] < 0).mean() > 0.3
+    assert sim.users.in_domain[history["domain"], history["user_id"]].all()
+    np.testing.assert_array_equal(history["category_id"], sim.items.category[history["item_id"]])
 
 
 def test_hist_end_counts_exactly_the_events_before_the_impression(tiny_sample):
     rows, history = tiny_sample.rows, tiny_sample.history
-    # Naive reference: per row, count its user's events with an earlier ts.
-    reference = np.array(
-        [np.sum((history["user_id"] == u) & (history["ts"] < t)) for u, t in zip(rows["user_id"], rows["ts"])]
+    # Reference: per row, its user's events with an earlier ts, counted by a search of (user, ts) keys.
+    key = history["user_id"] * 10**12 + history["ts"]
+    assert (np.diff(key) >= 0).all()
+    user = rows["user_id"]
+    reference = np.searchsorted(key, user * 10**12 + rows["ts"], side="left") - np.searchsorted(
+        key, user * 10**12 - 10**11, side="left"
     )
     np.testing.assert_array_equal(rows["hist_end"], reference)
+    # spot checks by brute force
+    for r in np.random.default_rng(0).choice(user.size, 50, replace=False):
+        assert rows["hist_end"][r] == np.sum((history["user_id"] == user[r]) & (history["ts"] < rows["ts"][r]))
     assert rows["hist_end"].max() > 0
     # The boundary: the last visible event is earlier, the next one (of the same user) is not.
     start = np.searchsorted(history["user_id"], rows["user_id"], side="left")
@@ -361,3 +377,110 @@ def test_full_offset_persistence_is_the_world_without_the_knob(tiny_path, tmp_pa
 def test_refuses_an_offset_persistence_outside_zero_one():
     with pytest.raises(ValueError, match=r"offset_persistence must lie in \[0, 1\], got 1.5"):
         tiny_world(**{"domains.C.offset_persistence": 1.5})
+
+
+# --- lifelong behaviour logs -------------------------------------------------------------------
+
+
+def test_presets_set_the_long_window_and_nothing_caps_it():
+    long_len = {"synthetic_tiny": 64, "synthetic_sparse": 1024, "synthetic": 1024, "synthetic_paper": 16384}
+    for preset, expected in long_len.items():
+        world = instantiate(OmegaConf.load(CONF / f"{preset}.yaml").generator)
+        assert world.schema().long_len == expected, preset
+    assert tiny_world(long_len=1_000_000).schema().long_len == 1_000_000
+
+
+def test_tiny_world_rows_see_hundreds_of_events_heavy_tailed_in_activity(tiny_sample):
+    rows, history = tiny_sample.rows, tiny_sample.history
+    test = rows["period"] == tiny_world().n_periods - 1
+    # most test rows see more events than the long window (64): retrieval picks k of more than k
+    assert rows["hist_end"][test].mean() >= 200
+    assert np.mean(rows["hist_end"][test] > 64) > 0.6
+    per_user = np.bincount(history["user_id"])[1:]
+    per_user = per_user[per_user > 0]
+    assert np.percentile(per_user, 99) >= 10 * np.median(per_user)
+    assert per_user.max() >= 2_000
+    # the count follows activity ** exponent: log-counts rise with log-activity at about that slope
+    sim = Simulation(tiny_world())
+    users = np.flatnonzero(sim.users.arrival < 0)[1:]
+    slope = np.polyfit(np.log(sim.users.activity[users]), np.log1p(np.bincount(history["user_id"],
+                       minlength=users.max() + 1)[users]), 1)[0]
+    assert slope == pytest.approx(tiny_world().event_activity_exponent, abs=0.25)
+
+
+def test_events_grow_with_events_per_period_and_the_prehistory():
+    base = tiny_world().simulate().history["user_id"].size
+    assert tiny_world(events_per_period=10.0).simulate().history["user_id"].size > 1.8 * base
+    no_past = tiny_world(prehistory_periods=0).simulate().history
+    assert no_past["ts"].min() >= 0
+    assert no_past["user_id"].size < 0.7 * base
+
+
+def _category_seen(rows: dict, history: dict, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: its candidate's category is among the last ``window`` visible events / among the
+    older visible events (a search of (user, category, position) keys)."""
+    user = history["user_id"]
+    counts = np.bincount(user, minlength=int(rows["user_id"].max()) + 1)
+    position = np.arange(user.size) - np.concatenate([[0], np.cumsum(counts)])[user]
+    n_categories, width = int(history["category_id"].max()) + 1, int(counts.max()) + 1
+    keys = np.sort((user * n_categories + history["category_id"]) * width + position)
+    base = (rows["user_id"] * n_categories + rows["category_id"]) * width
+    end = rows["hist_end"].astype(np.int64)
+    cut = np.maximum(end - window, 0)
+
+    def between(lo, hi):
+        return np.searchsorted(keys, base + hi) - np.searchsorted(keys, base + lo) > 0
+
+    return between(cut, end), between(np.zeros_like(end), cut)
+
+
+def _old_interest_click_gap(sample) -> float:
+    """CTR of rows whose candidate category is only among the user's visible events older than the
+    last 64, minus that of rows whose category is in neither, within strata of (domain, log2 of
+    the visible events): matched on how much history the user has."""
+    rows = sample.rows
+    recent, older = _category_seen(rows, sample.history, window=64)
+    old_only, never = older & ~recent, ~older & ~recent
+    stratum = rows["domain"].astype(np.int64) * 64 + np.log2(rows["hist_end"] + 1).astype(np.int64)
+    gaps, weights = [], []
+    for s in np.unique(stratum):
+        a, b = old_only & (stratum == s), never & (stratum == s)
+        if min(a.sum(), b.sum()) >= 5:
+            gaps.append(rows["label"][a].mean() - rows["label"][b].mean())
+            weights.append(min(a.sum(), b.sum()))
+    return float(np.average(gaps, weights=weights))
+
+
+def test_old_interests_beyond_the_last_64_events_raise_clicks_through_the_dormant_term():
+    medium = {"n_users": 3000, "n_items": 3000, "n_categories": 100, "domains.A.rows_per_period": 30000,
+              "domains.A.test_rows": 30000}
+    with_signal = tiny_world(**medium).simulate()
+    without = tiny_world(**medium, dormant_weight=0.0).simulate()
+    # same impressions, only the dormant term differs
+    np.testing.assert_array_equal(with_signal.rows["item_id"], without.rows["item_id"])
+    gap, placebo = _old_interest_click_gap(with_signal), _old_interest_click_gap(without)
+    # about 1.5 CTR points (the CTR is about 6%), 0 without the term; the standard error is about 0.2
+    assert gap > 0.008
+    assert abs(placebo) < 0.006
+    assert gap - placebo > 0.008
+
+
+def test_dormant_interests_sit_in_the_old_history_and_seldom_in_the_last_64_events(tiny_sample):
+    rows = tiny_sample.rows
+    sim = Simulation(tiny_world())
+    dormant = (sim.users.dormant[rows["user_id"]] == rows["category_id"][:, None]).any(axis=1)
+    assert 0.05 < dormant.mean() < 0.25  # impressions retrieved from them, and chance
+    assert not (sim.users.dormant[:, :, None] == sim.users.interest[:, None, :]).any(axis=(1, 2))[1:].any()
+    recent, older = _category_seen(rows, tiny_sample.history, window=64)
+    deep = rows["hist_end"] >= 512
+    # of heavy users' dormant rows, most have the category in the older events, many only there
+    assert older[dormant & deep].mean() > 0.9
+    assert (older & ~recent)[dormant & deep].mean() > 0.3
+    assert (older & ~recent)[dormant & deep].mean() > 2 * (older & ~recent)[~dormant & deep].mean()
+
+
+def test_no_dormant_interests_turns_the_signal_off():
+    world = tiny_world(dormant_interests_per_user=0)
+    sample = world.simulate(with_logits=True)
+    assert Simulation(world).users.dormant.shape[1] == 0
+    assert sample.history["user_id"].size > 0

@@ -26,5 +26,6 @@ def validate_main(argv: list[str]) -> None:
 def describe_main(argv: list[str]) -> None:
     from ctl.data.describe import print_description
 
-    args = _path_arg("ctl data describe", "Per-domain and per-period counts, CTR, users, items, new items.", argv)
+    args = _path_arg("ctl data describe",
+                     "Per-domain and per-period counts, CTR, users, items, new items; history lengths.", argv)
     print_description(load_dataset(args.path, validate=True), Console())

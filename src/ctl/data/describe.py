@@ -1,5 +1,6 @@
 """What a dataset holds, per domain and period: rows, CTR, users, items and the share of new items;
-per target domain, the measurable knobs of the regime map (:func:`regime_knobs`).
+per target domain, the measurable knobs of the regime map (:func:`regime_knobs`); how long the
+behaviour histories are (:func:`history_lengths`).
 
 An item is *new* in period ``p`` when its first row (any domain) is in period ``p`` or ``p - 1``;
 by that definition every item of periods 0 and 1 is new.
@@ -139,6 +140,47 @@ def regime_knobs(ds: Dataset, records: list[dict] | None = None) -> list[dict]:
     return knobs
 
 
+def _spread(values: np.ndarray) -> dict:
+    """``mean``, ``p50``, ``p99``, ``max`` of ``values`` (None each when empty)."""
+    if values.size == 0:
+        return {"mean": None, "p50": None, "p99": None, "max": None}
+    p50, p99 = np.percentile(values, [50, 99])
+    return {"mean": float(values.mean()), "p50": float(p50), "p99": float(p99), "max": int(values.max())}
+
+
+def history_lengths(ds: Dataset) -> list[dict]:
+    """How long the behaviour histories are: one record for every domain together (``scope``
+    ``all``), then one per domain.
+
+    Keys: ``scope``, ``events``, ``users`` (users with at least one event in scope), ``per_user``
+    (:func:`_spread` of their events in scope), ``rows`` (rows of the scope's domain) and
+    ``visible`` (:func:`_spread` of the events, of every domain, each of those rows sees:
+    ``hist_end``); ``test_rows`` and ``visible_test``: the same over the rows of the test period.
+    """
+    schema, rows, history = ds.schema, ds.rows, ds.history
+    user = np.repeat(np.arange(history.n_users), history.counts().numpy())
+    event_domain = history.domain.numpy()
+    row_domain = rows["domain"].astype(np.int64)
+    test = rows["period"] == schema.test_period
+    scopes = [("all", None)] + [(name, d) for d, name in enumerate(schema.domains)]
+    records = []
+    for scope, d in scopes:
+        mine = np.ones(user.size, dtype=bool) if d is None else event_domain == d
+        per_user = np.bincount(user[mine], minlength=history.n_users)
+        on = np.ones(row_domain.size, dtype=bool) if d is None else row_domain == d
+        records.append({
+            "scope": scope,
+            "events": int(mine.sum()),
+            "users": int((per_user > 0).sum()),
+            "per_user": _spread(per_user[per_user > 0]),
+            "rows": int(on.sum()),
+            "visible": _spread(rows["hist_end"][on]),
+            "test_rows": int((on & test).sum()),
+            "visible_test": _spread(rows["hist_end"][on & test]),
+        })
+    return records
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -191,3 +233,19 @@ def print_description(ds: Dataset, console: Console) -> None:
             "rows_per_period", "users_per_period", "rows_per_user", "source_ratio")),
             _ratio(record["test_new_item_share"]))
     console.print(knobs)
+    lengths = Table(title="History lengths: events per user (in the domain; n users) and events of every domain "
+                          "each row of the domain sees (n rows)")
+    for header in ("scope", "of", "n", "mean", "p50", "p99", "max"):
+        lengths.add_column(header, justify="left" if header in ("scope", "of") else "right")
+    for record in history_lengths(ds):
+        for what, key, n in (("events per user", "per_user", record["users"]),
+                             ("visible per row", "visible", record["rows"]),
+                             ("visible per test row", "visible_test", record["test_rows"])):
+            spread = record[key]
+            cells = [_number(spread[k]) for k in ("mean", "p50", "p99", "max")]
+            lengths.add_row(record["scope"], what, f"{n:,}", *cells)
+    console.print(lengths)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"

@@ -91,12 +91,20 @@ def resolve_inputs(inputs: list, root: Path, origin: str) -> list[Path]:
     return paths
 
 
+def behaviour_inputs(spec: ImportSpec, root: Path) -> list[Path]:
+    """The schema's ``behaviour_logs.inputs``, relative ones under ``root`` as the inputs are."""
+    if spec.behaviour_logs is None:
+        return []
+    return resolve_inputs(list(spec.behaviour_logs.inputs), root, "behaviour_logs.inputs")
+
+
 def import_key(data_cfg: DictConfig) -> str:
     """Cache key of a preset's import: schema, input paths/sizes/times, ``max_rows``, importer version."""
     origin = f"data {data_cfg.name!r} importer"
     importer = _importer(data_cfg.importer, origin)
     spec = schema_from(importer.get("schema"), f"{origin}.schema")
-    inputs = resolve_inputs(importer["inputs"], public_data_root(importer.get("root")), origin)
+    root = public_data_root(importer.get("root"))
+    inputs = resolve_inputs(importer["inputs"], root, origin) + behaviour_inputs(spec, root)
     # ctime too: an edit that keeps the size and sets the modification time back still changes it
     files = [{"path": str(p.resolve()), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
               "ctime_ns": p.stat().st_ctime_ns} for p in inputs]
@@ -110,10 +118,11 @@ def import_preset(data_cfg: DictConfig, out: Path, progress: bool, memory_limit:
     origin = f"data {data_cfg.name!r} importer"
     importer = _importer(data_cfg.importer, origin)
     spec = schema_from(importer.get("schema"), f"{origin}.schema")
-    inputs = resolve_inputs(importer["inputs"], public_data_root(importer.get("root")), origin)
+    root = public_data_root(importer.get("root"))
+    inputs = resolve_inputs(importer["inputs"], root, origin)
     log = Console(stderr=True).print if progress else None
     import_dataset(spec, inputs, out, max_rows=importer.get("max_rows"), log=log, memory_limit=memory_limit,
-                   threads=threads)
+                   threads=threads, behaviour=behaviour_inputs(spec, root))
     return out
 
 
@@ -151,7 +160,7 @@ def run_import(cfg: DictConfig) -> Path:
         root = Path(str(cfg.root)).expanduser() if cfg.root else Path.cwd()
         inputs = resolve_inputs(list(cfg.inputs), root, "import")
         import_dataset(spec, inputs, out, max_rows=cfg.max_rows, block_bytes=cfg.block_bytes, log=log,
-                       memory_limit=str(cfg.memory_limit), threads=cfg.threads)
+                       memory_limit=str(cfg.memory_limit), threads=cfg.threads, behaviour=behaviour_inputs(spec, root))
         path = out
     elif cfg.get("data") is not None and cfg.data.get("importer") is not None:
         if out is not None:

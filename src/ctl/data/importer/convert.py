@@ -27,6 +27,13 @@ import pyarrow.parquet as pq
 
 from ctl.data.dataset import HISTORY_FILE, META_FILE, ROWS_FILE, content_digests, meta_yaml
 from ctl.data.importer.assemble import assemble
+from ctl.data.importer.behaviour_logs import (
+    FIRST_SEQ,
+    behaviour_counts,
+    behaviour_items,
+    locate_event,
+    stage_behaviour_logs,
+)
 from ctl.data.importer.engine import DEFAULT_MEMORY_LIMIT, connect
 from ctl.data.importer.idmaps import map_table, number_ids
 from ctl.data.importer.records import RecordTable
@@ -96,6 +103,7 @@ def import_dataset(
     log: Callable[[str], None] | None = None,
     memory_limit: str = DEFAULT_MEMORY_LIMIT,
     threads: int | None = None,
+    behaviour: Sequence[Path | str] = (),
 ) -> ImportReport:
     """Convert ``inputs`` (read in order, as one log) with ``spec`` into the dataset folder ``out``.
 
@@ -110,6 +118,8 @@ def import_dataset(
         memory_limit: DuckDB's memory limit (``"2GB"``); beyond it the import spills to disk
             (a ``spill/`` folder inside the hidden staging folder next to ``out``).
         threads: DuckDB's threads; None = one per core.
+        behaviour: the files of the schema's ``behaviour_logs`` (its ``inputs``, resolved), whose
+            events join the history and never become rows.
     """
     out = Path(out).expanduser()
     inputs = [Path(p).expanduser() for p in inputs]
@@ -117,6 +127,9 @@ def import_dataset(
         raise CtlError(f"{out}: a dataset (or file) already exists there; choose a new folder")
     if not inputs:
         raise CtlError("no input files given (inputs=[a.csv,b.parquet])")
+    behaviour = [Path(p).expanduser() for p in behaviour]
+    if bool(behaviour) != (spec.behaviour_logs is not None):
+        raise CtlError("behaviour-log files go with a schema's behaviour_logs section: give both or neither")
     if max_rows is not None and max_rows < 1:
         raise CtlError(f"max_rows must be >= 1 or null, got {max_rows}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -127,16 +140,25 @@ def import_dataset(
     try:
         table = RecordTable(con, spec, events=any(reader_kind(path, spec) == "event_lines" for path in inputs))
         described = _read(con, spec, inputs, table, max_rows, staging / "work", block_bytes, log)
-        sizes = number_ids(con, spec, table.locate)
+        logged = stage_behaviour_logs(con, spec, behaviour) if behaviour else {}
+
+        def locate(seq: int) -> tuple[str, str]:
+            return locate_event(con, behaviour, seq) if seq >= FIRST_SEQ else table.locate(seq)
+
+        sizes = number_ids(con, spec, locate, behaviour_items() if behaviour else None)
         built = assemble(con, spec, sizes, folder, table.derived_places(), log)
         counts = {"records": table.rows, **built.counts,
                   **{f"skipped {reason}": int(n) for reason, n in sorted(table.skipped.items())}}
+        if behaviour:
+            counts.update({**behaviour_counts(con), **{f"skipped {k}": int(n) for k, n in sorted(logged.items())}})
         provenance = {
             "importer": IMPORTER_VERSION,
             "name": spec.name,
             "schema_origin": spec.origin,
             "schema": spec.raw,
             "inputs": described,
+            **({"behaviour_inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in behaviour]}
+               if behaviour else {}),
             "counts": counts,
             "periods": list(built.spans),
             "id_maps": _write_id_maps(con, spec, folder),

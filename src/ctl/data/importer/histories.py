@@ -1,6 +1,6 @@
 """Behaviour histories of imported data and each row's ``hist_end``, in SQL.
 
-Two sources:
+Two sources (behaviour logs, :mod:`ctl.data.importer.behaviour_logs`, add their events to the first):
 
 * events: chosen records become the users' behaviour events, time-ordered across all domains; a
   row sees the events of its user strictly before its time;
@@ -21,6 +21,7 @@ from __future__ import annotations
 import duckdb
 
 from ctl.data.importer.asof import create_item_values, item_value, item_values_joins
+from ctl.data.importer.behaviour_logs import add_behaviour_events
 from ctl.data.importer.spec import ImportSpec
 
 #: ``history`` columns in the order ``history.parquet`` stores them, and the sort that orders them
@@ -50,6 +51,8 @@ def build_history(con: duckdb.DuckDBPyConnection, spec: ImportSpec, column: dict
         chosen = "TRUE" if spec.implicit or spec.sequences.events.value == "all" else "label = 1"
         con.execute(f"""CREATE TABLE history AS SELECT {user} AS user_id, {item} AS item_id, {category} AS category_id,
                         domain, ts, seq, 0 AS pos FROM encoded WHERE {chosen}""")
+        if spec.behaviour_logs is not None:
+            add_behaviour_events(con, spec, column, item_map)
         con.execute(f"CREATE TABLE visible AS {_strictly_before(user)}")
         return
     create_item_values(con, item, [category], "item_category")  # an event's category as of its time

@@ -24,10 +24,12 @@ def map_table(index: int) -> str:
     return f"map_{index}"
 
 
-def number_ids(con: duckdb.DuckDBPyConnection, spec: ImportSpec, locate) -> dict[str, int]:
+def number_ids(con: duckdb.DuckDBPyConnection, spec: ImportSpec, locate, extra_items: str | None = None
+               ) -> dict[str, int]:
     """Build ``map_<i>`` for every dense and hashed feature; returns each dense one's size (distinct values).
 
-    ``locate(seq)`` gives ``(file, where)`` of a record, for the refusal of an outgrown vocab.
+    ``locate(seq)`` gives ``(file, where)`` of a record, for the refusal of an outgrown vocab;
+    ``extra_items``: SQL of more items (``raw``, ``first``) numbered with the records' (behaviour logs).
     """
     sizes = {}
     for i, feature in enumerate(spec.features):
@@ -37,6 +39,8 @@ def number_ids(con: duckdb.DuckDBPyConnection, spec: ImportSpec, locate) -> dict
         sources = [f"SELECT {column} AS raw, seq::HUGEINT * {SLOTS} AS first FROM records WHERE {column} IS NOT NULL"]
         if feature.name == "item_id" and spec.sequences.column is not None:
             sources.append(f"SELECT raw, seq::HUGEINT * {SLOTS} + 1 + pos AS first FROM seq_items")
+        if feature.name == "item_id" and extra_items is not None:
+            sources.append(extra_items)
         if not feature.dense:
             con.execute(f"""CREATE TABLE {map_table(i)} AS SELECT raw, {HASH_FUNCTION}(raw, {feature.hash_buckets})::INTEGER AS id
                             FROM (SELECT DISTINCT raw FROM ({' UNION ALL '.join(sources)}))""")

@@ -26,7 +26,7 @@ import duckdb
 
 from ctl.data.importer.errors import InputError
 from ctl.data.importer.sources import Source, sql_text
-from ctl.data.importer.spec import ImportSpec
+from ctl.data.importer.spec import DomainSpec, ImportSpec
 from ctl.errors import CtlError
 
 _FLOATS = ("FLOAT", "DOUBLE", "REAL")
@@ -57,6 +57,13 @@ class Values:
     def __init__(self, spec: ImportSpec, source: Source) -> None:
         self.index = {name: j for j, name in enumerate(spec.needed_columns())}
         self.types = source.types
+
+    @classmethod
+    def of(cls, names: tuple[str, ...], types: tuple[str, ...]) -> Values:
+        """The values of a relation whose columns ``v0 ..`` hold the input columns ``names``."""
+        values = cls.__new__(cls)
+        values.index, values.types = {name: j for j, name in enumerate(names)}, types
+        return values
 
     def _column(self, name: str) -> tuple[str, str]:
         j = self.index[name]
@@ -100,6 +107,15 @@ def _counted_boundaries(number: str, boundaries: tuple[float, ...]) -> str:
     return " + ".join(f"CAST({number} >= {float(b)!r} AS INTEGER)" for b in boundaries)
 
 
+def domain_index(domains: DomainSpec, values: Values, column: str) -> str:
+    """SQL of the domain index of input ``column`` (null where it names no domain)."""
+    if domains.values is not None:
+        cases = " ".join(f"WHEN {sql_text(raw)} THEN {i}" for i, raw in enumerate(domains.values))
+        return f"(CASE {values.text(column)} {cases} END)"
+    number = values.number(column)
+    return f"(CASE WHEN {number} IS NOT NULL THEN {_counted_boundaries(number, domains.boundaries)} END)"
+
+
 class RecordTable:
     """Builds ``records`` input by input and reports or drops refused records.
 
@@ -123,12 +139,7 @@ class RecordTable:
         self._sources: dict[int, Source] = {}
 
     def _domain(self, values: Values) -> str:
-        spec = self.spec.domains
-        if spec.values is not None:
-            cases = " ".join(f"WHEN {sql_text(raw)} THEN {i}" for i, raw in enumerate(spec.values))
-            return f"(CASE {values.text(spec.column)} {cases} END)"
-        number = values.number(spec.column)
-        return f"(CASE WHEN {number} IS NOT NULL THEN {_counted_boundaries(number, spec.boundaries)} END)"
+        return domain_index(self.spec.domains, values, self.spec.domains.column)
 
     def _carrier(self, domains: tuple[str, ...], domain: str) -> str:
         names = self.spec.domains.names

@@ -102,6 +102,15 @@ class SequencesConfig:
 
 
 @dataclass
+class BehaviourLogsConfig:
+    inputs: list[str] = MISSING
+    user: str = MISSING
+    item: str = MISSING
+    time: str = MISSING
+    domain: str = MISSING
+
+
+@dataclass
 class FeatureConfig:
     name: str = MISSING
     dim: int = MISSING
@@ -128,4 +137,5 @@ class SchemaConfig:
     csv: CsvConfig = field(default_factory=CsvConfig)
     event_lines: EventLinesConfig | None = None
     sequences: SequencesConfig = field(default_factory=SequencesConfig)
+    behaviour_logs: BehaviourLogsConfig | None = None
     on_bad_rows: BadRows = BadRows.error

@@ -26,6 +26,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from ctl.data.importer.errors import SpecError
 from ctl.data.importer.sampling import EXCLUDE_RULES
 from ctl.data.importer.schema_yaml import (
+    BehaviourLogsConfig,
     CsvConfig,
     DomainsConfig,
     EventLinesConfig,
@@ -106,6 +107,7 @@ class ImportSpec:
     on_bad_rows: str  # error | skip
     origin: str  # where the spec came from, for messages
     raw: dict  # the mapping it was parsed from (provenance and cache keys)
+    behaviour_logs: BehaviourLogsConfig | None = None  # event logs that join the history, never rows
 
     @property
     def implicit(self) -> bool:
@@ -282,6 +284,22 @@ def _check_sequences(cfg: SequencesConfig, fail) -> None:
         raise fail("sequences.separator")("must not be empty")
 
 
+def _check_behaviour_logs(cfg: SchemaConfig, fail) -> None:
+    logs = cfg.behaviour_logs
+    if logs is None:
+        return
+    if not logs.inputs:
+        raise fail("behaviour_logs.inputs")("list the behaviour-log files")
+    if cfg.time.column is None:
+        raise fail("behaviour_logs")("needs time.column: its events join the history by their time")
+    if cfg.sequences.column is not None:
+        raise fail("behaviour_logs")("goes with event histories; sequences.column already lists each record's "
+                                     "history")
+    columns = [logs.user, logs.item, logs.time, logs.domain]
+    if len(set(columns)) != len(columns):
+        raise fail("behaviour_logs")(f"user, item, time and domain must be four different columns, got {columns}")
+
+
 def _feature(cfg: FeatureConfig, domains: tuple[str, ...], fail) -> FeatureSpec:
     ids = cfg.name in ("user_id", "item_id")
     if cfg.dim < 1:
@@ -356,6 +374,7 @@ def parse_spec(data: Mapping, origin: str) -> ImportSpec:
     _check_label(cfg.label, fail)
     _check_time(cfg.time, fail)
     _check_sequences(cfg.sequences, fail)
+    _check_behaviour_logs(cfg, fail)
     return ImportSpec(
         name=cfg.name if cfg.name is not None else Path(origin).stem,
         description=cfg.description,
@@ -370,6 +389,7 @@ def parse_spec(data: Mapping, origin: str) -> ImportSpec:
         on_bad_rows=cfg.on_bad_rows.value,
         origin=origin,
         raw=raw,
+        behaviour_logs=cfg.behaviour_logs,
     )
 
 

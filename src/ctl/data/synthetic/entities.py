@@ -121,14 +121,32 @@ class ItemCohort:
         return cls(category, seller, latent, quality, popularity, price, launch, in_domain, domain_bias)
 
 
+def _dormant_categories(
+    interest: np.ndarray, categories: Categories, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``count`` categories per user ``[N, count]``, uniformly (niche categories as often as popular
+    ones: a popular category would fill every user's recent events anyway), distinct from each
+    other and from the user's ``interest [N, k]`` where the vocabulary allows (else the first
+    draws are kept)."""
+    n_users, n_categories = interest.shape[0], categories.price_level.shape[0] - 1
+    tries = 4 * count + interest.shape[1]
+    drawn = rng.integers(1, n_categories + 1, size=(n_users, tries))
+    repeated = (drawn[:, :, None] == drawn[:, None, :]) & np.tri(tries, k=-1, dtype=bool)[None]
+    usable = ~repeated.any(axis=2) & ~(drawn[:, :, None] == interest[:, None, :]).any(axis=2)
+    first_usable = np.argsort(~usable, axis=1, kind="stable")[:, :count]
+    return np.take_along_axis(drawn, first_usable, axis=1)
+
+
 @dataclass(frozen=True)
 class UserCohort:
     """Users arriving together. ``interest``/``interest_cum`` ``[N, k]`` (categories and cumulative
-    mixing weights), ``latent [N, D]``, ``activity``/``activity_z``/``bias [N]``; per domain
-    ``in_domain [n_domains, N]`` and ``offset [n_domains, N, D]``."""
+    mixing weights), ``dormant [N, k_d]`` (long-term interest categories, see
+    :mod:`ctl.data.synthetic.behaviour`), ``latent [N, D]``, ``activity``/``activity_z``/``bias
+    [N]``; per domain ``in_domain [n_domains, N]`` and ``offset [n_domains, N, D]``."""
 
     interest: np.ndarray
     interest_cum: np.ndarray
+    dormant: np.ndarray
     latent: np.ndarray
     activity: np.ndarray
     activity_z: np.ndarray
@@ -145,6 +163,7 @@ class UserCohort:
         count: int,
         categories: Categories,
         interests_per_user: int,
+        dormant_interests_per_user: int,
         user_spread: float,
         activity_scale: float,
         activity_click_weight: float,
@@ -172,9 +191,14 @@ class UserCohort:
             in_domain[d] = domain_rng.random(count) < user_shares[d]
             offset[d] = domain_rng.normal(0.0, offset_scales[d] / np.sqrt(latent_dim), (count, latent_dim))
         arrival = np.full(count, BEFORE_START if cohort == 0 else cohort - 1, dtype=np.int64)
+        # Its own stream: the long-term interests leave every other draw of the cohort as it was.
+        dormant = _dormant_categories(
+            interest, categories, dormant_interests_per_user, stream(seed, "users/dormant", cohort)
+        )
         return cls(
             interest=interest,
             interest_cum=np.cumsum(mix, axis=1),
+            dormant=dormant,
             latent=latent,
             activity=np.exp(activity_scale * activity_z),
             activity_z=activity_z,

@@ -1,11 +1,14 @@
 """The period loop of the synthetic world: impressions, clicks, behaviour histories.
 
-Per period: user interests random-walk, the category trend moves, and every domain draws its
-impressions (requests of ``items_per_request`` items for one user at one time). Clicks are drawn
-in ``chunks_per_period`` time slices; after each slice every user's *recent-behaviour summary*
-(an exponential moving average of the latents of the items they clicked, in any domain) absorbs
-that slice's clicks, so a click raises the click probability of similar items later on, which a
-model can only see through the behaviour sequence.
+Before period 0 every user present has a pre-history of behaviour events. Per period: user
+interests random-walk, the category trend moves, every user logs the period's behaviour events
+(:mod:`ctl.data.synthetic.behaviour`) and every domain draws its impressions (requests of
+``items_per_request`` items for one user at one time). Clicks are drawn in ``chunks_per_period``
+time slices; after each slice every user's *recent-behaviour summary* (an exponential moving
+average, one step per event in time order, of the latents of the items of their events: behaviour
+events and clicks, in any domain) absorbs that slice's events, so recent behaviour raises the click
+probability of similar items later on, which a model can only see through the behaviour sequence.
+The history is every behaviour event and every click.
 
 The test slice keeps every row's true click probability (:attr:`WorldSample.click_prob`), read
 off the logits the clicks were drawn from: no random draw is added, so every other column is the
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rich.progress import Progress
 
+from ctl.data.synthetic.behaviour import BehaviourLog, Events
 from ctl.data.synthetic.entities import Categories, ItemCohort, Sellers, UserCohort, stack_cohorts
 from ctl.data.synthetic.pools import CategoryPool
 from ctl.data.synthetic.streams import stream
@@ -65,6 +69,13 @@ def _bucketise(z: np.ndarray, n_buckets: int) -> np.ndarray:
 def _rowwise_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``[N, D] x [N, D] -> [N]``."""
     return np.einsum("nd,nd->n", a, b)
+
+
+def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct values of sorted ``values [N]`` with the first index and length of each run
+    (``np.unique``'s, without sorting again)."""
+    first = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+    return values[first], first, np.diff(np.append(first, values.size))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -152,6 +163,7 @@ class Simulation:
                 w.n_users if cohort == 0 else w.new_users_per_period,
                 self.categories,
                 w.interests_per_user,
+                w.dormant_interests_per_user,
                 w.user_spread,
                 w.activity_scale,
                 w.activity_click_weight,
@@ -176,14 +188,18 @@ class Simulation:
         self.price_bucket = _bucketise(self.items.price, w.n_price_buckets)
         self.activity_bucket = _bucketise(self.users.activity_z, w.n_activity_buckets)
         # The moving state: drifting interests (and each domain's view of them, interest + offset),
-        # recent-behaviour summaries, category trend, clicks so far per user (for hist_end).
+        # recent-behaviour summaries, category trend, events so far per user (for hist_end).
         self.interest = self.users.latent.copy()
         self.domain_interest = self.users.offset + self.interest[None]
         self.recent = np.zeros_like(self.interest)
         self.trend = np.zeros(w.n_categories + 1)
-        self.clicks_so_far = np.zeros(self.interest.shape[0], dtype=np.int64)
-        # Every ts lies in [0, span): user * span + ts orders events by (user, ts).
-        self.span = np.int64(w.n_periods * w.period_seconds)
+        self.events_so_far = np.zeros(self.interest.shape[0], dtype=np.int64)
+        self.behaviour = BehaviourLog(self)
+        self.logged: list[Events] = []  # the behaviour events so far, pre-history first
+        # Every ts lies in [-prehistory_seconds, span - prehistory_seconds): user * span +
+        # prehistory_seconds + ts orders events by (user, ts).
+        self.prehistory_seconds = np.int64(w.prehistory_periods * w.period_seconds)
+        self.span = np.int64((w.prehistory_periods + w.n_periods) * w.period_seconds)
 
     # --- state updates ------------------------------------------------------------------------
 
@@ -224,36 +240,45 @@ class Simulation:
             bias *= rho
             bias += fresh * spec.item_bias_scale * rng.normal(size=bias.shape)
 
-    def _absorb_clicks(self, user: np.ndarray, item: np.ndarray) -> None:
-        """Fold clicked items into their users' recent-behaviour summaries (EMA, one step per click)."""
-        if user.size == 0:
+    def _absorb_events(self, user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> None:
+        """Fold events into their users' recent-behaviour summaries: an EMA that keeps
+        ``recent_decay`` of itself per event, the events of a user taken in ts order."""
+        decay = self.world.recent_decay
+        if user.size == 0 or decay == 1.0:
             return
-        order = np.argsort(user, kind="stable")
-        user, item = user[order], item[order]
-        clicked_users, first, count = np.unique(user, return_index=True, return_counts=True)
-        mean_latent = np.add.reduceat(self.items.latent[item], first, axis=0) / count[:, None]
-        keep = (self.world.recent_decay**count)[:, None]
-        self.recent[clicked_users] = keep * self.recent[clicked_users] + (1.0 - keep) * mean_latent
+        order = np.argsort(user * self.span + (ts + self.prehistory_seconds), kind="stable")
+        user = user[order]
+        users, first, count = _runs(user)
+        # Weight of each event in its user's new summary: (1 - decay) decay^(events after it); events
+        # further back than the horizon weigh under 1e-9 and are left out.
+        horizon = 1 if decay == 0.0 else int(np.ceil(np.log(1e-9) / np.log(decay)))
+        after = np.repeat(first + count, count) - 1 - np.arange(user.size)
+        kept = np.flatnonzero(after < horizon)  # each user's last min(count, horizon) events, in order
+        weight = ((1.0 - decay) * decay ** np.arange(horizon)).astype(np.float32)[after[kept]]
+        starts = np.concatenate([[0], np.cumsum(np.minimum(count, horizon))[:-1]])
+        fresh = np.add.reduceat(self.items.latent[item[order[kept]]] * weight[:, None], starts, axis=0)
+        keep = (decay**count).astype(np.float32)[:, None]
+        self.recent[users] = keep * self.recent[users] + fresh
 
     def _count_visible_events(
-        self, slices: list[tuple[_Block, int, int]], click_user: np.ndarray, click_ts: np.ndarray
+        self, slices: list[tuple[_Block, int, int]], event_user: np.ndarray, event_ts: np.ndarray
     ) -> None:
-        """Set ``hist_end`` of one time slice's rows: the user's clicks before the slice plus their
-        clicks inside it strictly before the row's ts; then count the slice's clicks in."""
-        keys = np.sort(click_user * self.span + click_ts)
-        clicked_users, first = np.unique(keys // self.span, return_index=True)
-        first_in_slice = np.full(self.clicks_so_far.size, -1, dtype=np.int64)
-        first_in_slice[clicked_users] = first
+        """Set ``hist_end`` of one time slice's rows: the user's events before the slice plus their
+        events inside it strictly before the row's ts; then count the slice's events in."""
+        keys = np.sort(event_user * self.span + event_ts)
+        active_users, first, count = _runs(keys // self.span)
+        first_in_slice = np.full(self.events_so_far.size, -1, dtype=np.int64)
+        first_in_slice[active_users] = first
         for block, lo, hi in slices:
             user = block.user[lo:hi]
-            hist_end = self.clicks_so_far[user]
-            # Only rows of users who clicked in this slice need a search.
+            hist_end = self.events_so_far[user]
+            # Only rows of users with events in this slice need a search.
             start = first_in_slice[user]
             busy = np.flatnonzero(start >= 0)
             query = user[busy] * self.span + block.ts[lo:hi][busy]
             hist_end[busy] += np.searchsorted(keys, query, side="left") - start[busy]
             block.hist_end[lo:hi] = hist_end
-        self.clicks_so_far[clicked_users] += np.diff(np.append(first, keys.size))
+        self.events_so_far[active_users] += count
 
     # --- impressions --------------------------------------------------------------------------
 
@@ -317,6 +342,12 @@ class Simulation:
         interest_category = self.users.interest[user, np.minimum(slot, w.interests_per_user - 1)]
         popular_category = self.categories.popularity.sample(rng.random(n_rows))
         category = np.where(from_interest, interest_category, popular_category)
+        if w.dormant_interests_per_user:
+            # Retrieval also surfaces long-term interests (its own stream: the draws above stay).
+            dormant_rng = stream(w.seed, f"impressions/dormant/{name}", period)
+            from_dormant = dormant_rng.random(n_rows) < w.dormant_impression_share
+            pick = dormant_rng.integers(0, w.dormant_interests_per_user, size=n_rows)
+            category = np.where(from_dormant, self.users.dormant[user, pick], category)
         item_uniform = rng.random(n_rows)
         item = np.empty(n_rows, dtype=np.int64)
         for pool, mask in ((recent_pool, wants_recent), (old_pool, ~wants_recent)):
@@ -373,6 +404,9 @@ class Simulation:
         )
         if scene is not None and domain == self.source:
             logit += self.scene_effect[scene]
+        if self.world.dormant_interests_per_user:
+            dormant = (self.users.dormant[user] == self.items.category[item][:, None]).any(axis=1)
+            logit += self.world.dormant_weight * dormant
         return logit
 
     def _click_slice(self, block: _Block, lo: int, hi: int) -> np.ndarray:
@@ -402,28 +436,36 @@ class Simulation:
                              keep_oracle=is_test)
             for d, spec in enumerate(self.specs)
         ]
+        behaviour = self.behaviour.period(period)
+        self.logged.append(behaviour)
         edges = (
             period * w.period_seconds
             + (np.arange(w.chunks_per_period + 1) * w.period_seconds) // w.chunks_per_period
         )
         for chunk in range(w.chunks_per_period):
-            slices, clicked_user, clicked_item, clicked_ts = [], [], [], []
+            logged = behaviour.between(int(edges[chunk]), int(edges[chunk + 1]))
+            # The slice's events: its behaviour events and its clicks.
+            slices, event_user, event_item, event_ts = [], [logged.user], [logged.item], [logged.ts]
             for block in blocks:
                 lo, hi = (int(x) for x in np.searchsorted(block.ts, edges[chunk : chunk + 2], side="left"))
                 clicked = self._click_slice(block, lo, hi)
                 slices.append((block, lo, hi))
-                clicked_user.append(block.user[lo:hi][clicked])
-                clicked_item.append(block.item[lo:hi][clicked])
-                clicked_ts.append(block.ts[lo:hi][clicked])
-            click_user = np.concatenate(clicked_user)
-            self._count_visible_events(slices, click_user, np.concatenate(clicked_ts))
-            self._absorb_clicks(click_user, np.concatenate(clicked_item))
+                event_user.append(block.user[lo:hi][clicked])
+                event_item.append(block.item[lo:hi][clicked])
+                event_ts.append(block.ts[lo:hi][clicked])
+            user, ts = np.concatenate(event_user), np.concatenate(event_ts)
+            self._count_visible_events(slices, user, ts)
+            self._absorb_events(user, np.concatenate(event_item), ts)
         for block in blocks:
             block.finish()
         return blocks
 
     def run(self, progress: bool, with_logits: bool) -> WorldSample:
         blocks: list[_Block] = []
+        before = self.behaviour.prehistory()
+        self.logged.append(before)
+        self.events_so_far += np.bincount(before.user, minlength=self.events_so_far.size)
+        self._absorb_events(before.user, before.item, before.ts)
         with Progress(disable=not progress) as bar:
             task = bar.add_task("synthetic world: periods", total=self.world.n_periods)
             for period in range(self.world.n_periods):
@@ -447,15 +489,21 @@ class Simulation:
             for b in blocks
         ])
         clicked = np.flatnonzero(label)
-        # Stable: simultaneous events of a user keep the (period, domain, ts) order of the rows.
-        events = clicked[np.argsort(user[clicked] * self.span + ts[clicked], kind="stable")]
+        logged = self.logged
+        event_user = np.concatenate([e.user for e in logged] + [user[clicked]])
+        event_ts = np.concatenate([e.ts for e in logged] + [ts[clicked]])
+        # Stable: simultaneous events of a user keep their order (behaviour before clicks, the
+        # clicks in the (period, domain, ts) order of the rows).
+        events = np.argsort(event_user * self.span + (event_ts + self.prehistory_seconds), kind="stable")
+        event_item = np.concatenate([e.item for e in logged] + [item[clicked]])[events]
         history = {
-            "user_id": user[events],
-            "item_id": item[events],
-            "category_id": items.category[item[events]],
-            "domain": domain[events],
-            "ts": ts[events],
+            "user_id": event_user[events],
+            "item_id": event_item,
+            "category_id": items.category[event_item],
+            "domain": np.concatenate([e.domain for e in logged] + [domain[clicked]])[events],
+            "ts": event_ts[events],
         }
+        del event_user, event_ts
         rows = {
             "user_id": user,
             "item_id": item,

@@ -15,7 +15,7 @@ from ctl.data.schema import Feature, Schema
 from ctl.data.synthetic.simulation import HOURS_PER_DAY, Simulation, WorldSample
 from ctl.data.synthetic.spec import DomainSpec
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: the columns that must agree before a re-simulated world's click probabilities join a stored dataset
 _IDENTITY_COLUMNS = ("user_id", "item_id", "domain", "period", "ts", "label")
 
@@ -106,8 +106,20 @@ class SyntheticWorld:
     latent offset, per-item bias and click-driver weights (:class:`DomainSpec`). Interests
     random-walk between periods, a category trend moves (AR(1)), new items launch and new users
     arrive every period. A click is ``Bernoulli(sigmoid(logit + noise))`` with the logit of
-    :class:`DomainSpec` plus the user's affinity to their own recent clicks; the behaviour history
-    is every user's clicks across domains. Only the source domain carries ``scene_id``.
+    :class:`DomainSpec` plus the user's affinity to their own recent behaviour and a bonus for
+    items of one of their dormant (long-term) interest categories. The behaviour history is every
+    user's lifelong log across domains (:mod:`ctl.data.synthetic.behaviour`): a pre-history before
+    period 0 and behaviour events during the periods (browses and clicks that are not rows), then
+    the clicks of the rows; the rows are a small sample of it. Only the source domain carries
+    ``scene_id``.
+
+    The long-term signal: each user has ``dormant_interests_per_user`` categories outside their
+    current interests that made up ``dormant_past_share`` of their pre-history and recur in only
+    ``dormant_recur_share`` of their later events, so they seldom appear among the last few dozen
+    events; retrieval shows them in ``dormant_impression_share`` of the impressions and the click
+    logit adds ``dormant_weight`` for an item of such a category (every domain alike). Only the
+    user's older events of that category reveal it, as the SIM and UBR4CTR papers describe
+    lifelong interests (periodic or long-ago interests that a short recent window misses).
 
     Every part draws from its own seeded stream (:mod:`ctl.data.synthetic.streams`), so the same
     arguments give byte-identical datasets and changing one part's size leaves the others' draws.
@@ -123,8 +135,18 @@ class SyntheticWorld:
         n_categories, n_sellers: vocabulary of the two grouping ids.
         latent_dim: dimension D of user and item latents.
         interests_per_user: categories mixed into a user's interest.
-        interest_share: fraction of impressions retrieved from the user's interest categories
-            (the rest follow category popularity).
+        interest_share: fraction of impressions (and of behaviour events) from the user's
+            interest categories (the rest follow category popularity).
+        dormant_interests_per_user: long-term interest categories of a user, distinct from their
+            current interests where the vocabulary allows; 0 turns the long-term signal off.
+        dormant_past_share, dormant_recur_share: fraction of a user's behaviour events in their
+            dormant categories before period 0 and during the periods.
+        dormant_impression_share: fraction of impressions retrieved from the dormant categories.
+        dormant_weight: click logit added for an item of one of the user's dormant categories.
+        events_per_period: behaviour events a period of a user of activity 1 (the median).
+        event_activity_exponent: a user's events scale as ``activity ** event_activity_exponent``
+            (above 1: heavier-tailed than their share of requests).
+        prehistory_periods: periods of behaviour logged before period 0 by the users present then.
         user_spread, item_spread: norm of a user's (item's) deviation from its categories' mix
             (category centroid); centroids have norm about 1.
         item_popularity_scale: sigma of the log-normal item popularity (impression share).
@@ -134,7 +156,7 @@ class SyntheticWorld:
         user_bias_scale, seller_effect_scale: std of the shared per-user and per-seller logit shifts.
         interest_drift: norm of a user's interest step between periods.
         trend_persistence, trend_scale: AR(1) coefficient and innovation std of the category trend.
-        recent_decay: weight the recent-behaviour summary keeps per new click.
+        recent_decay: weight the recent-behaviour summary keeps per new event (behaviour or click).
         recent_periods: items launched in the last this-many periods count as recent.
         items_per_request: impressions shown together (one user, one ts); every domain's
             ``rows_per_period`` and ``test_rows`` must be a multiple of it.
@@ -143,7 +165,9 @@ class SyntheticWorld:
         n_scenes, scene_effect_scale: values and effect std of the source-only ``scene_id``.
         n_price_buckets, n_activity_buckets: buckets of the two bucketised numericals.
         period_seconds: length of a period (ts is in seconds from the start of period 0).
-        short_len, long_len: schema sequence lengths (L in the row's domain, M across domains).
+        short_len, long_len: schema sequence lengths: L, the last events in the row's domain; M,
+            the last events across domains that a window (ETA) scans. No cap: SIM searches the
+            whole visible history whatever M is.
         id_embedding_dim, side_embedding_dim: schema embedding dims of the id features and of the rest.
 
     Example::
@@ -168,6 +192,14 @@ class SyntheticWorld:
         latent_dim: int = 16,
         interests_per_user: int = 3,
         interest_share: float = 0.6,
+        dormant_interests_per_user: int = 2,
+        dormant_past_share: float = 0.3,
+        dormant_recur_share: float = 0.002,
+        dormant_impression_share: float = 0.1,
+        dormant_weight: float = 0.8,
+        events_per_period: float = 2.2,
+        event_activity_exponent: float = 1.5,
+        prehistory_periods: int = 30,
         user_spread: float = 0.5,
         item_spread: float = 0.6,
         item_popularity_scale: float = 1.0,
@@ -190,7 +222,7 @@ class SyntheticWorld:
         n_activity_buckets: int = 10,
         period_seconds: int = 6 * 86_400,
         short_len: int = 10,
-        long_len: int = 64,
+        long_len: int = 1024,
         id_embedding_dim: int = 16,
         side_embedding_dim: int = 8,
     ) -> None:
@@ -211,6 +243,14 @@ class SyntheticWorld:
         self.latent_dim = int(latent_dim)
         self.interests_per_user = int(interests_per_user)
         self.interest_share = float(interest_share)
+        self.dormant_interests_per_user = int(dormant_interests_per_user)
+        self.dormant_past_share = float(dormant_past_share)
+        self.dormant_recur_share = float(dormant_recur_share)
+        self.dormant_impression_share = float(dormant_impression_share)
+        self.dormant_weight = float(dormant_weight)
+        self.events_per_period = float(events_per_period)
+        self.event_activity_exponent = float(event_activity_exponent)
+        self.prehistory_periods = int(prehistory_periods)
         self.user_spread = float(user_spread)
         self.item_spread = float(item_spread)
         self.item_popularity_scale = float(item_popularity_scale)
@@ -260,6 +300,8 @@ class SyntheticWorld:
             "n_sellers": 1,
             "latent_dim": 1,
             "interests_per_user": 1,
+            "dormant_interests_per_user": 0,
+            "prehistory_periods": 0,
             "recent_periods": 1,
             "items_per_request": 1,
             "chunks_per_period": 1,
@@ -275,7 +317,8 @@ class SyntheticWorld:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"SyntheticWorld: {name} must be >= {low}, got {getattr(self, name)}")
-        for name in ("interest_share", "recent_decay"):
+        for name in ("interest_share", "recent_decay", "dormant_past_share", "dormant_recur_share",
+                     "dormant_impression_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"SyntheticWorld: {name} must lie in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.trend_persistence < 1.0:
@@ -294,6 +337,8 @@ class SyntheticWorld:
             "trend_scale",
             "click_noise",
             "scene_effect_scale",
+            "events_per_period",
+            "event_activity_exponent",
         )
         for name in nonnegative:
             if getattr(self, name) < 0.0:
