@@ -6,4 +6,5 @@ config (:func:`ctl.data.registry.dataset_dir`), so a changed generator makes its
 instead of reusing worlds the earlier code drew.
 """
 
-GENERATOR_VERSION = 1
+#: 2: lifelong behaviour logs (pre-history, behaviour events) and dormant interests
+GENERATOR_VERSION = 2

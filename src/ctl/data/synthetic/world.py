@@ -14,8 +14,8 @@ from ctl.data.dataset import ROWS_FILE, add_click_prob, write_dataset
 from ctl.data.schema import Feature, Schema
 from ctl.data.synthetic.simulation import HOURS_PER_DAY, Simulation, WorldSample
 from ctl.data.synthetic.spec import DomainSpec
+from ctl.data.synthetic.version import GENERATOR_VERSION
 
-GENERATOR_VERSION = 2
 #: the columns that must agree before a re-simulated world's click probabilities join a stored dataset
 _IDENTITY_COLUMNS = ("user_id", "item_id", "domain", "period", "ts", "label")
 
