@@ -46,7 +46,8 @@ from ctl.io import (
 from ctl.training import tracks
 from ctl.training.protocols.common import base_net
 
-TIMINGS = {"wall_s", "cpu_s", "peak_rss_mb"}
+# timings, and the folder the dataset lay in: they differ between two builds of one track
+TIMINGS = {"wall_s", "cpu_s", "peak_rss_mb", "dataset_path"}
 
 
 def make_cfg(home: Path, *overrides: str):
