@@ -1,0 +1,293 @@
+"""Trust boundaries: a run folder, an artifact or a schema from someone else runs no code and
+writes nothing outside its folder; every malformed file is refused in one line.
+
+Every attack leaves a marker file if it ran; each test first shows the attack is live (the
+payload does create the marker when handed to the loader the attack aims at), then that ctl
+refuses it and the marker never appears.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import pickle
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from ctl.errors import CtlError
+from ctl.serve.artifact import Artifact
+from ctl.serve.export import export_run
+from ctl.training.protocol import run_train
+
+
+class _Touch:
+    """Unpickled, it creates the file it names: the proof that a loader ran the sender's code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def payload(marker: Path) -> bytes:
+    return pickle.dumps(_Touch(marker))
+
+
+def gadget(marker: Path) -> dict:
+    """The config node that makes Hydra's instantiate unpickle ``payload(marker)``."""
+    encoded = base64.b64encode(payload(marker)).decode()
+    return {"_target_": "torch.load", "weights_only": False,
+            "f": {"_target_": "io.BytesIO", "initial_bytes": {"_target_": "base64.b64decode", "s": encoded}}}
+
+
+def make_cfg(home: Path, *overrides: str):
+    with initialize_config_module(config_module="ctl.conf", version_base="1.3"):
+        return compose(config_name="train", overrides=["data=synthetic_tiny", f"home={home}", "progress=false",
+                                                       "print_table=false", *overrides])
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory) -> Path:
+    """A finished base run on the tiny world's domain B."""
+    home = tmp_path_factory.mktemp("trust_home")
+    run_dir = tmp_path_factory.mktemp("trust_run")
+    run_train(make_cfg(home, "model=base", "data.domain=B"), run_dir)
+    return run_dir
+
+
+def copy_run(run_dir: Path, to: Path) -> Path:
+    shutil.copytree(run_dir, to, symlinks=True)
+    return to
+
+
+def edit_yaml(path: Path, edit) -> None:
+    data = yaml.safe_load(path.read_text())
+    edit(data)
+    path.write_text(yaml.safe_dump(data))
+
+
+def assert_one_line(exc: pytest.ExceptionInfo, *needles: str) -> None:
+    message = str(exc.value)
+    assert "\n" not in message and "Traceback" not in message
+    for needle in needles:
+        assert needle in message, (needle, message)
+
+
+# --- 1. models are built from ctl's own classes only ---------------------------------------------------
+
+
+def test_the_gadget_is_live_under_hydra(tmp_path) -> None:
+    marker = tmp_path / "marker"
+    with pytest.raises(Exception):  # noqa: B017 (the payload is no tensor file: torch.load fails after running it)
+        instantiate(OmegaConf.create(gadget(marker)))
+    assert marker.exists()
+
+
+PLACES = {
+    "model.net": lambda cfg, g: cfg["model"].__setitem__("net", g),
+    "model.net.backbone": lambda cfg, g: cfg["model"]["net"].__setitem__("backbone", g),
+    "model.net.backbone.mlp_dims": lambda cfg, g: cfg["model"]["net"]["backbone"].__setitem__("mlp_dims", g),
+    "model.net.extra[1]": lambda cfg, g: cfg["model"]["net"].__setitem__("extra", [1, g]),
+    "model.net.backbone.deep.deeper": lambda cfg, g: cfg["model"]["net"]["backbone"].__setitem__(
+        "deep", {"deeper": g}),
+}
+
+
+@pytest.mark.parametrize("key", list(PLACES))
+def test_export_refuses_a_foreign_target_at_any_depth_of_config_yaml(base_run, tmp_path, key) -> None:
+    marker = tmp_path / "marker"
+    run = copy_run(base_run, tmp_path / "run")
+    edit_yaml(run / "config.yaml", lambda cfg: PLACES[key](cfg, gadget(marker)))
+    with pytest.raises(CtlError) as exc:
+        export_run(run, tmp_path / "artifact")
+    assert_one_line(exc, "config.yaml", key, "torch.load", "refused")
+    assert not marker.exists() and not (tmp_path / "artifact").exists()
+
+
+def test_a_hydra_key_or_an_unknown_class_in_config_yaml_is_refused(base_run, tmp_path) -> None:
+    run = copy_run(base_run, tmp_path / "run")
+    edit_yaml(run / "config.yaml", lambda cfg: cfg["model"]["net"].__setitem__("_partial_", True))
+    with pytest.raises(CtlError) as exc:
+        export_run(run, tmp_path / "artifact")
+    assert_one_line(exc, "model.net._partial_", "refused")
+    edit_yaml(run / "config.yaml", lambda cfg: cfg["model"]["net"].pop("_partial_"))
+    edit_yaml(run / "config.yaml", lambda cfg: cfg["model"]["net"].__setitem__("_target_", "builtins.exec"))
+    with pytest.raises(CtlError) as exc:
+        export_run(run, tmp_path / "artifact")
+    assert_one_line(exc, "model.net._target_", "'builtins.exec'", "not one of ctl's model classes")
+
+
+def test_the_untouched_run_still_exports(base_run, tmp_path) -> None:
+    out = export_run(base_run, tmp_path / "artifact")
+    assert (out / "manifest.json").is_file()
+
+
+# --- 2. artifacts load without unpickling, every file vouched for -------------------------------------
+
+
+def _touch_and_return(path: str, original: bytes) -> object:
+    """The silent payload: runs (creates the marker) and returns what the file held, so scores do not change."""
+    open(path, "w").close()  # noqa: SIM115
+    return torch.load(io.BytesIO(original), weights_only=True)
+
+
+class _Silent:
+    def __init__(self, path: Path, original: bytes) -> None:
+        self.path, self.original = str(path), original
+
+    def __reduce__(self):
+        return (_touch_and_return, (self.path, self.original))
+
+
+def rewrite_archive(file: Path, changes: dict) -> None:
+    """Replace members of the zip ``file`` whose name ends with a key of ``changes`` (bytes, or a function of the old bytes)."""
+    old = file.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(old)) as zin, zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            for suffix, new in changes.items():
+                if info.filename.endswith(suffix):
+                    data = new(data) if callable(new) else new
+            zout.writestr(info.filename, data)
+
+
+def rehash(folder: Path, name: str) -> None:
+    """Record ``name``'s new size and sha256 in the manifest, as an attacker who controls the folder would."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    data = (folder / name).read_bytes()
+    manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def unlist(folder: Path, name: str) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["files"][name]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _use_pickle(marker: Path):
+    def edit(config: bytes) -> bytes:
+        entries = json.loads(config)
+        first = next(iter(entries["config"].values()))
+        first["use_pickle"] = True
+        return json.dumps(entries).encode()
+    return edit
+
+
+def _pickled_weight(marker: Path) -> dict:
+    return {"model_weights_config.json": _use_pickle(marker), "data/weights/weight_0": payload(marker)}
+
+
+CRAFTED = {
+    # a sample_inputs pickle torch's safe load refuses, so torch retries it unsafely; hash recomputed
+    "sample_inputs": lambda art, marker: (
+        rewrite_archive(art / "model.pt2", {"data/sample_inputs/model.pt": payload(marker)}), rehash(art, "model.pt2")),
+    # a weight marked use_pickle, which torch always unpickles; hash recomputed
+    "use_pickle": lambda art, marker: (
+        rewrite_archive(art / "model.pt2", _pickled_weight(marker)), rehash(art, "model.pt2")),
+    # the malicious sample_inputs with the model's manifest entry deleted (an unlisted file was never checked)
+    "deleted_entry": lambda art, marker: (
+        rewrite_archive(art / "model.pt2", {"data/sample_inputs/model.pt": payload(marker)}), unlist(art, "model.pt2")),
+    # the silent variant: the payload returns the original sample inputs, so the scores stay the same
+    "silent": lambda art, marker: (
+        rewrite_archive(art / "model.pt2", {"data/sample_inputs/model.pt":
+                                            lambda old: pickle.dumps(_Silent(marker, old))}),
+        rehash(art, "model.pt2")),
+}
+
+
+@pytest.fixture(scope="module")
+def artifact(base_run, tmp_path_factory) -> Path:
+    return export_run(base_run, tmp_path_factory.mktemp("trust_artifact") / "artifact")
+
+
+def copy_artifact(artifact: Path, to: Path) -> Path:
+    shutil.copytree(artifact, to)
+    return to
+
+
+@pytest.mark.parametrize("attack", list(CRAFTED))
+def test_a_crafted_artifact_is_refused_without_running_its_code(artifact, tmp_path, attack) -> None:
+    marker = tmp_path / "marker"
+    crafted = copy_artifact(artifact, tmp_path / "crafted")
+    CRAFTED[attack](crafted, marker)
+    try:  # the attack is live: torch's own loader runs it
+        torch.export.load(str(crafted / "model.pt2"))
+    except Exception:  # noqa: BLE001, S110 (the non-silent payloads break the load after running)
+        pass
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(CtlError) as exc:
+        Artifact.load(crafted)
+    assert_one_line(exc, "model.pt2")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("entry", "needle"), [("../../../etc/hostname", "leaves the folder"),
+                                               ("/etc/hostname", "leaves the folder"),
+                                               ("id_maps/../../x", "leaves the folder")])
+def test_a_manifest_entry_outside_the_folder_is_refused_unread(artifact, tmp_path, entry, needle) -> None:
+    crafted = copy_artifact(artifact, tmp_path / "crafted")
+    manifest = json.loads((crafted / "manifest.json").read_text())
+    manifest["files"][entry] = {"bytes": 1, "sha256": "0" * 64}
+    (crafted / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CtlError) as exc:
+        Artifact.load(crafted)
+    assert_one_line(exc, needle)
+    assert "bytes" not in str(exc.value)  # nothing of the outside file (its size) shows
+
+
+def test_an_unlisted_file_or_a_link_in_the_artifact_is_refused(artifact, tmp_path) -> None:
+    crafted = copy_artifact(artifact, tmp_path / "extra")
+    (crafted / "notes.txt").write_text("hello")
+    with pytest.raises(CtlError) as exc:
+        Artifact.load(crafted)
+    assert_one_line(exc, "'notes.txt' is not listed")
+    linked = copy_artifact(artifact, tmp_path / "linked")
+    (linked / "schema.json").unlink()
+    (linked / "schema.json").symlink_to(artifact / "schema.json")
+    with pytest.raises(CtlError) as exc:
+        Artifact.load(linked)
+    assert_one_line(exc, "schema.json", "link")
+
+
+def test_a_signed_artifact_is_verified_and_a_tampered_or_unsigned_one_refused(base_run, artifact, tmp_path) -> None:
+    key, other = tmp_path / "key", tmp_path / "other"
+    key.write_text("k" * 32 + "\n")
+    other.write_text("o" * 32)
+    signed = export_run(base_run, tmp_path / "signed", sign_key=key)
+    line = (signed / "manifest.sig").read_text().strip()
+    expected = hmac.new(b"k" * 32, (signed / "manifest.json").read_bytes(), "sha256").hexdigest()
+    assert line == f"hmac-sha256:{expected}"
+    assert Artifact.load(signed, verify_key=key).domain == "B"
+    with pytest.raises(CtlError) as exc:
+        Artifact.load(signed, verify_key=other)
+    assert_one_line(exc, "does not match")
+    with pytest.raises(CtlError) as exc:
+        Artifact.load(artifact, verify_key=key)
+    assert_one_line(exc, "is not signed")
+    tampered = copy_artifact(signed, tmp_path / "tampered")
+    marker = tmp_path / "marker"
+    CRAFTED["silent"](tampered, marker)
+    with pytest.raises(CtlError) as exc:
+        Artifact.load(tampered, verify_key=key)
+    assert_one_line(exc, "does not match")
+    assert not marker.exists()
+    short = tmp_path / "short"
+    short.write_text("abc")
+    with pytest.raises(CtlError) as exc:
+        export_run(base_run, tmp_path / "never", sign_key=short)
+    assert_one_line(exc, "at least 16")
+    assert not (tmp_path / "never").exists()
