@@ -251,6 +251,14 @@ def _every_file(folder: Path) -> list[str]:
     return sorted(found)
 
 
+def inside(folder: Path, name: str, what: str) -> Path:
+    """``folder / name`` for a ``name`` taken from a file's content; refused when it would leave ``folder``."""
+    folder, path = Path(folder), Path(folder) / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(folder.resolve()):
+        raise CtlError(f"{what} would be {shorten(str(path))}, outside {folder}; refused")
+    return path
+
+
 # --- output locations ---------------------------------------------------------------------------
 
 

@@ -89,7 +89,7 @@ def _build(node: object, key: str, runtime: Mapping[str, object] | None = None) 
         raise CtlError(f"{key}.{clash[0]} is refused: ctl passes {clash[0]} to {cls.__name__} itself")
     try:
         return cls(**args, **(runtime or {}))
-    except TypeError as exc:  # a missing or unknown argument: name the class and the key
+    except (TypeError, AttributeError) as exc:  # a missing, unknown or wrong-typed argument: name the class and the key
         raise CtlError(f"{key}: {cls.__name__} cannot be built from its config ({cut(str(exc), 160)})") from None
 
 

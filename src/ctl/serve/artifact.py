@@ -35,7 +35,7 @@ import torch
 
 from ctl.data.schema import Schema
 from ctl.errors import CtlError, cut, shorten
-from ctl.io import MANIFEST_FILE, manifest_problem
+from ctl.io import MANIFEST_FILE, inside, manifest_problem
 from ctl.received import field, mapping, read_json
 from ctl.serve.pt2 import load_program
 
@@ -233,14 +233,6 @@ def read_schema(file: Path):
         raise CtlError(f"{file}: {exc.args[0]} is missing") from None
     except (TypeError, ValueError, AttributeError) as exc:
         raise CtlError(f"{file} is not a dataset schema ({cut(str(exc))})") from None
-
-
-def inside(folder: Path, name: str, what: str) -> Path:
-    """``folder / name``, refused when it would leave ``folder`` (a name from a file's content)."""
-    path = folder / name
-    if ".." in Path(name).parts or Path(name).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
-        raise CtlError(f"{what} would be read from {shorten(str(path))}, outside {folder}; refused")
-    return path
 
 
 # --- signatures ---------------------------------------------------------------------------------

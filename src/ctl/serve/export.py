@@ -192,8 +192,11 @@ def load_run_model(run_dir: Path) -> RunModel:
             else:
                 net = build_model(run.net, schema, key)
             checkpoint = _latest_checkpoint(run_dir / "checkpoints", f"the run {run_dir}")
-    except (ValueError, KeyError) as exc:  # arguments the model refuses for this schema or domain
-        raise CtlError(f"{key}: the model cannot be built for the run's dataset ({cut(str(exc), 160)})") from None
+    except CtlError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (a received config's arguments can fail a constructor in any way)
+        raise CtlError(f"{key}: the model cannot be built from it for the run's dataset ({type(exc).__name__}: "
+                       f"{cut(str(exc), 160)})") from None
     load_model_state(net, checkpoint, what=f"the model of {checkpoint.name}")
     net.eval()
     sequences = getattr(net, "domain_sequences", None)
