@@ -31,13 +31,18 @@ from omegaconf import OmegaConf
 from ctl.data.dataset import load_dataset
 from ctl.data.importer import import_dataset, load_spec, parse_spec
 from ctl.data.importer.errors import SpecError
+from ctl.data.registry import load_for
 from ctl.data.schema import ID_FEATURES, Feature, Schema
+from ctl.data.synthetic.continuation import continue_world
 from ctl.errors import CtlError
 from ctl.io import inside
+from ctl.report.cli import evaluate
 from ctl.serve.artifact import Artifact
 from ctl.serve.export import export_run
 from ctl.serve.requests import requests_from_dataset
 from ctl.serve.score import score_file
+from ctl.training.callbacks import FIT_KEY
+from ctl.training.continuation import continuation_of_run
 from ctl.training.protocol import run_train
 from test_importer import log_schema, make_log, write_csv, write_schema
 
@@ -70,9 +75,13 @@ def make_cfg(home: Path, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory) -> Path:
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("trust_home")
+
+
+@pytest.fixture(scope="module")
+def base_run(home, tmp_path_factory) -> Path:
     """A finished base run on the tiny world's domain B."""
-    home = tmp_path_factory.mktemp("trust_home")
     run_dir = tmp_path_factory.mktemp("trust_run")
     run_train(make_cfg(home, "model=base", "data.domain=B"), run_dir)
     return run_dir
@@ -385,3 +394,170 @@ def test_csv_labels_true_and_false_are_read_as_the_docs_say(tmp_path) -> None:
                                            tmp_path / "numeric").path)
     np.testing.assert_array_equal(labels, pq.read_table(expected.path / "rows.parquet").column("label").to_numpy())
     assert set(labels.tolist()) == {0, 1}
+
+
+def _set(data: object, key: str, value: object) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    if isinstance(data, list):
+        data[int(parts[-1])] = value
+    else:
+        data[parts[-1]] = value
+
+
+def _rewrite(file: Path, key: str, value: object) -> None:
+    if file.suffix == ".json":
+        data = json.loads(file.read_text())
+        _set(data, key, value)
+        file.write_text(json.dumps(data))
+    elif file.suffix == ".yaml":
+        data = yaml.safe_load(file.read_text())
+        _set(data, key, value)
+        file.write_text(yaml.safe_dump(data))
+    else:  # a checkpoint: a torch file of plain data
+        data = torch.load(file, weights_only=True)
+        _set(data, key, value)
+        torch.save(data, file)
+
+
+#: what each file is replaced by: deleted, cut in half, or another JSON/YAML value
+WHOLE = {"deleted": None, "truncated": "half", "list": b"[]", "mapping": b"{}", "string": b'"a string"'}
+
+
+def _whole(file: Path, how: str) -> None:
+    if WHOLE[how] is None:
+        file.unlink()
+    elif WHOLE[how] == "half":
+        data = file.read_bytes()
+        file.write_bytes(data[: len(data) // 2])
+    else:
+        file.write_bytes(WHOLE[how])
+
+
+def _cases(files: dict[str, list[tuple[str, object]]]) -> list:
+    """(file, mutation) pairs: every file replaced as in WHOLE, and each listed field given a wrong type."""
+    cases = [(file, how) for file in files for how in WHOLE]
+    cases += [(file, (key, value)) for file, fields in files.items() for key, value in fields]
+    return [pytest.param(file, how, id=f"{file}:{how if isinstance(how, str) else how[0]}={how if isinstance(how, str) else json.dumps(how[1])}") for file, how in cases]
+
+
+METRICS_FIELDS = [("dataset", 5), ("dataset_path", []), ("target", {}), ("method", None), ("periods", "x"),
+                  ("periods", ["x"]), ("periods.0.period", "x"), ("seed", "x"), ("seed", True), ("model", 1.5)]
+CONFIG_FIELDS = [("model", []), ("model.protocol", 5), ("model.net", "x"), ("model.net._target_", 5),
+                 ("model.net.backbone", 5), ("model.net.backbone.embed_dim", "x"), ("model.net.backbone.mlp_dims", "x")]
+CHECKPOINT_FIELDS = [("state_dict", "x"), ("state_dict", {"model.x": "not a tensor"}), ("state_dict", [])]
+
+
+def _mutate(folder: Path, file: str, how) -> Path:
+    path = folder / file
+    if path.parent.is_symlink():  # a base run's checkpoints are its track's: change a copy
+        target = path.parent.resolve()
+        path.parent.unlink()
+        shutil.copytree(target, path.parent)
+    if isinstance(how, str):
+        _whole(path, how)
+    else:
+        _rewrite(path, *how)
+    return path
+
+
+def assert_refused_in_one_line(call, file: str, how) -> None:
+    try:
+        call()
+    except CtlError as exc:
+        message = str(exc)
+    else:
+        pytest.fail(f"{file} {how}: accepted")
+    assert "\n" not in message and len(message) < 700, message
+    assert Path(file).name in message, message
+    if not isinstance(how, str):
+        assert how[0].split(".")[0] in message, message
+
+
+def _latest(run: Path) -> str:
+    names = sorted((run / "checkpoints").glob("period_*.ckpt"), key=lambda p: int(p.stem.split("_")[1]))
+    return f"checkpoints/{names[-1].name}"
+
+
+@pytest.mark.parametrize(("file", "how"), _cases({"metrics.json": METRICS_FIELDS, "config.yaml": CONFIG_FIELDS,
+                                                  "checkpoint": CHECKPOINT_FIELDS}))
+def test_export_refuses_every_malformed_run_file_in_one_line(base_run, tmp_path, file, how) -> None:
+    run = copy_run(base_run, tmp_path / "run")
+    name = _latest(run) if file == "checkpoint" else file
+    _mutate(run, name, how)
+    assert_refused_in_one_line(lambda: export_run(run, tmp_path / "artifact"), name, how)
+    assert not (tmp_path / "artifact").exists()
+
+
+MANIFEST_FIELDS = [("format", 5), ("inputs", "x"), ("inputs.0", 5), ("inputs.0.dtype", "int8"), ("inputs.0.shape", "x"),
+                   ("inputs.0.name", None), ("domain", 5), ("domain", "Z"), ("domain_sequences", 5),
+                   ("domain_sequences", [1]), ("files", []), ("files", {"schema.json": "x"}), ("version", "1"),
+                   ("dataset_path", 5), ("method", [])]
+SCHEMA_FIELDS = [("features", "x"), ("features.0", 5), ("features.0.vocab", "x"), ("features.0.name", "../x"),
+                 ("domains", 5), ("n_history", "x"), ("source", "nowhere")]
+
+
+@pytest.fixture(scope="module")
+def requests_file(artifact, tmp_path_factory) -> Path:
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    path = tmp_path_factory.mktemp("trust_requests") / "requests.parquet"
+    pq.write_table(requests_from_dataset(manifest["dataset_path"], np.arange(8), with_history=True), path)
+    return path
+
+
+@pytest.mark.parametrize(("file", "how"), _cases({"manifest.json": MANIFEST_FIELDS, "schema.json": SCHEMA_FIELDS,
+                                                  "model.pt2": []}))
+def test_score_refuses_every_malformed_artifact_file_in_one_line(artifact, requests_file, tmp_path, file, how) -> None:
+    crafted = copy_artifact(artifact, tmp_path / "crafted")
+    _mutate(crafted, file, how)
+    if file != "manifest.json" and (crafted / file).exists():
+        rehash(crafted, file)  # the silent variant: only the content itself can refuse it
+    assert_refused_in_one_line(lambda: score_file(crafted, requests_file, tmp_path / "scores.parquet"), file, how)
+    assert not (tmp_path / "scores.parquet").exists()
+
+
+EVAL_METRICS_FIELDS = [*METRICS_FIELDS, ("test", "x"), ("test.auc", "x"), ("cost", "x"), ("cost.wall_s", "x"),
+                       ("periods.0.auc", "x"), ("tracks", "x")]
+
+
+@pytest.mark.parametrize(("file", "how"), [c for c in _cases({"metrics.json": EVAL_METRICS_FIELDS, "config.yaml": []})
+                                           if c.values[1] != "deleted" and c.values[:2] != ("config.yaml", "mapping")])
+def test_eval_refuses_every_malformed_run_file_in_one_line(base_run, tmp_path, file, how) -> None:
+    run = copy_run(base_run, tmp_path / "run")
+    _mutate(run, file, how)
+    if file == "metrics.json" and how in ("list", "mapping", "string"):
+        # no run record at all: the folder holds no run, said in one line
+        assert_refused_in_one_line(lambda: evaluate([run], ["overall"]), "metrics.json", how)
+        return
+    assert_refused_in_one_line(lambda: evaluate([run], ["overall"]), file, how)
+
+
+def test_eval_reads_a_run_without_config_settings(base_run, tmp_path) -> None:
+    run = copy_run(base_run, tmp_path / "run")
+    (run / "config.yaml").write_text("{}")
+    assert evaluate([run], ["overall"]).records["overall"]
+
+
+@pytest.fixture(scope="module")
+def grown(home, base_run):
+    """The tiny world continued by one period, and the config of a run that continues ``base_run`` on it."""
+    continue_world(make_cfg(home, "model=base", "data.domain=B").data, home, 1, progress=False)
+
+    def config(run: Path):
+        cfg = make_cfg(home, "model=base", "data.domain=B", "data.generator.n_transfer=3", f"continue_from={run}")
+        return cfg, load_for(cfg.data, cfg.home, progress=False)
+    return config
+
+
+@pytest.mark.parametrize(("file", "how"), _cases({"metrics.json": [("dataset", 5), ("dataset", None)],
+                                                  "checkpoint": [*CHECKPOINT_FIELDS, (FIT_KEY, "x"),
+                                                                 (f"{FIT_KEY}.identity", []),
+                                                                 (f"{FIT_KEY}.identity.config", "x")]}))
+def test_continue_from_refuses_every_malformed_run_file_in_one_line(base_run, grown, tmp_path, file, how) -> None:
+    run = copy_run(base_run, tmp_path / "run")
+    cfg, dataset = grown(run)
+    assert continuation_of_run(cfg, dataset, tmp_path / "new").last_period == 5  # the untouched run continues
+    name = _latest(run) if file == "checkpoint" else file
+    _mutate(run, name, how)
+    assert_refused_in_one_line(lambda: continuation_of_run(cfg, dataset, tmp_path / "new"), name, how)

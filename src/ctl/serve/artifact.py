@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ctl.data.schema import Schema
+from ctl.data.schema import NAME_PATTERN, Schema
 from ctl.errors import CtlError, cut, shorten
 from ctl.io import MANIFEST_FILE, inside, manifest_problem
 from ctl.received import field, mapping, read_json
@@ -227,6 +227,18 @@ def read_manifest(path: Path) -> dict:
 def read_schema(file: Path):
     """The dataset schema an artifact carries (``schema.json``)."""
     data = mapping(read_json(file, "the artifact"), file)
+    for i, feature in enumerate(field(data, "features", list, file)):
+        where = f"{file}: features[{i}]"
+        feature = mapping(feature, file, f"features[{i}]")
+        if not NAME_PATTERN.fullmatch(str(field(feature, "name", str, where))):
+            raise CtlError(f"{where}: name {shorten(feature['name'])} must be letters, digits and _")
+        for key, kind in (("kind", str), ("vocab", int), ("dim", int), ("domains", list)):
+            field(feature, key, kind, where)
+    for key, kind in (("domains", list), ("source", str), ("n_history", int), ("n_transfer", int)):
+        field(data, key, kind, file)
+    for key, kind in (("short_len", int), ("long_len", int), ("description", str), ("extra", (dict, type(None)))):
+        if key in data:
+            field(data, key, kind, file)
     try:
         return Schema.from_dict(data)
     except KeyError as exc:

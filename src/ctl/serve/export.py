@@ -160,6 +160,17 @@ def _latest_checkpoint(folder: Path, what: str) -> Path:
     return found[-1]
 
 
+def _last_period_checkpoint(run_dir: Path, periods: tuple[int, ...]) -> Path:
+    """The checkpoint of the run's last trained period (``metrics.json`` periods)."""
+    if not periods:
+        raise CtlError(f"{run_dir / 'metrics.json'}: periods is empty; the run trained no period to export")
+    checkpoint = run_dir / "checkpoints" / f"period_{max(periods)}.ckpt"
+    if not checkpoint.is_file():
+        raise CtlError(f"{checkpoint} is missing: the run's last period ({max(periods)}, metrics.json periods) has "
+                       "no checkpoint to export")
+    return checkpoint
+
+
 def load_run_model(run_dir: Path) -> RunModel:
     """The latest model of the run in ``run_dir``, built as its protocol built it, in eval mode.
 
@@ -191,7 +202,7 @@ def load_run_model(run_dir: Path) -> RunModel:
                 net = build_transfer_model(run.net, schema, schema.source, domain, key)
             else:
                 net = build_model(run.net, schema, key)
-            checkpoint = _latest_checkpoint(run_dir / "checkpoints", f"the run {run_dir}")
+            checkpoint = _last_period_checkpoint(run_dir, run.periods)
     except CtlError:
         raise
     except Exception as exc:  # noqa: BLE001 (a received config's arguments can fail a constructor in any way)

@@ -117,17 +117,22 @@ def check_fits(module: torch.nn.Module, state: dict[str, torch.Tensor], what: st
                            "was it trained with another model size or dataset schema?")
 
 
+def check_weights(checkpoint: dict, path: Path) -> dict:
+    """``checkpoint``, refused unless its ``state_dict`` maps parameter names to tensors."""
+    weights = checkpoint.get("state_dict")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
+        raise CtlError(f"checkpoint {path}: state_dict must map parameter names to tensors, got "
+                       f"{shorten(weights)}; it holds no model to load")
+    return checkpoint
+
+
 def load_model_state(module: torch.nn.Module, path: Path, what: str) -> dict:
     """Copy a checkpoint's model weights into ``module`` in place; returns the checkpoint.
 
     A checkpoint written for a smaller vocabulary (the dataset grew since) loads too: its embedding
     tables get the never-trained rows the larger model starts with (:func:`grown_model_state`).
     """
-    checkpoint = read_checkpoint(path)
-    weights = checkpoint.get("state_dict")
-    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
-        raise CtlError(f"checkpoint {path}: state_dict must map parameter names to tensors, got "
-                       f"{shorten(weights)}; it holds no model to load")
+    checkpoint = check_weights(read_checkpoint(path), path)
     state = grown_model_state(module, model_state(checkpoint))
     check_fits(module, state, what, path)
     with torch.no_grad():
