@@ -502,7 +502,10 @@ SCHEMA_FIELDS = [("features", "x"), ("features.0", 5), ("features.0.vocab", "x")
 def requests_file(artifact, tmp_path_factory) -> Path:
     manifest = json.loads((artifact / "manifest.json").read_text())
     path = tmp_path_factory.mktemp("trust_requests") / "requests.parquet"
-    pq.write_table(requests_from_dataset(manifest["dataset_path"], np.arange(8), with_history=True), path)
+    dataset = load_dataset(manifest["dataset_path"], validate=False)
+    rows = dataset.select([manifest["domain"]], [dataset.schema.test_period])[:8]
+    pq.write_table(requests_from_dataset(manifest["dataset_path"], rows, with_history=True), path)
+    score_file(artifact, path, path.with_name("scores.parquet"))  # the untouched artifact scores them
     return path
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ctl.errors import CtlError
+from ctl.errors import CtlError, shorten
 from ctl.methods import BASE, method_rank
 from ctl.received import field, mapping, read_json, read_yaml
 
@@ -157,7 +157,9 @@ _METRICS = ("auc", "gauc", "logloss")
 
 
 def _check_rows(metrics_path: Path, key: str, rows: object) -> None:
-    for i, row in enumerate(field({key: rows}, key, list, metrics_path)):
+    if not isinstance(rows, list):
+        raise CtlError(f"{metrics_path}: {key} must be a list, got {shorten(rows)}")
+    for i, row in enumerate(rows):
         _check_row(metrics_path, f"{key}[{i}]", row)
         field(row, "period", int, f"{metrics_path}: {key}[{i}]")
 
