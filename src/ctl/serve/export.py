@@ -312,7 +312,8 @@ def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export",
         atomic_write_json(staging / SCHEMA_FILE, run.dataset.schema.to_dict())
         maps = run.dataset.path / ID_MAPS_DIR
         if maps.is_dir():
-            shutil.copytree(maps, staging / ID_MAPS_DIR)
+            # the id maps only: the manifest lists every file, and a reader refuses any it does not list
+            shutil.copytree(maps, staging / ID_MAPS_DIR, ignore=shutil.ignore_patterns(".*"))
         metrics = run.metrics
         inputs = [InputSpec(k, str(batch[k].dtype).removeprefix("torch."), (-1, *batch[k].shape[1:]))
                   for k in wrapped.keys]
