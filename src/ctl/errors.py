@@ -73,3 +73,17 @@ def check_config_choices(overrides: Sequence[str], conf_dir: Path) -> None:
         for name in (v.strip(" []") for v in value.split(",")):
             if name and name != "null" and name not in known:
                 raise CtlError(f"unknown {group} {name!r} (in {override}); the known ones are: {', '.join(known)}")
+
+
+#: characters of a value a message shows (a received file's value may be a megabyte long)
+SHOWN_CHARS = 80
+
+
+def cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def shorten(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for a value read from a file in a message."""
+    return cut(repr(value), limit)

@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 from filelock import FileLock
 
-from ctl.errors import CtlError
+from ctl.errors import CtlError, cut, shorten
 
 KILL_AT_ENV = "CTL_TEST_KILL_AT"
 MANIFEST_FILE = "manifest.json"
@@ -180,8 +180,14 @@ def write_manifest(folder: Path, skip: tuple[str, ...] = ()) -> Path:
     return atomic_write_json(Path(folder) / MANIFEST_FILE, {"files": manifest_entries(folder, skip)})
 
 
-def manifest_problem(folder: Path) -> str | None:
-    """What is wrong with ``folder`` against its manifest (missing, truncated, altered file), or None."""
+def manifest_problem(folder: Path, every_file: bool = False, unlisted: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with ``folder`` against its manifest (missing, truncated, altered file), or None.
+
+    An entry that is absolute, holds ``..`` or a link, or otherwise leaves ``folder`` is a problem
+    (nothing outside the folder is read). With ``every_file`` (a folder that may come from someone
+    else) every file in ``folder`` must be listed, except the manifest and the top-level names in
+    ``unlisted``.
+    """
     folder = Path(folder)
     manifest = folder / MANIFEST_FILE
     if not manifest.is_file():
@@ -189,8 +195,13 @@ def manifest_problem(folder: Path) -> str | None:
     try:
         files = json.loads(manifest.read_text())["files"]
     except (ValueError, KeyError, TypeError) as exc:
-        return f"{MANIFEST_FILE} cannot be read ({exc})"
+        return f"{MANIFEST_FILE} cannot be read ({cut(str(exc))})"
+    if not isinstance(files, dict):
+        return f"{MANIFEST_FILE}: files must be a mapping of file name to size and sha256, got {shorten(files)}"
     for name, expected in files.items():
+        problem = _entry_problem(folder, name) or _record_problem(name, expected)
+        if problem is not None:
+            return problem
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
@@ -199,7 +210,53 @@ def manifest_problem(folder: Path) -> str | None:
             return f"{name} has {size} bytes, the manifest says {expected['bytes']}"
         if file_sha256(path) != expected["sha256"]:
             return f"{name} differs from the file the manifest recorded (sha256 mismatch)"
+    if every_file:
+        for name in _every_file(folder):
+            if name not in files and name not in (MANIFEST_FILE, *unlisted):
+                return f"{shorten(name)} is not listed in {MANIFEST_FILE} (a file nobody vouched for)"
     return None
+
+
+def _entry_problem(folder: Path, name: object) -> str | None:
+    """Why the manifest entry ``name`` would be read from outside ``folder``, or None."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        return f"{MANIFEST_FILE}: the entry {shorten(name)} is not a relative file name"
+    parts = Path(name).parts
+    if Path(name).is_absolute() or ".." in parts or "." in name.split("/"):
+        return f"{MANIFEST_FILE}: the entry {shorten(name)} leaves the folder (absolute, or holds . or ..)"
+    current = folder
+    for part in parts:
+        current = current / part
+        if current.is_symlink():
+            return f"{MANIFEST_FILE}: the entry {shorten(name)} passes through a link ({part})"
+    if not (folder / name).resolve().is_relative_to(folder.resolve()):
+        return f"{MANIFEST_FILE}: the entry {shorten(name)} leaves the folder"
+    return None
+
+
+def _record_problem(name: str, expected: object) -> str | None:
+    if (not isinstance(expected, dict) or not isinstance(expected.get("bytes"), int)
+            or not isinstance(expected.get("sha256"), str)):
+        return f"{MANIFEST_FILE}: files.{shorten(name)} must be {{\"bytes\": int, \"sha256\": text}}, got {shorten(expected)}"
+    return None
+
+
+def _every_file(folder: Path) -> list[str]:
+    """Every file and link under ``folder`` (links not followed), as names relative to it."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        here = Path(root)
+        links = [d for d in dirs if (here / d).is_symlink()]
+        found += [str((here / n).relative_to(folder)) for n in [*names, *links]]
+    return sorted(found)
+
+
+def inside(folder: Path, name: str, what: str) -> Path:
+    """``folder / name`` for a ``name`` taken from a file's content; refused when it would leave ``folder``."""
+    folder, path = Path(folder), Path(folder) / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(folder.resolve()):
+        raise CtlError(f"{what} would be {shorten(str(path))}, outside {folder}; refused")
+    return path
 
 
 # --- output locations ---------------------------------------------------------------------------

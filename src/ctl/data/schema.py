@@ -14,8 +14,13 @@ Period layout: periods ``0 .. H-1`` are history, ``H .. H+T-1`` are the transfer
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Literal
+
+#: what a feature or domain name may be: it becomes a file name (``id_maps/<feature>.parquet``) and
+#: a column name (``seq_<domain>_item``), so it never holds a path separator or ``..``
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 FeatureKind = Literal["categorical", "bucket"]
 FEATURE_KINDS: tuple[str, ...] = ("categorical", "bucket")
@@ -56,6 +61,8 @@ class Feature:
     domains: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
+            raise ValueError(f"feature name {self.name!r:.80} must be letters, digits and _ (not starting with a digit)")
         if self.kind not in FEATURE_KINDS:
             raise ValueError(f"feature {self.name!r}: kind must be one of {FEATURE_KINDS}, got {self.kind!r}")
         if self.vocab < 2:
@@ -86,6 +93,9 @@ class Schema:
                 raise ValueError(f"schema: the id feature {required!r} is missing (have {names})")
         if len(set(names)) != len(names):
             raise ValueError(f"schema: duplicate feature names in {names}")
+        bad = [d for d in self.domains if not isinstance(d, str) or not NAME_PATTERN.fullmatch(d)]
+        if bad:
+            raise ValueError(f"schema: domain name {bad[0]!r:.80} must be letters, digits and _ (not starting with a digit)")
         if self.source not in self.domains:
             raise ValueError(f"schema: source domain {self.source!r} is not one of {self.domains}")
         for f in self.features:

@@ -8,12 +8,9 @@ from omegaconf import DictConfig
 from ctl.data.schema import Schema
 
 
-def build_model(net: DictConfig, schema: Schema) -> torch.nn.Module:
-    """Instantiate a ``net`` config (``_target_`` + args) for ``schema``.
+def build_model(net: DictConfig | dict, schema: Schema, key: str = "model.net") -> torch.nn.Module:
+    """Build a ``net`` config (``_target_`` + args) for ``schema``, from ctl's own classes only
+    (:mod:`ctl.models.registry`); ``key`` names the config in refusals."""
+    from ctl.models.registry import build_from_config
 
-    The schema is passed as the object itself: handing it to Hydra as a kwarg would turn it into
-    a config node.
-    """
-    from hydra.utils import instantiate
-
-    return instantiate(net, _partial_=True)(schema=schema)
+    return build_from_config(net, key, schema=schema)

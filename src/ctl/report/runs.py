@@ -18,10 +18,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import yaml
-
-from ctl.errors import CtlError
+from ctl.errors import CtlError, shorten
 from ctl.methods import BASE, method_rank
+from ctl.received import field, mapping, read_json, read_yaml
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
@@ -115,11 +114,7 @@ def _metrics_files(root: Path) -> Iterable[Path]:
 
 
 def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CtlError(f"{path} is not valid JSON ({exc}); a run writes it atomically, so this file is foreign "
-                       "or damaged") from exc
+    return read_json(path, "ctl eval")
 
 
 def _flatten(tree: object, prefix: str = "") -> dict:
@@ -135,7 +130,8 @@ def _settings(run_dir: Path) -> dict:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         return {}
-    config = yaml.safe_load(path.read_text()) or {}
+    config = read_yaml(path, "ctl eval")
+    config = {} if config is None else mapping(config, path)
     return {k: v for k, v in _flatten(config).items()
             if not any(k == n or k.startswith(f"{n}.") for n in _NEUTRAL_KEYS)}
 
@@ -156,11 +152,66 @@ def _finetune_periods(metrics: dict, settings: dict) -> str | None:
     return None if value is None else str(value)
 
 
-def read_run(metrics_path: Path, metrics: dict) -> Run:
-    """A :class:`Run` from one run's ``metrics.json`` content; refuses a record missing a key."""
+#: metrics a period row or test row may hold, each a number or null
+_METRICS = ("auc", "gauc", "logloss")
+
+
+def _check_rows(metrics_path: Path, key: str, rows: object) -> None:
+    if not isinstance(rows, list):
+        raise CtlError(f"{metrics_path}: {key} must be a list, got {shorten(rows)}")
+    for i, row in enumerate(rows):
+        _check_row(metrics_path, f"{key}[{i}]", row)
+        field(row, "period", int, f"{metrics_path}: {key}[{i}]")
+
+
+def _check_row(metrics_path: Path, key: str, row: object) -> None:
+    row = mapping(row, metrics_path, key)
+    for name in ("period", "eval_period", "rows"):
+        if name in row:
+            field(row, name, (int, type(None)), f"{metrics_path}: {key}")
+    for name in _METRICS:
+        if name in row:
+            field(row, name, (float, type(None)), f"{metrics_path}: {key}")
+
+
+def check_record(metrics_path: Path, metrics: dict) -> None:
+    """Refuse, naming the field, a run record whose fields the tables read have another type."""
     missing = [k for k in _REQUIRED_KEYS if k not in metrics]
     if missing:
         raise CtlError(f"{metrics_path} lacks {missing}: not a metrics.json written by ctl train")
+    for key in ("model", "method", "target", "dataset"):
+        field(metrics, key, str, metrics_path)
+    field(metrics, "seed", int, metrics_path)
+    for key in ("source", "dataset_path"):
+        if key in metrics:
+            field(metrics, key, (str, type(None)), metrics_path)
+    _check_rows(metrics_path, "periods", metrics["periods"])
+    _check_row(metrics_path, "test", metrics["test"])
+    cost = field(metrics, "cost", dict, metrics_path)
+    parts = {"cost": cost, "cost.own": cost.get("own") or {"train_rows": 0, "wall_s": 0, "cpu_s": 0}}
+    tracks = field(metrics, "cost.tracks", (dict, type(None)), metrics_path) if "tracks" in cost else None
+    parts.update({f"cost.tracks.{name}": part for name, part in (tracks or {}).items()})
+    for where, part in parts.items():
+        part = mapping(part, metrics_path, where)
+        for name in ("train_rows", "wall_s", "cpu_s"):
+            field(part, name, float, f"{metrics_path}: {where}")
+    for key in ("tracks", "baseline"):
+        if metrics.get(key) is not None:
+            mapping(metrics[key], metrics_path, key)
+    if metrics.get("tracks"):
+        for name in ("source", "target"):
+            if name in metrics["tracks"]:
+                field(metrics, f"tracks.{name}", (str, type(None)), metrics_path)
+    if metrics.get("baseline"):
+        _check_row(metrics_path, "baseline.test", field(metrics, "baseline.test", dict, metrics_path))
+        if "periods" in metrics["baseline"]:
+            _check_rows(metrics_path, "baseline.periods", metrics["baseline"]["periods"])
+
+
+def read_run(metrics_path: Path, metrics: dict) -> Run:
+    """A :class:`Run` from one run's ``metrics.json`` content; refuses a record missing a key or
+    holding a wrong-typed field, naming it."""
+    check_record(metrics_path, metrics)
     run_dir = metrics_path.parent
     settings = _settings(run_dir)
     target, model = str(metrics["target"]), str(metrics["model"])

@@ -10,14 +10,21 @@ An artifact folder holds
   as the importer wrote them, so raw ids of requests map to the ids the model was trained on;
 * ``manifest.json``, written last: the format, the run's method, domains, periods, dataset
   fingerprint and path, the graph's inputs (name, dtype, shape with -1 for the batch), and the
-  size and sha256 of every other file. An artifact whose files differ from it is refused.
+  size and sha256 of every other file. An artifact whose files differ from it, or that holds a
+  file it does not list, is refused;
+* ``manifest.sig`` (optional, ``ctl export ... sign_key=FILE``): the HMAC-SHA256 of
+  ``manifest.json`` under a shared key; ``ctl score ... verify_key=FILE`` refuses an artifact
+  without it or whose manifest it does not match.
 
-Loading needs torch (and onnxruntime for ``onnx``) and this package's data schema only.
+An artifact may come from someone else: nothing in it is unpickled (:mod:`ctl.serve.pt2` loads
+the program), no name in it leaves its folder, and every field is checked before use
+(``docs/security.md``). Loading needs torch (and onnxruntime for ``onnx``) and this package's
+data schema only.
 """
 
 from __future__ import annotations
 
-import json
+import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +33,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ctl.data.schema import Schema
-from ctl.errors import CtlError
-from ctl.io import MANIFEST_FILE, manifest_problem
+from ctl.data.schema import NAME_PATTERN, Schema
+from ctl.errors import CtlError, cut, shorten
+from ctl.io import MANIFEST_FILE, inside, manifest_problem
+from ctl.received import field, mapping, read_json
+from ctl.serve.pt2 import load_program
 
 FORMATS: tuple[str, ...] = ("torch_export", "onnx")
 MODEL_FILES: dict[str, str] = {"torch_export": "model.pt2", "onnx": "model.onnx"}
 SCHEMA_FILE = "schema.json"
 ID_MAPS_DIR = "id_maps"
+SIGNATURE_FILE = "manifest.sig"
+#: what a signature file starts with (the algorithm), before the hex digest
+SIGNATURE_PREFIX = "hmac-sha256:"
+#: the shortest signing key accepted, in bytes
+MIN_KEY_BYTES = 16
 #: the manifest's layout version; a reader refuses another
 ARTIFACT_VERSION = 1
 #: numpy dtype of every input dtype the graphs take
@@ -54,8 +68,16 @@ class InputSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> InputSpec:
-        return cls(name=str(d["name"]), dtype=str(d["dtype"]), shape=tuple(int(n) for n in d["shape"]))
+    def from_dict(cls, d: object, where: str = "inputs") -> InputSpec:
+        """An input of a manifest's ``inputs``; ``where`` names it (``manifest.json: inputs[0]``) in refusals."""
+        d = mapping(d, where)
+        name, dtype = field(d, "name", str, where), field(d, "dtype", str, where)
+        if dtype not in INPUT_DTYPES:
+            raise CtlError(f"{where}: dtype {shorten(dtype)} is not one of {', '.join(INPUT_DTYPES)}")
+        shape = field(d, "shape", list, where)
+        if not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n >= -1 for n in shape):
+            raise CtlError(f"{where}: shape must be a list of sizes (-1: the batch), got {shorten(shape)}")
+        return cls(name=name, dtype=dtype, shape=tuple(shape))
 
 
 def require_onnxruntime(what: str):
@@ -71,7 +93,7 @@ class TorchRunner:
     """Runs a saved ``torch.export`` program."""
 
     def __init__(self, path: Path) -> None:
-        self.module = torch.export.load(str(path)).module()
+        self.module = load_program(path).module()
 
     def __call__(self, inputs: list[torch.Tensor]) -> np.ndarray:
         with torch.inference_mode():
@@ -125,16 +147,28 @@ class Artifact:
         return tuple(self.manifest.get("domain_sequences", ()))
 
     @classmethod
-    def load(cls, path: Path | str) -> Artifact:
-        """Verify ``path`` against its manifest and load it; refuses a changed or foreign folder in one line."""
+    def load(cls, path: Path | str, verify_key: Path | str | None = None) -> Artifact:
+        """Verify ``path`` against its manifest (and its signature, given ``verify_key``) and load it;
+        refuses a changed, unsigned or foreign folder in one line."""
         path = Path(path).expanduser()
+        if verify_key is not None:
+            verify_signature(path, read_key(Path(verify_key).expanduser(), "verify_key"))
         manifest = read_manifest(path)
-        problem = manifest_problem(path)
+        problem = manifest_problem(path, every_file=True, unlisted=(SIGNATURE_FILE,))
         if problem is not None:
             raise CtlError(f"artifact {path} was changed after export: {problem}; export it again (ctl export)")
-        schema = Schema.from_dict(json.loads((path / SCHEMA_FILE).read_text()))
-        inputs = tuple(InputSpec.from_dict(d) for d in manifest["inputs"])
-        model_file = path / MODEL_FILES[manifest["format"]]
+        model_name = MODEL_FILES[manifest["format"]]
+        unlisted = [name for name in (model_name, SCHEMA_FILE) if name not in manifest["files"]]
+        if unlisted:
+            raise CtlError(f"{path / MANIFEST_FILE}: files does not list {unlisted[0]}; not an artifact of ctl export")
+        schema = read_schema(path / SCHEMA_FILE)
+        unknown = [d for d in (manifest["domain"], *manifest["domain_sequences"]) if d not in schema.domains]
+        if unknown:
+            raise CtlError(f"{path / MANIFEST_FILE}: domain {shorten(unknown[0])} is not one of the schema's "
+                           f"{list(schema.domains)}")
+        inputs = tuple(InputSpec.from_dict(d, f"{path / MANIFEST_FILE}: inputs[{i}]")
+                       for i, d in enumerate(manifest["inputs"]))
+        model_file = path / model_name
         if manifest["format"] == "onnx":
             runner: TorchRunner | OnnxRunner = OnnxRunner(model_file, [spec.name for spec in inputs])
         else:
@@ -143,14 +177,18 @@ class Artifact:
 
     def id_map(self, feature: str) -> pa.Array | None:
         """Raw text of the ids 1..n of a dense feature (``raw[id - 1]``), or None if it has no id map."""
-        file = self.path / ID_MAPS_DIR / f"{feature}.parquet"
+        file = inside(self.path / ID_MAPS_DIR, f"{feature}.parquet", f"the id map of feature {feature!r}")
         if not file.is_file():
             return None
-        table = pq.read_table(file).sort_by("id")
-        ids = table.column("id").to_numpy()
+        try:
+            table = pq.read_table(file).sort_by("id")
+            ids = table.column("id").to_numpy()
+            raw = table.column("raw").combine_chunks().cast(pa.string())
+        except (pa.ArrowException, KeyError, ValueError) as exc:
+            raise CtlError(f"{file} is not an id map (columns id, raw): {cut(str(exc))}") from None
         if not np.array_equal(ids, np.arange(1, len(ids) + 1)):
             raise CtlError(f"{file}: ids must run 1..{len(ids)} without gaps, as the importer writes them")
-        return table.column("raw").combine_chunks().cast(pa.string())
+        return raw
 
     def score(self, inputs: list[torch.Tensor]) -> np.ndarray:
         """Click probabilities float32 ``[B]`` of the graph's input tensors (in :attr:`inputs` order)."""
@@ -162,21 +200,81 @@ class Artifact:
 
 
 def read_manifest(path: Path) -> dict:
-    """The manifest of the artifact folder ``path``; refuses a folder that is none."""
+    """The manifest of the artifact folder ``path``, every field checked; refuses a folder that is none."""
     file = path / MANIFEST_FILE
     if not path.is_dir():
         raise CtlError(f"{path} is not a folder; pass the folder ctl export wrote")
     if not file.is_file():
         raise CtlError(f"{path} has no {MANIFEST_FILE}: not an artifact written by ctl export (or it never finished)")
-    try:
-        manifest = json.loads(file.read_text())
-    except ValueError as exc:
-        raise CtlError(f"{file} is not valid JSON ({exc}); export the run again") from None
+    manifest = read_json(file, "the artifact")
     if not isinstance(manifest, dict) or manifest.get("kind") != "ctl-artifact":
         raise CtlError(f"{file} is not the manifest of a ctl artifact (no \"kind\": \"ctl-artifact\")")
     if manifest.get("version") != ARTIFACT_VERSION:
-        raise CtlError(f"{file} has artifact version {manifest.get('version')}; this ctl reads version "
+        raise CtlError(f"{file} has artifact version {shorten(manifest.get('version'))}; this ctl reads version "
                        f"{ARTIFACT_VERSION}: export the run again with this ctl")
     if manifest.get("format") not in FORMATS:
-        raise CtlError(f"{file}: format {manifest.get('format')!r} is not one of {', '.join(FORMATS)}")
+        raise CtlError(f"{file}: format {shorten(manifest.get('format'))} is not one of {', '.join(FORMATS)}")
+    for key in ("domain", "method", "checkpoint", "dataset", "dataset_path"):
+        field(manifest, key, str, file)
+    field(manifest, "files", dict, file)
+    field(manifest, "inputs", list, file)
+    sequences = field(manifest, "domain_sequences", list, file)
+    if not all(isinstance(name, str) for name in sequences):
+        raise CtlError(f"{file}: domain_sequences must be a list of domain names, got {shorten(sequences)}")
     return manifest
+
+
+def read_schema(file: Path):
+    """The dataset schema an artifact carries (``schema.json``)."""
+    data = mapping(read_json(file, "the artifact"), file)
+    for i, feature in enumerate(field(data, "features", list, file)):
+        where = f"{file}: features[{i}]"
+        feature = mapping(feature, file, f"features[{i}]")
+        if not NAME_PATTERN.fullmatch(str(field(feature, "name", str, where))):
+            raise CtlError(f"{where}: name {shorten(feature['name'])} must be letters, digits and _")
+        for key, kind in (("kind", str), ("vocab", int), ("dim", int), ("domains", list)):
+            field(feature, key, kind, where)
+    for key, kind in (("domains", list), ("source", str), ("n_history", int), ("n_transfer", int)):
+        field(data, key, kind, file)
+    for key, kind in (("short_len", int), ("long_len", int), ("description", str), ("extra", (dict, type(None)))):
+        if key in data:
+            field(data, key, kind, file)
+    try:
+        return Schema.from_dict(data)
+    except KeyError as exc:
+        raise CtlError(f"{file}: {exc.args[0]} is missing") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CtlError(f"{file} is not a dataset schema ({cut(str(exc))})") from None
+
+
+# --- signatures ---------------------------------------------------------------------------------
+
+
+def read_key(file: Path, option: str) -> bytes:
+    """The signing key in ``file`` (its bytes, surrounding whitespace dropped)."""
+    if not file.is_file():
+        raise CtlError(f"{option}={file} does not exist; make a key with: head -c 32 /dev/urandom | base64 > {file}")
+    key = file.read_bytes().strip()
+    if len(key) < MIN_KEY_BYTES:
+        raise CtlError(f"{option}={file} holds {len(key)} bytes; a key needs at least {MIN_KEY_BYTES}")
+    return key
+
+
+def manifest_signature(folder: Path, key: bytes) -> str:
+    """The signature line of ``folder``'s manifest under ``key``."""
+    digest = hmac.new(key, (folder / MANIFEST_FILE).read_bytes(), "sha256").hexdigest()
+    return f"{SIGNATURE_PREFIX}{digest}"
+
+
+def verify_signature(folder: Path, key: bytes) -> None:
+    """Refuse ``folder`` unless its ``manifest.sig`` is the signature of its manifest under ``key``."""
+    signature = folder / SIGNATURE_FILE
+    if not (folder / MANIFEST_FILE).is_file():
+        raise CtlError(f"{folder} has no {MANIFEST_FILE}: not an artifact written by ctl export")
+    if not signature.is_file():
+        raise CtlError(f"artifact {folder} is not signed (no {SIGNATURE_FILE}) and verify_key= asks for a signed one; "
+                       "export it with sign_key=FILE")
+    found = signature.read_bytes().strip()
+    if not hmac.compare_digest(found, manifest_signature(folder, key).encode()):
+        raise CtlError(f"artifact {folder}: {SIGNATURE_FILE} does not match its {MANIFEST_FILE} under verify_key "
+                       "(changed after signing, or signed with another key); refused")

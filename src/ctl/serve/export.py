@@ -10,7 +10,6 @@ staging folder that is renamed to ``out`` once the manifest is written.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import uuid
@@ -20,22 +19,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from ctl.data.batch import Batch, DomainView
 from ctl.data.batcher import BatchAssembler
 from ctl.data.dataset import Dataset, load_dataset
-from ctl.errors import CtlError
-from ctl.io import MANIFEST_FILE, atomic_write_json, fsync_path, manifest_entries, rename_into_place
+from ctl.errors import CtlError, cut, shorten
+from ctl.io import (
+    MANIFEST_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_path,
+    manifest_entries,
+    rename_into_place,
+)
+from ctl.received import field, mapping, read_json, read_yaml
 from ctl.serve.artifact import (
     ARTIFACT_VERSION,
     FORMATS,
     ID_MAPS_DIR,
     MODEL_FILES,
     SCHEMA_FILE,
+    SIGNATURE_FILE,
     Artifact,
     InputSpec,
+    manifest_signature,
+    read_key,
     require_onnxruntime,
+    verify_signature,
 )
 
 #: test rows the model is traced and checked on
@@ -93,60 +103,116 @@ class RunModel:
     checkpoint: Path
     metrics: dict
     domain_sequences: tuple[str, ...]
+    periods: tuple[int, ...] = ()
 
 
-def _read_run(run_dir: Path) -> tuple[dict, DictConfig]:
+@dataclass(frozen=True)
+class RunRecord:
+    """What export reads of a run folder, each field checked: ``metrics.json``'s record and the
+    model part of ``config.yaml`` (read as plain YAML: nothing in it is resolved or instantiated)."""
+
+    metrics: dict
+    dataset: str
+    dataset_path: Path
+    target: str
+    periods: tuple[int, ...]
+    protocol: str
+    net: dict
+    size: dict
+    source_track: Path | None
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """The record of the finished run in ``run_dir``; refuses a malformed file in one line naming it and the field."""
     metrics_file, config_file = run_dir / "metrics.json", run_dir / "config.yaml"
     if not run_dir.is_dir():
         raise CtlError(f"{run_dir} is not a folder; pass a run folder written by ctl train")
     if not metrics_file.is_file() or not config_file.is_file():
         raise CtlError(f"{run_dir} lacks metrics.json or config.yaml: not a finished run of ctl train")
-    metrics = json.loads(metrics_file.read_text())
+    metrics = mapping(read_json(metrics_file, "export"), metrics_file)
     if metrics.get("kind") != "run":
         raise CtlError(f"{metrics_file} is not a run's record (\"kind\": \"run\"); pass a run folder, not a track "
                        "or sweep folder (export one job of a sweep: its own folder)")
-    return metrics, OmegaConf.load(config_file)
+    for key in ("method", "model", "target", "dataset", "dataset_path"):
+        field(metrics, key, str, metrics_file)
+    field(metrics, "source", (str, type(None)), metrics_file)
+    field(metrics, "seed", int, metrics_file)
+    periods = field(metrics, "periods", list, metrics_file)
+    for i, row in enumerate(periods):
+        field(mapping(row, metrics_file, f"periods[{i}]"), "period", int, f"{metrics_file}: periods[{i}]")
+    config = mapping(read_yaml(config_file, "export"), config_file)
+    protocol = field(config, "model.protocol", str, config_file)
+    source_track = None
+    if protocol == "source":
+        source_track = Path(field(metrics, "tracks.source", str, metrics_file))
+    return RunRecord(metrics=metrics, dataset=metrics["dataset"], dataset_path=Path(metrics["dataset_path"]),
+                     target=metrics["target"], periods=tuple(int(r["period"]) for r in periods), protocol=protocol,
+                     net=field(config, "model.net", dict, config_file),
+                     size=field(config, "model.size", dict, config_file) if protocol == "source" else {},
+                     source_track=source_track)
 
 
 def _latest_checkpoint(folder: Path, what: str) -> Path:
-    found = sorted(folder.glob("period_*.ckpt"), key=lambda p: int(p.stem.removeprefix("period_")))
+    found = sorted((p for p in folder.glob("period_*.ckpt") if p.stem.removeprefix("period_").isdigit()),
+                   key=lambda p: int(p.stem.removeprefix("period_")))
     if not found:
         raise CtlError(f"{folder} holds no period_<p>.ckpt: {what} has no checkpoint to export")
     return found[-1]
 
 
+def _last_period_checkpoint(run_dir: Path, periods: tuple[int, ...]) -> Path:
+    """The checkpoint of the run's last trained period (``metrics.json`` periods)."""
+    if not periods:
+        raise CtlError(f"{run_dir / 'metrics.json'}: periods is empty; the run trained no period to export")
+    checkpoint = run_dir / "checkpoints" / f"period_{max(periods)}.ckpt"
+    if not checkpoint.is_file():
+        raise CtlError(f"{checkpoint} is missing: the run's last period ({max(periods)}, metrics.json periods) has "
+                       "no checkpoint to export")
+    return checkpoint
+
+
 def load_run_model(run_dir: Path) -> RunModel:
-    """The latest model of the run in ``run_dir``, built as its protocol built it, in eval mode."""
+    """The latest model of the run in ``run_dir``, built as its protocol built it, in eval mode.
+
+    The run folder may come from someone else: its model is built from ctl's own classes only
+    (:mod:`ctl.models.registry`), its checkpoint read as tensors only.
+    """
     from ctl.models import build_model
     from ctl.training.checkpoints import load_model_state
-    from ctl.training.protocols.common import base_net, build_transfer_model
+    from ctl.training.protocols.common import base_net_of, build_transfer_model
 
-    metrics, cfg = _read_run(run_dir)
-    dataset_path = Path(str(metrics.get("dataset_path", "")))
-    if not (dataset_path / "meta.yaml").is_file():
-        raise CtlError(f"the run's dataset {dataset_path} (metrics.json dataset_path) is gone; the artifact needs "
-                       "its schema, id maps and test rows: regenerate or import it there")
-    dataset = load_dataset(dataset_path, validate=False)
-    if dataset.fingerprint() != metrics["dataset"]:
-        raise CtlError(f"the dataset at {dataset_path} (fingerprint {dataset.fingerprint()}) is not the one the run "
-                       f"trained on ({metrics['dataset']}); it was replaced after the run")
-    schema, domain, protocol = dataset.schema, str(metrics["target"]), str(cfg.model.protocol)
+    run = read_run(run_dir)
+    if not (run.dataset_path / "meta.yaml").is_file():
+        raise CtlError(f"the run's dataset {run.dataset_path} (metrics.json dataset_path) is gone; the artifact "
+                       "needs its schema, id maps and test rows: regenerate or import it there")
+    dataset = load_dataset(run.dataset_path, validate=False)
+    if dataset.fingerprint() != run.dataset:
+        raise CtlError(f"the dataset at {run.dataset_path} (fingerprint {dataset.fingerprint()}) is not the one the "
+                       f"run trained on ({shorten(run.dataset)}); it was replaced after the run")
+    schema, domain, protocol = dataset.schema, run.target, run.protocol
+    key = f"{run_dir / 'config.yaml'}: model.net"
     view = None
-    if protocol == "source":
-        net = build_model(base_net(cfg), schema)
-        view = DomainView(schema, schema.source)
-        checkpoint = _latest_checkpoint(Path(metrics["tracks"]["source"]) / "checkpoints", "the source track")
-    else:
-        if protocol in ("joint", "dual_embedding"):
-            net = build_transfer_model(cfg.model.net, schema, schema.source, domain)
+    try:
+        if protocol == "source":
+            net = build_model(base_net_of(run.size), schema, f"{run_dir / 'config.yaml'}: model.size")
+            view = DomainView(schema, schema.source)
+            checkpoint = _latest_checkpoint(run.source_track / "checkpoints", "the source track")
         else:
-            net = build_model(cfg.model.net, schema)
-        checkpoint = _latest_checkpoint(run_dir / "checkpoints", f"the run {run_dir}")
+            if protocol in ("joint", "dual_embedding"):
+                net = build_transfer_model(run.net, schema, schema.source, domain, key)
+            else:
+                net = build_model(run.net, schema, key)
+            checkpoint = _last_period_checkpoint(run_dir, run.periods)
+    except CtlError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (a received config's arguments can fail a constructor in any way)
+        raise CtlError(f"{key}: the model cannot be built from it for the run's dataset ({type(exc).__name__}: "
+                       f"{cut(str(exc), 160)})") from None
     load_model_state(net, checkpoint, what=f"the model of {checkpoint.name}")
     net.eval()
     sequences = getattr(net, "domain_sequences", None)
-    return RunModel(net=net, view=view, dataset=dataset, domain=domain, checkpoint=checkpoint, metrics=metrics,
-                    domain_sequences=tuple(sequences()) if callable(sequences) else ())
+    return RunModel(net=net, view=view, dataset=dataset, domain=domain, checkpoint=checkpoint, metrics=run.metrics,
+                    domain_sequences=tuple(sequences()) if callable(sequences) else (), periods=run.periods)
 
 
 def trace_batch(run: RunModel, n_rows: int = TRACE_ROWS) -> Batch:
@@ -216,8 +282,12 @@ def _export_onnx(wrapped: Probabilities, args: tuple[torch.Tensor, ...], file: P
     program.save(str(file))
 
 
-def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export") -> Path:
+def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export",
+               sign_key: Path | str | None = None) -> Path:
     """Write the artifact of the run in ``run_dir`` to the new folder ``out``; returns ``out``.
+
+    With ``sign_key`` (a file holding a secret key), ``manifest.sig`` holds the HMAC-SHA256 of the
+    manifest under that key, which ``ctl score ... verify_key=`` checks.
 
     Raises:
         CtlError: an unknown format, an existing ``out``, a folder that is no finished run, a run
@@ -229,6 +299,7 @@ def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export") 
         raise CtlError(f"format={fmt!r} is unknown; choose one of {', '.join(FORMATS)}")
     if out.exists():
         raise CtlError(f"out={out} already exists; choose a new folder")
+    key = read_key(Path(sign_key).expanduser(), "sign_key") if sign_key is not None else None
     run = load_run_model(run_dir)
     batch = trace_batch(run)
     wrapped = graph_inputs(run.net, batch, run.view)
@@ -241,7 +312,8 @@ def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export") 
         atomic_write_json(staging / SCHEMA_FILE, run.dataset.schema.to_dict())
         maps = run.dataset.path / ID_MAPS_DIR
         if maps.is_dir():
-            shutil.copytree(maps, staging / ID_MAPS_DIR)
+            # the id maps only: the manifest lists every file, and a reader refuses any it does not list
+            shutil.copytree(maps, staging / ID_MAPS_DIR, ignore=shutil.ignore_patterns(".*"))
         metrics = run.metrics
         inputs = [InputSpec(k, str(batch[k].dtype).removeprefix("torch."), (-1, *batch[k].shape[1:]))
                   for k in wrapped.keys]
@@ -254,7 +326,7 @@ def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export") 
             "source": metrics.get("source"),
             "domain": run.domain,
             "seed": metrics["seed"],
-            "periods": [int(r["period"]) for r in metrics["periods"]],
+            "periods": list(run.periods),
             "checkpoint": run.checkpoint.name,
             "test_period": run.dataset.schema.test_period,
             "dataset": metrics["dataset"],
@@ -266,7 +338,9 @@ def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export") 
             "files": manifest_entries(staging),
         }
         atomic_write_json(staging / MANIFEST_FILE, manifest)
-        _check_artifact(staging, wrapped, args)
+        if key is not None:
+            atomic_write_text(staging / SIGNATURE_FILE, manifest_signature(staging, key) + "\n")
+        _check_artifact(staging, wrapped, args, key)
         fsync_path(staging)
         rename_into_place(staging, out, "another export")
     finally:
@@ -274,10 +348,14 @@ def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export") 
     return out
 
 
-def _check_artifact(folder: Path, wrapped: Probabilities, args: tuple[torch.Tensor, ...]) -> None:
-    """Refuse an artifact whose graph, loaded back, disagrees with the eager model on the traced rows."""
+def _check_artifact(folder: Path, wrapped: Probabilities, args: tuple[torch.Tensor, ...],
+                    key: bytes | None = None) -> None:
+    """Refuse an artifact whose graph, loaded back as ``ctl score`` loads it, disagrees with the eager
+    model on the traced rows."""
     with torch.no_grad():
         expected = wrapped(*args).numpy()
+    if key is not None:
+        verify_signature(folder, key)
     got = Artifact.load(folder).score(list(args))
     worst = float(np.max(np.abs(got - expected)))
     if not worst <= EXPORT_TOLERANCE:

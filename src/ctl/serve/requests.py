@@ -37,7 +37,7 @@ import torch
 
 from ctl.data.history import UserHistory
 from ctl.data.sequences import gather_sequences
-from ctl.errors import CtlError
+from ctl.errors import CtlError, shorten
 from ctl.serve.artifact import ID_MAPS_DIR, Artifact
 
 #: request columns that carry a history in the request itself (raw ids; domain names)
@@ -140,7 +140,7 @@ def _parse_integers(values: pa.Array, file: Where, column: str, feature: str) ->
     matches = pc.match_substring_regex(values, r"^[+-]?[0-9]+$").to_numpy(zero_copy_only=False)
     if not matches.all():
         row = int(np.argmin(matches))
-        raise CtlError(f"{file}: column {column!r}, row {file.row(row)}: {values[row].as_py()!r} is not an integer; "
+        raise CtlError(f"{file}: column {column!r}, row {file.row(row)}: {shorten(values[row].as_py())} is not an integer; "
                        f"feature {feature!r} has no id map, so its values are ids")
     return pc.cast(values, pa.int64())
 
@@ -153,7 +153,7 @@ def _domain_indices(values: pa.Array, names: tuple[str, ...], file: Where, colum
     index = pc.index_in(values, value_set=pa.array(names, pa.string()))
     if index.null_count:
         row = int(np.argmax(pc.is_null(index).to_numpy(zero_copy_only=False)))
-        raise CtlError(f"{file}: column {column!r}, row {file.row(row)}: {values[row].as_py()!r} is not one of the "
+        raise CtlError(f"{file}: column {column!r}, row {file.row(row)}: {shorten(values[row].as_py())} is not one of the "
                        f"domains {list(names)}")
     return index.to_numpy(zero_copy_only=False).astype(np.int64)
 

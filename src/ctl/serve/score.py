@@ -56,13 +56,16 @@ def _write(out: Path, table: pa.Table) -> None:
 
 
 def score_file(artifact: Artifact | Path | str, requests: Path | str, out: Path | str, history: Path | str | None = None,
-               batch_rows: int = DEFAULT_BATCH_ROWS, progress: Callable[[int, int], None] | None = None) -> ScoreReport:
+               batch_rows: int = DEFAULT_BATCH_ROWS, progress: Callable[[int, int], None] | None = None,
+               verify_key: Path | str | None = None) -> ScoreReport:
     """Score every row of ``requests`` with ``artifact``; writes ``out`` and returns the report.
+
+    ``verify_key``: refuse an artifact (given by its folder) unless it is signed with that key.
 
     ``progress(done, total)`` is called after every block of ``batch_rows`` rows.
     """
     started = time.perf_counter()
-    artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
+    artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact, verify_key)
     requests, out = Path(requests).expanduser(), Path(out).expanduser()
     if out.suffix.lower() not in READABLE:
         raise CtlError(f"out={out}: expected a {' or '.join(READABLE)} file name")

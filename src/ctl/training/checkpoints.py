@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
-from ctl.errors import CtlError
+from ctl.errors import CtlError, cut, shorten
 from ctl.io import atomic_write
 from ctl.models.blocks.embeddings import GrowingEmbedding, grow_table
 
@@ -68,12 +68,16 @@ def read_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise CtlError(f"checkpoint {path} does not exist; rebuild the track it belongs to")
     try:
-        return load_checkpoint(path)
+        checkpoint = load_checkpoint(path)
     except CtlError:
         raise
     except Exception as exc:  # noqa: BLE001 (a truncated or foreign file: say which one)
-        raise CtlError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc}); "
+        raise CtlError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {cut(str(exc))}); "
                        "delete it so the track is rebuilt") from None
+    if not isinstance(checkpoint, dict):
+        raise CtlError(f"checkpoint {path} holds {type(checkpoint).__name__}, not a checkpoint's mapping; "
+                       "delete it so the track is rebuilt")
+    return checkpoint
 
 
 def model_state(checkpoint: dict, prefix: str = MODEL_PREFIX) -> dict[str, torch.Tensor]:
@@ -113,13 +117,22 @@ def check_fits(module: torch.nn.Module, state: dict[str, torch.Tensor], what: st
                            "was it trained with another model size or dataset schema?")
 
 
+def check_weights(checkpoint: dict, path: Path) -> dict:
+    """``checkpoint``, refused unless its ``state_dict`` maps parameter names to tensors."""
+    weights = checkpoint.get("state_dict")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
+        raise CtlError(f"checkpoint {path}: state_dict must map parameter names to tensors, got "
+                       f"{shorten(weights)}; it holds no model to load")
+    return checkpoint
+
+
 def load_model_state(module: torch.nn.Module, path: Path, what: str) -> dict:
     """Copy a checkpoint's model weights into ``module`` in place; returns the checkpoint.
 
     A checkpoint written for a smaller vocabulary (the dataset grew since) loads too: its embedding
     tables get the never-trained rows the larger model starts with (:func:`grown_model_state`).
     """
-    checkpoint = read_checkpoint(path)
+    checkpoint = check_weights(read_checkpoint(path), path)
     state = grown_model_state(module, model_state(checkpoint))
     check_fits(module, state, what, path)
     with torch.no_grad():

@@ -22,7 +22,6 @@ A killed continuation resumes like any fit: its ``last.ckpt`` already carries th
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +33,11 @@ from ctl.data.dataset import Dataset
 from ctl.data.lineage import read_lineage
 from ctl.errors import CtlError
 from ctl.io import atomic_link
+from ctl.received import field, mapping, read_json
 from ctl.training.callbacks import FIT_KEY, LAST_CHECKPOINT, SourceRefresh, period_checkpoint_name
 from ctl.training.checkpoints import (
     AtomicCheckpointIO,
+    check_weights,
     first_difference,
     grown_model_state,
     load_checkpoint,
@@ -236,7 +237,8 @@ def continuation_of_run(cfg: DictConfig, dataset: Dataset, run_dir: Path) -> Con
     if not metrics_file.is_file():
         raise CtlError(f"continue_from={earlier}: no metrics.json there (not a finished ctl run); "
                        "finish it first (resume=true in that folder)")
-    metrics = json.loads(metrics_file.read_text())
+    metrics = mapping(read_json(metrics_file, f"continue_from={earlier}"), metrics_file)
+    field(metrics, "dataset", str, metrics_file)
     if metrics.get("dataset") == dataset.fingerprint():
         if earlier.resolve() == Path(run_dir).resolve():
             return None
@@ -252,13 +254,27 @@ def continuation_of_run(cfg: DictConfig, dataset: Dataset, run_dir: Path) -> Con
     if not checkpoint.is_file():
         raise CtlError(f"continue_from={earlier}: {checkpoint.name} is missing from its checkpoints; "
                        "it cannot be continued (train it again on the longer dataset)")
-    saved = (read_checkpoint(checkpoint).get(FIT_KEY) or {}).get("identity", {}).get("config")
+    saved = _saved_config(check_weights(read_checkpoint(checkpoint), checkpoint), checkpoint)
     if saved is not None:
         difference = first_difference(_comparable(saved), _comparable(OmegaConf.to_container(cfg, resolve=True)))
         if difference is not None:
             raise CtlError(f"continue_from={earlier} was trained with another configuration ({difference}); "
                            "continue it with its own overrides (only the dataset may grow)")
     return Continuation(checkpoint=checkpoint, last_period=last, origin=str(earlier))
+
+
+def _saved_config(checkpoint: dict, path: Path) -> dict | None:
+    """The configuration the checkpoint's fit recorded (None: it recorded none), each level checked."""
+    fit = checkpoint.get(FIT_KEY)
+    if fit is None:
+        return None
+    identity = mapping(fit, path, FIT_KEY).get("identity", {})
+    config = mapping(identity, path, f"{FIT_KEY}.identity").get("config")
+    if config is None:
+        return None
+    config = mapping(config, path, f"{FIT_KEY}.identity.config")
+    mapping(config.get("data", {}), path, f"{FIT_KEY}.identity.config.data")
+    return config
 
 
 def _comparable(config: dict) -> dict:

@@ -40,7 +40,7 @@ from ctl.data.importer.records import RecordTable
 from ctl.data.importer.sources import open_source, reader_kind
 from ctl.data.importer.spec import ImportSpec
 from ctl.errors import CtlError
-from ctl.io import file_sha256, fsync_path, rename_into_place
+from ctl.io import file_sha256, fsync_path, inside, rename_into_place
 
 IMPORTER_VERSION = 3
 ID_MAPS_DIR = "id_maps"
@@ -87,7 +87,7 @@ def _write_id_maps(con: duckdb.DuckDBPyConnection, spec: ImportSpec, folder: Pat
     names = []
     for i, feature in enumerate(spec.features):
         if feature.dense:
-            target = str(maps / f"{feature.name}.parquet").replace("'", "''")
+            target = str(inside(maps, f"{feature.name}.parquet", f"the id map of {feature.name!r}")).replace("'", "''")
             con.execute(f"COPY (SELECT id::BIGINT AS id, raw FROM {map_table(i)} ORDER BY id) TO '{target}' "
                         "(FORMAT parquet)")
             names.append(feature.name)
@@ -194,7 +194,7 @@ def import_dataset(
 
 def read_id_map(dataset: Path | str, feature: str) -> np.ndarray:
     """Raw text of every id of a dense feature: ``raw[id]`` (object ``[vocab_used + 1]``; ``raw[0]`` is None)."""
-    path = Path(dataset) / ID_MAPS_DIR / f"{feature}.parquet"
+    path = inside(Path(dataset) / ID_MAPS_DIR, f"{feature}.parquet", f"the id map of {feature!r}")
     if not path.is_file():
         raise CtlError(f"{path} does not exist: feature {feature!r} has no id map (hashed, bucket and constant "
                        "features have none; or this dataset was not imported)")

@@ -27,7 +27,7 @@ import duckdb
 from ctl.data.importer.errors import InputError
 from ctl.data.importer.sources import Source, sql_text
 from ctl.data.importer.spec import DomainSpec, ImportSpec
-from ctl.errors import CtlError
+from ctl.errors import CtlError, shorten
 
 _FLOATS = ("FLOAT", "DOUBLE", "REAL")
 _TEMPORAL = ("TIMESTAMP", "DATE")
@@ -88,6 +88,13 @@ class Values:
             f"TRY_CAST(CAST({value} AS VARCHAR) AS DOUBLE)"
         return f"(CASE WHEN isfinite({number}) THEN {number} END)"
 
+    def flag(self, name: str) -> str:
+        """DOUBLE of a 0/1 column: a number, or the text true / false (any case: CSV booleans) as 1 / 0."""
+        value, kind = self._column(name)
+        if kind != "VARCHAR":
+            return self.number(name)
+        return f"(CASE lower(trim({value})) WHEN 'true' THEN 1.0 WHEN 'false' THEN 0.0 ELSE {self.number(name)} END)"
+
     def seconds(self, name: str, fmt: str) -> str:
         """BIGINT seconds since the Unix epoch (UTC), null where missing or unreadable."""
         value, kind = self._column(name)
@@ -99,7 +106,7 @@ class Values:
 
 
 def _raw(value: object) -> str:
-    return "(empty)" if value is None or value == "" else repr(value if isinstance(value, str) else str(value))
+    return "(empty)" if value is None or value == "" else shorten(value if isinstance(value, str) else str(value))
 
 
 def _counted_boundaries(number: str, boundaries: tuple[float, ...]) -> str:
@@ -165,7 +172,7 @@ class RecordTable:
         selected["domain"] = domain
         label = spec.label.column
         if label is not None:
-            number = values.number(label)
+            number = values.flag(label)
             checks.append(Check(label, "not 0/1", f"coalesce({number} NOT IN (0, 1), TRUE)",
                                 lambda v: f"value {v} is not a 0/1 label"))
             selected["label"] = f"TRY_CAST({number} AS TINYINT)"

@@ -37,7 +37,8 @@ from ctl.data.importer.schema_yaml import (
     SequencesConfig,
     TimeConfig,
 )
-from ctl.data.schema import ID_FEATURES
+from ctl.data.schema import ID_FEATURES, NAME_PATTERN
+from ctl.errors import shorten
 
 #: Calendar period names, and the fixed-length units a period like ``6d`` may use (in seconds).
 CALENDAR_PERIODS = ("month", "quarter")
@@ -45,6 +46,8 @@ PERIOD_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 TIME_FORMATS = ("unix", "unix_ms")
 #: Features that are attributes of the item by default (a sampled negative takes its item's values).
 ITEM_ATTRIBUTES = ("item_id", "category_id", "seller_id")
+#: what a dataset's ``name`` may be (it names cache folders)
+DATASET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,18 @@ def _plain(value: object) -> object:
     return value
 
 
+def _literal(value: object) -> object:
+    """``value`` with every ``${`` escaped for OmegaConf, so that text reads as written: a schema
+    (or a dataset's ``provenance.schema``) from elsewhere never resolves ``${oc.env:...}``."""
+    if isinstance(value, str):
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, Mapping):
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_literal(v) for v in value]
+    return value
+
+
 def _typed(data: object, origin: str, config: type, key: str = ""):
     """``data`` checked against the structured config ``config`` (keys, types, choices, required keys);
     ``key`` is where ``data`` sits in the schema, for messages."""
@@ -150,7 +165,7 @@ def _typed(data: object, origin: str, config: type, key: str = ""):
     if not isinstance(data, Mapping):
         raise SpecError(origin, where(""), f"must be a mapping, got {type(data).__name__}")
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config), data))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config), _literal(data)))
     except ConfigKeyError as exc:
         known = sorted(f.name for f in fields(exc.object_type)) if is_dataclass(exc.object_type) else []
         raise SpecError(origin, where(exc.full_key), f"is not a known key here (known: {known})") from None
@@ -226,9 +241,9 @@ def _domains(cfg: DomainsConfig, fail) -> DomainSpec:
         raise fail("domains.values")(f"need a source and at least one target domain, got {list(names)}")
     if len(set(names)) != len(names):
         raise fail("domains.values")(f"domain names repeat: {list(names)}")
-    bad = [n for n in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
+    bad = [n for n in names if not NAME_PATTERN.fullmatch(n)]
     if bad:
-        raise fail("domains.values")(f"domain names must be identifiers (letters, digits, _), got {bad}")
+        raise fail("domains.values")(f"domain names must be identifiers (letters, digits, _), got {shorten(bad)}")
     if cfg.source not in names:
         raise fail("domains.source")(f"{cfg.source!r} is not one of the domains {list(names)}")
     return DomainSpec(cfg.column, names, raws, boundaries, cfg.source)
@@ -301,6 +316,9 @@ def _check_behaviour_logs(cfg: SchemaConfig, fail) -> None:
 
 
 def _feature(cfg: FeatureConfig, domains: tuple[str, ...], fail) -> FeatureSpec:
+    if not NAME_PATTERN.fullmatch(cfg.name):
+        raise fail("name")(f"must be letters, digits and _ (not starting with a digit): it names the feature's "
+                           f"files and columns; got {shorten(cfg.name)}")
     ids = cfg.name in ("user_id", "item_id")
     if cfg.dim < 1:
         raise fail("dim")(f"must be >= 1, got {cfg.dim}")
@@ -356,6 +374,8 @@ def parse_spec(data: Mapping, origin: str) -> ImportSpec:
     def fail(key: str):
         return lambda reason: SpecError(origin, key, reason)
 
+    if cfg.name is not None and not DATASET_NAME.fullmatch(cfg.name):
+        raise fail("name")(f"must be letters, digits, _, . and - (not starting with . or -), got {shorten(cfg.name)}")
     domains = _domains(cfg.domains, fail)
     if not cfg.features:
         raise fail("features")("must be a non-empty list of features")

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ctl.data.dataset import Dataset
@@ -22,13 +21,18 @@ from ctl.data.schema import Schema
 from ctl.errors import CtlError
 from ctl.io import derived_seed
 from ctl.methods import method_label
+from ctl.models.registry import build_from_config
 from ctl.training.tracks import Track, ensure_track
 
 
 def base_net(cfg: DictConfig) -> DictConfig:
     """The base model's net config at the run's size: the production models of both domains."""
-    return OmegaConf.create({"_target_": "ctl.models.base.BaseModel",
-                             "backbone": OmegaConf.to_container(cfg.model.size, resolve=True)})
+    return OmegaConf.create(base_net_of(OmegaConf.to_container(cfg.model.size, resolve=True)))
+
+
+def base_net_of(size: object) -> dict:
+    """The base model's net config with the backbone config ``size``."""
+    return {"_target_": "ctl.models.base.BaseModel", "backbone": size}
 
 
 def run_seed(cfg: DictConfig, target: str) -> int:
@@ -106,13 +110,15 @@ def total_cost(own: dict | None, tracks: dict[str, dict]) -> dict:
     return {**total, "own": own, "tracks": tracks}
 
 
-def build_transfer_model(net: DictConfig, schema: Schema, source: str, target: str) -> torch.nn.Module:
-    """Instantiate a cross-domain ``net`` config for the ``source`` -> ``target`` pair.
+def build_transfer_model(net: DictConfig | dict, schema: Schema, source: str, target: str,
+                         key: str = "model.net") -> torch.nn.Module:
+    """Build a cross-domain ``net`` config for the ``source`` -> ``target`` pair, from ctl's own
+    classes only (:mod:`ctl.models.registry`); ``key`` names the config in refusals.
 
     The domains come from the run (``data.domain`` and the dataset's source), not from the model
     config, so one model config serves every target.
     """
-    return instantiate(net, _partial_=True)(schema=schema, source=source, target=target)
+    return build_from_config(net, key, schema=schema, source=source, target=target)
 
 
 def link_folder(target: Path, link: Path) -> None:
