@@ -383,7 +383,7 @@ def test_refuses_an_offset_persistence_outside_zero_one():
 
 
 def test_presets_set_the_long_window_and_nothing_caps_it():
-    long_len = {"synthetic_tiny": 64, "synthetic_sparse": 1024, "synthetic": 1024, "synthetic_paper": 16384}
+    long_len = {"synthetic_tiny": 64, "synthetic_sparse": 256, "synthetic": 256, "synthetic_paper": 16384}
     for preset, expected in long_len.items():
         world = instantiate(OmegaConf.load(CONF / f"{preset}.yaml").generator)
         assert world.schema().long_len == expected, preset
