@@ -39,10 +39,9 @@ from ctl.training.checkpoints import (
     AtomicCheckpointIO,
     first_difference,
     grown_model_state,
-    load_checkpoint,
     read_checkpoint,
 )
-from ctl.training.distributed import gather_rows
+from ctl.training.distributed import barrier, gather_rows, is_rank_zero
 from ctl.training.task import TASK_KEY, CTRTask, StageMetrics, _row_predictions
 
 log = logging.getLogger(__name__)
@@ -114,18 +113,24 @@ def _grow_optimizer_state(saved: dict, task: CTRTask, grown: dict[str, int], sta
 
 
 def _identity_of(path: Path) -> dict | None:
-    try:
-        return (load_checkpoint(path).get(FIT_KEY) or {}).get("identity")
-    except Exception:  # noqa: BLE001 (unreadable: not a checkpoint of this fit)
-        return None
+    """The fit identity ``path`` records; None for a checkpoint written by no ctl fit. An unreadable
+    file is refused (:func:`read_checkpoint` names it): whose it is cannot be told."""
+    checkpoint = read_checkpoint(path)
+    fit = checkpoint.get(FIT_KEY) if isinstance(checkpoint, dict) else None
+    return fit.get("identity") if isinstance(fit, dict) else None
 
 
 def _holds_this_fit(checkpoint_dir: Path, identity: dict) -> bool:
     """Whether ``checkpoint_dir`` already holds a checkpoint of the fit ``identity`` (a continuation
-    that was killed, or finished): then it resumes from there as any fit."""
+    that was killed, or finished): then it resumes from there as any fit. A ``last.ckpt`` of
+    another fit (or of none) is refused: writing the continuation there would destroy it."""
     last = checkpoint_dir / LAST_CHECKPOINT
     if last.is_file():
-        return _identity_of(last) == identity
+        if _identity_of(last) != identity:
+            raise CtlError(f"{last} holds the unfinished fit of another configuration or dataset (or was not "
+                           "written by ctl); the continuation will not overwrite it: resume that fit, or move "
+                           "the file away, or continue into a new hydra.run.dir")
+        return True
     periods = sorted(checkpoint_dir.glob("period_*.ckpt"), key=lambda p: int(p.stem.removeprefix("period_")))
     return bool(periods) and _identity_of(periods[-1]) == identity
 
@@ -134,14 +139,23 @@ def prepare(continuation: Continuation, task: CTRTask, datamodule, callbacks: li
             identity: dict) -> None:
     """Write ``checkpoint_dir/last.ckpt``: the earlier fit's last checkpoint grown to ``task``, its
     last period validated again on ``datamodule``'s dataset, under ``identity`` (see the module
-    docstring). Nothing is done when ``checkpoint_dir`` already holds a checkpoint of this fit."""
+    docstring). Nothing is done when ``checkpoint_dir`` already holds a checkpoint of this fit.
+
+    Under DDP every rank calls it: every rank decides alike (the folder is looked at before anyone
+    writes), loads the checkpoint and validates the whole slice itself with no collective (the
+    datamodule has no trainer yet, so it serves every row), then rank zero writes and the others
+    wait for it before they resume from what it wrote.
+    """
     checkpoint_dir = Path(checkpoint_dir)
-    if _holds_this_fit(checkpoint_dir, identity):
+    done = _holds_this_fit(checkpoint_dir, identity)
+    barrier()  # every rank has looked before rank zero writes
+    if done:
         return
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
     last = continuation.last_period
-    if continuation.copy_earlier:
-        _copy_earlier(continuation, task, checkpoint_dir)
+    if is_rank_zero():
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if continuation.copy_earlier:
+            _copy_earlier(continuation, task, checkpoint_dir)
     checkpoint, _ = grow_checkpoint(read_checkpoint(continuation.checkpoint), task)
     if TASK_KEY not in checkpoint or FIT_KEY not in checkpoint:
         raise CtlError(f"{continuation.checkpoint} is not the checkpoint of a ctl fit (no task state); "
@@ -169,8 +183,10 @@ def prepare(continuation: Continuation, task: CTRTask, datamodule, callbacks: li
     checkpoint[TASK_KEY] = task_state
     checkpoint[FIT_KEY] = {**checkpoint[FIT_KEY], "identity": identity, "spent": {"wall_s": 0.0, "cpu_s": 0.0},
                            "continued_from": _summary(continuation, task_state["period_results"])}
-    AtomicCheckpointIO().save_checkpoint(checkpoint, checkpoint_dir / LAST_CHECKPOINT)
-    log.warning("continuing %s after its period %d", continuation.origin, last)
+    if is_rank_zero():
+        AtomicCheckpointIO().save_checkpoint(checkpoint, checkpoint_dir / LAST_CHECKPOINT)
+        log.warning("continuing %s after its period %d", continuation.origin, last)
+    barrier()  # the other ranks resume from the last.ckpt rank zero wrote
 
 
 def _summary(continuation: Continuation, records: list[dict]) -> dict:
@@ -195,8 +211,9 @@ def _copy_earlier(continuation: Continuation, task: CTRTask, checkpoint_dir: Pat
 
 def revalidate(task: CTRTask, batches, keep_predictions: bool) -> tuple[dict, dict | None]:
     """``task``'s metrics on ``batches`` as its validation computes them: ``{"rows", "metrics"}``, and
-    the per-row predictions when kept."""
-    metrics, parts, rows = StageMetrics(), [], 0
+    the per-row predictions when kept. ``batches`` hold every row of the slice: nothing is gathered
+    from other ranks."""
+    metrics, parts, rows = StageMetrics(across_ranks=False), [], 0
     modes = {module: module.training for module in task.modules()}
     task.eval()
     with torch.no_grad():
@@ -208,7 +225,7 @@ def revalidate(task: CTRTask, batches, keep_predictions: bool) -> tuple[dict, di
                 parts.append(_row_predictions(batch, logits))
     for module, training in modes.items():  # Lightning trains on in the modes the modules are left in
         module.train(training)
-    return {"rows": rows, "metrics": metrics.compute()}, (gather_rows(parts)[0] if keep_predictions else None)
+    return {"rows": rows, "metrics": metrics.compute()}, (gather_rows(parts, across_ranks=False)[0] if keep_predictions else None)
 
 
 def continued_cost(cost: dict, continuation: Continuation, records: list[dict],
