@@ -272,3 +272,19 @@ def test_a_foreign_last_checkpoint_is_refused_and_kept(continued, tmp_path, fore
         run_train(make_cfg(root / "home", 3, "model=ctnet", f"continue_from={folder}"), folder)
     assert str(last) in str(refused.value) and "\n" not in str(refused.value)
     assert last.read_bytes() == before
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_it(continued, tmp_path) -> None:
+    import shutil
+
+    root, _, _ = continued
+    earlier = tmp_path / "earlier"
+    shutil.copytree(root / "short-ctnet", earlier)
+    checkpoint_path = earlier / "checkpoints" / "period_5.ckpt"
+    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint["optimizer_states"][0]["param_groups"][0]["params"].pop()  # one parameter fewer than CTNet has
+    torch.save(checkpoint, checkpoint_path)
+    with pytest.raises(CtlError, match=r"period_5\.ckpt: its optimiser state holds \d+ parameters but this model") \
+            as refused:
+        run_train(make_cfg(root / "home", 3, "model=ctnet", f"continue_from={earlier}"), tmp_path / "run")
+    assert str(checkpoint_path) in str(refused.value)

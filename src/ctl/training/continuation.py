@@ -73,27 +73,28 @@ class Continuation:
 # --- growing a checkpoint -------------------------------------------------------------------------
 
 
-def grow_checkpoint(checkpoint: dict, task: torch.nn.Module) -> tuple[dict, list[str]]:
-    """``checkpoint`` of ``task`` written with smaller embedding tables, grown to ``task``'s; and
-    the names of the grown tables. Optimiser state is grown along (positions as ``task`` orders
-    its parameters for its optimiser)."""
+def grow_checkpoint(checkpoint: dict, task: torch.nn.Module, source: Path) -> tuple[dict, list[str]]:
+    """``checkpoint`` of ``task`` (read from ``source``) written with smaller embedding tables, grown
+    to ``task``'s; and the names of the grown tables. Optimiser state is grown along (positions as
+    ``task`` orders its parameters for its optimiser)."""
     before = dict(checkpoint.get("state_dict", {}))
     state = grown_model_state(task, before)
     grown = {key: int(before[key].shape[0]) for key in state if state[key] is not before[key]}
     out = dict(checkpoint, state_dict=state)
     if grown and checkpoint.get("optimizer_states") and isinstance(task, CTRTask):
-        out["optimizer_states"] = [_grow_optimizer_state(checkpoint["optimizer_states"][0], task, grown, state),
+        out["optimizer_states"] = [_grow_optimizer_state(checkpoint["optimizer_states"][0], task, grown, state,
+                                                                     source),
                                    *checkpoint["optimizer_states"][1:]]
     return out, sorted(grown)
 
 
-def _grow_optimizer_state(saved: dict, task: CTRTask, grown: dict[str, int], state: dict) -> dict:
+def _grow_optimizer_state(saved: dict, task: CTRTask, grown: dict[str, int], state: dict, source: Path) -> dict:
     optimizer = task.configure_optimizers()
     names = {id(p): n for n, p in task.named_parameters()}
     order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
     held = sum(len(group["params"]) for group in saved["param_groups"])
     if held != len(order):
-        raise CtlError(f"the optimiser state to continue holds {held} parameters but this model has {len(order)}; "
+        raise CtlError(f"{source}: its optimiser state holds {held} parameters but this model has {len(order)}; "
                        "was it trained with another model?")
     fill_of = {i: group.get("initial_accumulator_value", 0.0) for group in saved["param_groups"] for i in group["params"]}
     per_param = dict(saved["state"])
@@ -156,7 +157,7 @@ def prepare(continuation: Continuation, task: CTRTask, datamodule, callbacks: li
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         if continuation.copy_earlier:
             _copy_earlier(continuation, task, checkpoint_dir)
-    checkpoint, _ = grow_checkpoint(read_checkpoint(continuation.checkpoint), task)
+    checkpoint, _ = grow_checkpoint(read_checkpoint(continuation.checkpoint), task, continuation.checkpoint)
     if TASK_KEY not in checkpoint or FIT_KEY not in checkpoint:
         raise CtlError(f"{continuation.checkpoint} is not the checkpoint of a ctl fit (no task state); "
                        "cannot continue from it")
@@ -202,7 +203,7 @@ def _copy_earlier(continuation: Continuation, task: CTRTask, checkpoint_dir: Pat
         if period > continuation.last_period:
             continue
         target = checkpoint_dir / period_checkpoint_name(period)
-        checkpoint, grown = grow_checkpoint(read_checkpoint(path), task)
+        checkpoint, grown = grow_checkpoint(read_checkpoint(path), task, path)
         if grown:
             AtomicCheckpointIO().save_checkpoint(checkpoint, target)
         else:
