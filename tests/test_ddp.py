@@ -156,9 +156,8 @@ def test_a_continuation_under_ddp_equals_a_ddp_fit_over_all_periods(tmp_path: Pa
     """continue_from= under two ranks: every rank validates the last period again (no rank waits on a
     collective the others never call), then trains the new period only, and ends where a fit of
     the same two ranks over the whole grown world from the start ends (as one process does)."""
-    from test_continuation import SMALL, assert_close, comparable, make_cfg
-
     from ctl.data.synthetic.continuation import continue_world
+    from test_continuation import SMALL, assert_close, comparable, make_cfg
 
     def train(home: Path, n_transfer: int, run: str, *extra: str) -> dict:
         ctl_under_ddp(["train", "model=ctnet", "data=synthetic_tiny", "progress=false", "print_table=false",

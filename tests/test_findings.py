@@ -237,8 +237,8 @@ def test_every_format_prints_the_six_findings(without_once, fmt, capsys, monkeyp
 def level_with_base(tmp_path_factory) -> Path:
     """Runs where ft_all is exactly as good as base (the same noise, drawn apart): F2 shows nothing."""
     saved = {t: dict(n) for t, n in NOISE.items()}
-    for target in NOISE:
-        NOISE[target]["ft_all"] = NOISE[target]["base"]
+    for noise in NOISE.values():
+        noise["ft_all"] = noise["base"]
     try:
         return make_runs(tmp_path_factory.mktemp("level"), ("base", "ft_all"))
     finally:

@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from ctl.metrics import auc, delong_test, gauc, paired_bootstrap, paired_bootstrap_mean, pooled_paired_bootstrap
+from ctl.metrics import (
+    auc,
+    delong_test,
+    gauc,
+    paired_bootstrap,
+    paired_bootstrap_mean,
+    pooled_paired_bootstrap,
+)
 from ctl.metrics.significance import _rank_rows, _weighted_auc, structural_components
 
 # 3 positives then 3 negatives

@@ -10,7 +10,12 @@ from torchmetrics.classification import BinaryAUROC
 
 from ctl.metrics.coldstart import COLD_START_SLICES, cold_start_gains, cold_start_slices, slice_metrics
 from ctl.metrics.gauc import GAUC, PerUserAUC, auc, gauc, gauc_per_user, logloss
-from ctl.metrics.significance import delong_test, paired_bootstrap, paired_bootstrap_mean, pooled_paired_bootstrap
+from ctl.metrics.significance import (
+    delong_test,
+    paired_bootstrap,
+    paired_bootstrap_mean,
+    pooled_paired_bootstrap,
+)
 
 __all__ = [
     "COLD_START_SLICES",

@@ -82,9 +82,8 @@ def grow_checkpoint(checkpoint: dict, task: torch.nn.Module, source: Path) -> tu
     grown = {key: int(before[key].shape[0]) for key in state if state[key] is not before[key]}
     out = dict(checkpoint, state_dict=state)
     if grown and checkpoint.get("optimizer_states") and isinstance(task, CTRTask):
-        out["optimizer_states"] = [_grow_optimizer_state(checkpoint["optimizer_states"][0], task, grown, state,
-                                                                     source),
-                                   *checkpoint["optimizer_states"][1:]]
+        grown_state = _grow_optimizer_state(checkpoint["optimizer_states"][0], task, grown, state, source)
+        out["optimizer_states"] = [grown_state, *checkpoint["optimizer_states"][1:]]
     return out, sorted(grown)
 
 
