@@ -143,3 +143,35 @@ def test_failed_jobs_are_listed_in_job_order(tmp_path: Path) -> None:
             (tmp_path / name / ERROR_FILE).write_text(f"{message}\noverrides: model=...\n\nTraceback ...")
     jobs = failed_jobs(tmp_path)
     assert [(j.run_dir.name, j.message) for j in jobs] == [("2-base-B-s0", "ValueError: x"), ("10-ple-B-s0", "KeyError: 3")]
+
+
+@pytest.mark.parametrize("mode", ["RUN", "MULTIRUN"])
+def test_a_failed_train_still_closes_the_process_group(monkeypatch, tmp_path: Path, mode: str) -> None:
+    """`ctl train` closes the process group however the run ends: a refused (or, in a sweep, recorded)
+    failure does not leave gloo's threads to the exit's destructors."""
+    from types import SimpleNamespace
+
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    import ctl.app
+    import ctl.training.distributed
+    import ctl.training.protocol
+    from ctl.errors import CtlError
+
+    def refuse(cfg, run_dir):
+        raise CtlError(f"{run_dir}: refused")
+
+    closed = []
+    hydra = SimpleNamespace(runtime=SimpleNamespace(output_dir=str(tmp_path)), mode=RunMode[mode],
+                            overrides=SimpleNamespace(task=["model=base"]))
+    monkeypatch.setattr(ctl.app.HydraConfig, "get", staticmethod(lambda: hydra))
+    monkeypatch.setattr(ctl.training.protocol, "run_train", refuse)
+    monkeypatch.setattr(ctl.training.distributed, "shutdown", lambda: closed.append(True))
+    cfg = OmegaConf.create({"print_table": False})
+    if mode == "RUN":
+        with pytest.raises(SystemExit):
+            ctl.app.train_task(cfg)
+    else:
+        assert ctl.app.train_task(cfg) is None
+    assert closed == [True]

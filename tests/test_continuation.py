@@ -249,3 +249,42 @@ def test_a_run_that_skipped_a_period_continues_over_both_new_ones(continued, tmp
     assert cont["cost"]["own"]["train_rows"] == 2 * 60  # periods 6 and 7 of B
     # the tracks extended from the nearest earlier version's (periods 0..6), one new period each
     assert cont["cost"]["tracks"]["base-A"]["train_rows"] == 150
+
+
+@pytest.mark.parametrize("foreign", ["another fit", "unreadable"])
+def test_a_foreign_last_checkpoint_is_refused_and_kept(continued, tmp_path, foreign) -> None:
+    """A folder holding the unfinished fit of another configuration (or a file no one can read): the
+    continuation names it and leaves it as it was instead of writing its own last.ckpt there."""
+    import shutil
+
+    root, _, _ = continued
+    folder = tmp_path / "run"
+    shutil.copytree(root / "short-ctnet", folder)
+    last = folder / "checkpoints" / "last.ckpt"
+    if foreign == "another fit":
+        shutil.copyfile(root / "cont-base" / "checkpoints" / "period_6.ckpt", last)
+    else:
+        last.write_bytes((root / "cont-base" / "checkpoints" / "period_6.ckpt").read_bytes()[:100])  # cut short
+    before = last.read_bytes()
+    pattern = (r"last\.ckpt holds the unfinished fit of another configuration" if foreign == "another fit"
+               else r"^checkpoint .*last\.ckpt cannot be read")
+    with pytest.raises(CtlError, match=pattern) as refused:
+        run_train(make_cfg(root / "home", 3, "model=ctnet", f"continue_from={folder}"), folder)
+    assert str(last) in str(refused.value) and "\n" not in str(refused.value)
+    assert last.read_bytes() == before
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_it(continued, tmp_path) -> None:
+    import shutil
+
+    root, _, _ = continued
+    earlier = tmp_path / "earlier"
+    shutil.copytree(root / "short-ctnet", earlier)
+    checkpoint_path = earlier / "checkpoints" / "period_5.ckpt"
+    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint["optimizer_states"][0]["param_groups"][0]["params"].pop()  # one parameter fewer than CTNet has
+    torch.save(checkpoint, checkpoint_path)
+    with pytest.raises(CtlError, match=r"period_5\.ckpt: its optimiser state holds \d+ parameters but this model") \
+            as refused:
+        run_train(make_cfg(root / "home", 3, "model=ctnet", f"continue_from={earlier}"), tmp_path / "run")
+    assert str(checkpoint_path) in str(refused.value)

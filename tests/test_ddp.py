@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,48 @@ def test_ctl_train_with_trainer_ddp_relaunches_itself_and_writes_one_run(tmp_pat
     assert metrics["test"]["rows"] == test_rows.size
     predictions = pq.read_table(run_dir / "predictions.parquet").column("row").to_numpy()
     np.testing.assert_array_equal(predictions, test_rows)
+
+
+def ctl_under_ddp(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``ctl <args> trainer=ddp`` (two gloo ranks); a run past DDP_SECONDS fails the test, and its whole
+    process group (the relaunched rank too) is killed rather than left to block the suite."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "CTL_COMMAND")}
+    ctl = Path(sys.executable).with_name("ctl")
+    proc = subprocess.Popen([str(ctl), *args, "trainer=ddp"], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=DDP_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"ctl {' '.join(args)} trainer=ddp made no end in {DDP_SECONDS} s (a rank waits on a collective)")
+    assert proc.returncode == 0, err
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_a_continuation_under_ddp_equals_a_ddp_fit_over_all_periods(tmp_path: Path) -> None:
+    """continue_from= under two ranks: every rank validates the last period again (no rank waits on a
+    collective the others never call), then trains the new period only, and ends where a fit of
+    the same two ranks over the whole grown world from the start ends (as one process does)."""
+    from ctl.data.synthetic.continuation import continue_world
+    from test_continuation import SMALL, assert_close, comparable, make_cfg
+
+    def train(home: Path, n_transfer: int, run: str, *extra: str) -> dict:
+        ctl_under_ddp(["train", "model=ctnet", "data=synthetic_tiny", "progress=false", "print_table=false",
+                       f"home={home}", f"data.generator.n_transfer={n_transfer}", *SMALL,
+                       f"hydra.run.dir={tmp_path / run}", *extra], tmp_path)
+        return json.loads((tmp_path / run / "metrics.json").read_text())
+
+    home = tmp_path / "home"
+    train(home, 2, "short")
+    continue_world(make_cfg(home, 2).data, home, 1, progress=False)
+    continued = train(home, 3, "continued", f"continue_from={tmp_path / 'short'}")
+    full = train(tmp_path / "scratch", 3, "full")
+    assert [r["period"] for r in continued["periods"]] == [4, 5, 6]
+    assert continued["cost"]["own"]["continued_from"]["last_period"] == 5
+    assert continued["cost"]["own"]["train_rows"] == 60  # domain B's period 6, over both ranks
+    assert_close(comparable(continued), comparable(full))
 
 
 def test_evaluation_shards_serve_every_row_exactly_once(dataset_path: Path) -> None:

@@ -22,6 +22,7 @@ from ctl.report.findings import (
     HOLDS,
     MIXED,
     NOT_MEASURED,
+    NOT_SHOWN,
     Z95,
     SeedDelta,
     combine,
@@ -44,26 +45,36 @@ def test_a_part_holds_when_the_mean_is_positive_and_most_seeds_are_significant()
     assert rule_verdict(deltas) == HOLDS
 
 
-def test_a_part_does_not_hold_with_a_mean_at_or_below_zero_or_mostly_significant_losses() -> None:
-    # mean (0.01 - 0.005 - 0.006) / 3 < 0, though one seed is significantly above 0
-    assert rule_verdict([SeedDelta(0, 0.01, 0.002, 0.02), SeedDelta(1, -0.005, -0.01, 0.001),
-                         SeedDelta(2, -0.006, -0.012, -0.001)]) == DOES_NOT_HOLD
-    # mean +0.01 > 0, but 2 of 3 seeds lie entirely below 0
-    assert rule_verdict([SeedDelta(0, 0.05, 0.01, 0.09), SeedDelta(1, -0.01, -0.02, -0.001),
-                         SeedDelta(2, -0.01, -0.02, -0.002)]) == DOES_NOT_HOLD
-    assert rule_verdict([SeedDelta(0, 0.0, -0.01, 0.01)]) == DOES_NOT_HOLD
+def test_a_part_does_not_hold_only_with_a_negative_mean_and_most_seeds_significantly_below() -> None:
+    # mean -0.00967; seeds 0 and 1 lie below 0 (2 of 3 > 1.5): the mirror of holding
+    assert rule_verdict([SeedDelta(0, -0.01, -0.02, -0.002), SeedDelta(1, -0.02, -0.03, -0.005),
+                         SeedDelta(2, 0.001, -0.008, 0.01)]) == DOES_NOT_HOLD
 
 
-def test_a_part_is_mixed_when_positive_but_not_significant_in_a_majority() -> None:
-    # mean > 0, 1 of 2 seeds above 0: not more than half
-    assert rule_verdict([SeedDelta(0, 0.01, -0.001, 0.02), SeedDelta(1, 0.02, 0.005, 0.03)]) == MIXED
+@pytest.mark.parametrize("deltas", [
+    # a negative mean (0.01 - 0.005 - 0.006) / 3 with one seed below 0 only (1 of 3, not more than half)
+    [SeedDelta(0, 0.01, 0.002, 0.02), SeedDelta(1, -0.005, -0.01, 0.001), SeedDelta(2, -0.006, -0.012, -0.001)],
+    # a difference of -0.0002 whose every interval crosses 0
+    [SeedDelta(0, -0.0004, -0.006, 0.005), SeedDelta(1, 0.0001, -0.005, 0.006), SeedDelta(2, -0.0003, -0.007, 0.006)],
+    # no difference at all
+    [SeedDelta(0, 0.0, -0.01, 0.01)],
+    # a positive mean, 1 of 2 seeds above 0: not more than half
+    [SeedDelta(0, 0.01, -0.001, 0.02), SeedDelta(1, 0.02, 0.005, 0.03)],
+    # a positive mean +0.01 while 2 of 3 seeds lie entirely below 0: the seeds contradict the mean
+    [SeedDelta(0, 0.05, 0.01, 0.09), SeedDelta(1, -0.01, -0.02, -0.001), SeedDelta(2, -0.01, -0.02, -0.002)],
+], ids=["negative, 1 of 3 below", "-0.0002 across 0", "zero", "positive, 1 of 2 above", "positive, 2 of 3 below"])
+def test_a_part_is_not_shown_without_a_majority_of_seeds_significant_on_the_side_of_its_mean(deltas) -> None:
+    assert rule_verdict(deltas) == NOT_SHOWN
 
 
 def test_a_part_without_seeds_is_not_measured_and_parts_combine() -> None:
     assert rule_verdict([]) == NOT_MEASURED
     assert combine([HOLDS, NOT_MEASURED, HOLDS]) == HOLDS
     assert combine([DOES_NOT_HOLD, NOT_MEASURED]) == DOES_NOT_HOLD
+    assert combine([NOT_SHOWN, NOT_MEASURED, NOT_SHOWN]) == NOT_SHOWN
     assert combine([HOLDS, DOES_NOT_HOLD]) == MIXED
+    assert combine([HOLDS, NOT_SHOWN]) == MIXED
+    assert combine([DOES_NOT_HOLD, NOT_SHOWN]) == MIXED
     assert combine([HOLDS, MIXED]) == MIXED
     assert combine([NOT_MEASURED, NOT_MEASURED]) == NOT_MEASURED
 
@@ -220,6 +231,39 @@ def test_every_format_prints_the_six_findings(without_once, fmt, capsys, monkeyp
         lines = [line for line in out.splitlines() if any(line.lstrip("│| ").startswith(n) for n in names)]
         assert len(lines) == 6, out
         assert "does not hold" in out and "not measured" in out and "ctnet − ctnet_linear" in out
+
+
+@pytest.fixture(scope="module")
+def level_with_base(tmp_path_factory) -> Path:
+    """Runs where ft_all is exactly as good as base (the same noise, drawn apart): F2 shows nothing."""
+    saved = {t: dict(n) for t, n in NOISE.items()}
+    for noise in NOISE.values():
+        noise["ft_all"] = noise["base"]
+    try:
+        return make_runs(tmp_path_factory.mktemp("level"), ("base", "ft_all"))
+    finally:
+        NOISE.update(saved)
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "json"])
+def test_a_finding_without_evidence_either_way_is_not_shown_in_every_format(level_with_base, fmt, capsys,
+                                                                           monkeypatch) -> None:
+    records = evaluate([level_with_base], ["findings"], bootstrap=200).records["findings"]
+    f2 = records[1]
+    assert f2["verdict"] == NOT_SHOWN
+    assert {p["verdict"] for p in f2["evidence"]} == {NOT_SHOWN}
+    assert all(max(p["above"], p["below"]) <= 1 for p in f2["evidence"])  # no majority of seeds either way
+    monkeypatch.setenv("COLUMNS", "400")
+    eval_main([str(level_with_base), "--table", "findings", "--bootstrap", "200", "--format", fmt])
+    out = capsys.readouterr().out
+    if fmt == "json":
+        assert json.loads(out)[1]["verdict"] == "not shown"
+    elif fmt == "csv":
+        assert list(csv.DictReader(io.StringIO(out)))[1]["verdict"] == "not shown"
+    else:
+        line = next(line for line in out.splitlines() if line.lstrip("│| ").startswith("F2 "))
+        assert "not shown" in line and "does not hold" not in line and "mixed" not in line
+        assert "does not hold: mean < 0 and the interval below 0 in a majority of seeds; not shown: otherwise" in " ".join(out.split())
 
 
 def test_findings_need_intervals(without_once) -> None:

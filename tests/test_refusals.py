@@ -458,9 +458,16 @@ def test_resume_true_refuses_foreign_and_damaged_checkpoints(pristine, tmp_path)
     with pytest.raises(CtlError, match=r"it was written by another configuration \(config\.seed: 1 in the checkpoint, 2 "
                                        r"now\)"):
         resume_point(other, {"config": {"seed": 2}}, model, FIT_KEY, strict=True)
-    # without resume=true a stale checkpoint is put aside and the fit starts over
+    # without resume=true a stale checkpoint of another fit is put aside and the fit starts over
     assert resume_point(other, {"config": {"seed": 2}}, model, FIT_KEY, strict=False) is None
     assert not other.exists()
+    # but a file whose fit cannot be told is refused, and kept, either way
+    for path, why in ((foreign, r"records no fit identity \(not written by ctl\)"), (damaged, r"cannot be read")):
+        before = path.read_bytes()
+        with pytest.raises(CtlError, match=rf"^{path} is in the way of this fit and {why}.*: it is not the checkpoint of "
+                                           r"a ctl fit, so it is not replaced; move it away"):
+            resume_point(path, {"config": {}}, model, FIT_KEY, strict=False)
+        assert path.read_bytes() == before
 
 
 class WritesAMarker:

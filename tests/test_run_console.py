@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_module
 from rich.console import Console
 
 from ctl.data.dataset import load_click_prob
-from ctl.metrics import auc, delong_test, gauc, paired_bootstrap
+from ctl.metrics import auc, delong_test, gauc, paired_bootstrap, pooled_paired_bootstrap
 from ctl.report.console import comparison_lines, print_run
 from ctl.training.protocol import run_train
 
@@ -104,25 +104,25 @@ def test_the_oracle_line_gives_the_true_probabilities_and_the_headroom_covered(c
     assert f"AUC {oracle_auc:.4f}" in oracle_line and f"covers {share:.0%} (AUC)" in oracle_line
 
 
-def _expected_warnings(run_dir: Path, metrics: dict) -> list[str]:
-    """The periods whose AUC or GAUC interval lies entirely below 0, recomputed from the files."""
+def _pooled_below(run_dir: Path, metrics: dict) -> list[str]:
+    """The metrics whose mean delta over the validated slices has its interval entirely below 0,
+    recomputed from the files."""
     own, base = read(run_dir / "val_predictions.parquet"), read(run_dir / "baseline_val_predictions.parquet")
-    below = []
+    slices = []
     for row in metrics["periods"]:
         mine, theirs = of_period(own, row["period"]), of_period(base, row["period"])
         assert np.array_equal(mine["row"], theirs["row"])
-        boot = paired_bootstrap(mine["label"], mine["pred"], theirs["pred"], mine["user_id"], 1000, seed=0)
-        if boot["auc"]["high"] < 0 or boot["gauc"]["high"] < 0:
-            below.append(f"{row['period']} → {row['eval_period']}:")
-    return below
+        slices.append((mine["label"], mine["pred"], theirs["pred"], mine["user_id"]))
+    pooled = pooled_paired_bootstrap(slices, 1000, seed=0)
+    return [f"Δ{name} {pooled[m]['delta']:+.4f} [" for name, m in (("AUC", "auc"), ("GAUC", "gauc"))
+            if pooled[m]["high"] < 0]
 
 
 def test_a_run_below_its_base_on_validation_says_so(ctnet_run, tmp_path) -> None:
     run_dir, metrics = ctnet_run
-    # as the run stands: a warning exactly where an interval lies below 0
+    # as the run stands: a warning exactly where the pooled interval lies below 0
     warnings = [line.plain for line in comparison_lines(metrics, run_dir) if line.plain.startswith("warning")]
-    expected = _expected_warnings(run_dir, metrics)
-    assert bool(warnings) == bool(expected)
+    assert bool(warnings) == bool(_pooled_below(run_dir, metrics))
     # a CTNet that ranks every click of its validation slices below every non-click is far below base
     worse = tmp_path / "worse"
     shutil.copytree(run_dir, worse, symlinks=True)
@@ -130,14 +130,77 @@ def test_a_run_below_its_base_on_validation_says_so(ctnet_run, tmp_path) -> None
     noise = np.random.default_rng(0).uniform(0.0, 0.4, size=len(table["label"]))
     table["pred"] = (0.5 * (1 - np.asarray(table["label"])) + noise).tolist()
     pq.write_table(pa.table(table), worse / "val_predictions.parquet")
-    expected = _expected_warnings(worse, metrics)
+    expected = _pooled_below(worse, metrics)
     assert expected, "inverted predictions should fall below base beyond the noise"
     (warning,) = [line for line in comparison_lines(metrics, worse) if line.plain.startswith("warning")]
-    assert warning.plain.startswith("warning: on validation ctnet is below base beyond the noise")
+    assert warning.plain.startswith("warning: on validation ctnet is below base beyond the noise — mean over its "
+                                    "validated 2 slices 5–6: ")
     assert "red" in str(warning.style)
-    for period in expected:
-        assert period in warning.plain
+    for entry in expected:
+        assert entry in warning.plain
     assert "does worse than the model it would replace" in warning.plain
+
+
+# --- the validation rule on hand-made slices ---------------------------------------------------------
+
+SLICE_USERS, ROWS_PER_USER = 150, 8
+#: a seed whose five slices, CTNet level with base, put one slice (period 2's) below 0 on its own
+ONE_DIP_SEED = 21
+
+
+def hand_made_slice(seed: int, period: int, ctnet_noise: float) -> dict[str, np.ndarray]:
+    """One validation slice: labels from a true score, base and CTNet the score plus their own noise
+    (base's std 1; CTNet's ``ctnet_noise``: 1 is level with base, more is worse)."""
+    rng = np.random.default_rng([seed, period])
+    users = rng.integers(0, SLICE_USERS, SLICE_USERS * ROWS_PER_USER)
+    score = rng.normal(size=len(users))
+    label = (rng.random(len(users)) < 1 / (1 + np.exp(-(2 * score - 1)))).astype(np.int8)
+    return {"row": np.arange(len(users)) + 10_000 * period, "user_id": users, "item_id": np.ones(len(users), np.int64),
+            "label": label, "base": score + rng.normal(0, 1.0, len(users)),
+            "ctnet": score + rng.normal(0, ctnet_noise, len(users))}
+
+
+def hand_made_run(root: Path, seed: int, ctnet_noise: float, periods=range(5)) -> tuple[Path, dict]:
+    """A CTNet run folder with five validated transfer periods and its base's validation predictions."""
+    root.mkdir()
+    slices = {p: hand_made_slice(seed, p, ctnet_noise) for p in periods}
+    for name, column in (("val_predictions.parquet", "ctnet"), ("baseline_val_predictions.parquet", "base")):
+        pq.write_table(pa.concat_tables([pa.table({
+            "period": np.full(len(s["row"]), p), "row": s["row"], "user_id": s["user_id"], "item_id": s["item_id"],
+            "label": s["label"], "pred": s[column].astype(np.float32)}) for p, s in slices.items()]), root / name)
+    metrics = {"method": "ctnet", "baseline": {"periods": []}, "tracks": {},
+               "periods": [{"period": p, "eval_period": p + 1} for p in periods]}
+    return root, metrics
+
+
+def _slices_below(run_dir: Path, metrics: dict) -> list[int]:
+    """The periods whose own slice has an AUC or GAUC interval entirely below 0 (the per-slice view)."""
+    own, base = read(run_dir / "val_predictions.parquet"), read(run_dir / "baseline_val_predictions.parquet")
+    below = []
+    for row in metrics["periods"]:
+        mine, theirs = of_period(own, row["period"]), of_period(base, row["period"])
+        boot = paired_bootstrap(mine["label"], mine["pred"], theirs["pred"], mine["user_id"], 1000, seed=0)
+        if boot["auc"]["high"] < 0 or boot["gauc"]["high"] < 0:
+            below.append(row["period"])
+    return below
+
+
+def test_one_slice_in_five_below_base_by_chance_is_no_warning(tmp_path) -> None:
+    run_dir, metrics = hand_made_run(tmp_path / "level", ONE_DIP_SEED, ctnet_noise=1.0)
+    assert _slices_below(run_dir, metrics) == [2]  # what the per-slice rule warned about
+    assert _pooled_below(run_dir, metrics) == []
+    assert comparison_lines(metrics, run_dir) == []
+
+
+def test_a_crippled_ctnet_is_warned_about(tmp_path) -> None:
+    run_dir, metrics = hand_made_run(tmp_path / "crippled", ONE_DIP_SEED, ctnet_noise=2.5)
+    expected = _pooled_below(run_dir, metrics)
+    assert expected
+    (warning,) = comparison_lines(metrics, run_dir)
+    assert warning.plain.startswith("warning: on validation ctnet is below base beyond the noise — mean over its "
+                                    "validated 5 slices 1–5: ")
+    for entry in expected:
+        assert entry in warning.plain
 
 
 def test_print_run_prints_the_lines_under_the_table(ctnet_run) -> None:

@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from ctl.metrics import auc, delong_test, gauc, paired_bootstrap, paired_bootstrap_mean
+from ctl.metrics import (
+    auc,
+    delong_test,
+    gauc,
+    paired_bootstrap,
+    paired_bootstrap_mean,
+    pooled_paired_bootstrap,
+)
 from ctl.metrics.significance import _rank_rows, _weighted_auc, structural_components
 
 # 3 positives then 3 negatives
@@ -175,3 +182,34 @@ def test_bootstrap_of_the_seeds_mean_refuses_seeds_scored_on_other_users() -> No
                               n_resamples=20)
     with pytest.raises(ValueError, match="at least one pair"):
         paired_bootstrap_mean([], n_resamples=20)
+
+
+def test_the_pooled_bootstrap_of_one_slice_is_the_paired_bootstrap() -> None:
+    labels, preds_a, preds_b, users = clicks_by_user(200, seed=11)
+    single = paired_bootstrap(labels, preds_a, preds_b, users, n_resamples=200, seed=0)
+    assert pooled_paired_bootstrap([(labels, preds_a, preds_b, users)], n_resamples=200, seed=0) == single
+    # slices over the same users draw the same users: the mean over seeds of paired_bootstrap_mean
+    twice = [(labels, preds_a, preds_b, users), (labels, preds_b, preds_b, users)]
+    assert pooled_paired_bootstrap(twice, n_resamples=200, seed=0) == paired_bootstrap_mean(twice, n_resamples=200)
+
+
+def test_the_pooled_bootstrap_draws_a_user_once_for_every_slice_it_is_in() -> None:
+    first = clicks_by_user(150, seed=12)
+    second = clicks_by_user(150, seed=13)
+    shifted = (*second[:3], second[3] + 1000)  # the same rows, held by other users
+    # the point is the mean of the slices' deltas, whoever holds them
+    deltas = [paired_bootstrap(*s, n_resamples=1)["auc"]["delta"] for s in (first, second)]
+    for slices in ([first, second], [first, shifted]):
+        pooled = pooled_paired_bootstrap(slices, n_resamples=300, seed=0)
+        assert pooled["auc"]["delta"] == pytest.approx(sum(deltas) / 2, abs=1e-12)
+        assert pooled["auc"]["low"] < pooled["auc"]["delta"] < pooled["auc"]["high"]
+    # the same slice twice is one slice (its users drawn once for both), never a narrower interval
+    assert pooled_paired_bootstrap([first, first], n_resamples=300, seed=0) == \
+        pooled_paired_bootstrap([first], n_resamples=300, seed=0)
+    # a user held in both slices moves both deltas together; the same rows held by other users in the
+    # second slice move independently of the first, so the pooled interval is narrower
+    shared = pooled_paired_bootstrap([first, first], n_resamples=300, seed=0)
+    apart = pooled_paired_bootstrap([first, (*first[:3], first[3] + 1000)], n_resamples=300, seed=0)
+    assert apart["auc"]["high"] - apart["auc"]["low"] < shared["auc"]["high"] - shared["auc"]["low"]
+    with pytest.raises(ValueError, match="at least one slice"):
+        pooled_paired_bootstrap([], n_resamples=20)

@@ -21,20 +21,22 @@ def train_task(cfg: DictConfig) -> float | None:
     quiet.install()  # again: a launcher may run this job in a process that never went through `ctl`
     hydra = HydraConfig.get()
     run_dir = Path(hydra.runtime.output_dir)
-    if hydra.mode == RunMode.MULTIRUN:
-        # One job's failure is recorded and the sweep goes on (ctl.sweep_jobs); `ctl sweep` lists them at its end.
-        clear_failure(run_dir)
-        try:
-            metrics = run_train(cfg, run_dir)
-        except Exception as exc:  # noqa: BLE001 - any failure of one job is recorded, not raised
-            record_failure(run_dir, exc, list(hydra.overrides.task))
-            return None
-    else:
-        with errors.friendly():
-            metrics = run_train(cfg, run_dir)
-    if cfg.print_table and is_rank_zero():
-        print_run(metrics, run_dir=run_dir)
-    shutdown()
+    try:  # the process group is closed however the run ends (see shutdown)
+        if hydra.mode == RunMode.MULTIRUN:
+            # One job's failure is recorded and the sweep goes on (ctl.sweep_jobs); `ctl sweep` lists them at its end.
+            clear_failure(run_dir)
+            try:
+                metrics = run_train(cfg, run_dir)
+            except Exception as exc:  # noqa: BLE001 - any failure of one job is recorded, not raised
+                record_failure(run_dir, exc, list(hydra.overrides.task))
+                return None
+        else:
+            with errors.friendly():
+                metrics = run_train(cfg, run_dir)
+        if cfg.print_table and is_rank_zero():
+            print_run(metrics, run_dir=run_dir)
+    finally:
+        shutdown()
     return metrics["test"].get("auc")
 
 

@@ -10,7 +10,12 @@ from torchmetrics.classification import BinaryAUROC
 
 from ctl.metrics.coldstart import COLD_START_SLICES, cold_start_gains, cold_start_slices, slice_metrics
 from ctl.metrics.gauc import GAUC, PerUserAUC, auc, gauc, gauc_per_user, logloss
-from ctl.metrics.significance import delong_test, paired_bootstrap, paired_bootstrap_mean
+from ctl.metrics.significance import (
+    delong_test,
+    paired_bootstrap,
+    paired_bootstrap_mean,
+    pooled_paired_bootstrap,
+)
 
 __all__ = [
     "COLD_START_SLICES",
@@ -26,5 +31,6 @@ __all__ = [
     "logloss",
     "paired_bootstrap",
     "paired_bootstrap_mean",
+    "pooled_paired_bootstrap",
     "slice_metrics",
 ]

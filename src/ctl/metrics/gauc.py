@@ -263,8 +263,8 @@ class GAUC(torchmetrics.Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.add_state("preds", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
         self.add_state("users", default=[], dist_reduce_fx="cat")

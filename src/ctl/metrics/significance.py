@@ -4,6 +4,8 @@
   correlated AUCs, with the structural components computed from midranks (no O(P*N) matrix).
 * :func:`paired_bootstrap`: percentile intervals of the AUC and GAUC deltas when whole users are
   resampled with replacement, which respects the within-user correlation that DeLong ignores.
+* :func:`pooled_paired_bootstrap`: the same for the mean delta over several slices (e.g. the
+  validation slices of the transfer periods), a user drawn once for all the slices it has rows in.
 """
 
 from __future__ import annotations
@@ -179,15 +181,51 @@ def paired_bootstrap_mean(
     }
 
 
+def pooled_paired_bootstrap(
+    slices: Sequence[tuple[ArrayLike, ArrayLike, ArrayLike, ArrayLike]],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, dict[str, float]]:
+    """:func:`paired_bootstrap` of the mean delta over ``slices`` that may hold different users.
+
+    ``slices``: (labels, preds_a, preds_b, users) each, e.g. the validation slice after each
+    transfer period. The point is the mean over slices of each slice's AUC (GAUC) delta; each
+    resample draws users with replacement from every user of any slice, and a drawn user weighs as
+    often as drawn in every slice where it has rows: a user seen in several slices is one unit, so
+    the interval keeps the correlation between its slices. With one slice, :func:`paired_bootstrap`.
+    """
+    if not slices:
+        raise ValueError("pooled_paired_bootstrap needs at least one slice")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    population = np.unique(np.concatenate([np.asarray(s[3]).reshape(-1) for s in slices]))
+    draws = [_bootstrap_deltas(*s, n_resamples=n_resamples, seed=seed, population=population) for s in slices]
+    return {
+        "auc": _interval(float(np.mean([d[1] for d in draws])), np.mean([d[3] for d in draws], axis=0), alpha, "AUC"),
+        "gauc": _interval(float(np.mean([d[2] for d in draws])), np.mean([d[4] for d in draws], axis=0), alpha,
+                          "GAUC"),
+    }
+
+
 def _bootstrap_deltas(
     labels: ArrayLike, preds_a: ArrayLike, preds_b: ArrayLike, users: ArrayLike, n_resamples: int, seed: int,
+    population: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float, float, np.ndarray, np.ndarray]:
-    """The users (sorted, unique), the point AUC and GAUC deltas and their ``n_resamples`` resampled values."""
+    """The users (sorted, unique), the point AUC and GAUC deltas and their ``n_resamples`` resampled values.
+
+    Resamples draw from ``population`` (sorted unique user ids holding ``users``; default: ``users``
+    themselves), so slices drawn with the same population and seed draw the same users."""
     scores_a, labels_np, users_np = check_binary_inputs(preds_a, labels, users)
     scores_b, _, _ = check_binary_inputs(preds_b, labels)
 
-    unique_users, user = np.unique(users_np, return_inverse=True)
-    n_users = int(user.max()) + 1
+    if population is None:
+        unique_users, user = np.unique(users_np, return_inverse=True)
+        n_users = int(user.max()) + 1
+    else:
+        unique_users, user, n_users = population, np.searchsorted(population, users_np), len(population)
     positive = labels_np.astype(bool)
 
     per_user_a = gauc_per_user(scores_a, labels_np, user)

@@ -7,13 +7,16 @@ its 95% paired user-bootstrap interval ``[low_s, high_s]`` (:func:`ctl.report.si
 the same resamples as ``ctl eval``'s significance columns). Over the ``n`` paired seeds:
 
 * **holds**: the mean of ``Δ_s`` is > 0 and ``low_s > 0`` in a majority of seeds (more than n/2);
-* **does not hold**: the mean of ``Δ_s`` is <= 0, or ``high_s < 0`` in a majority of seeds;
-* **mixed**: otherwise (a positive mean that is not significant in a majority of seeds);
+* **does not hold**: the mean of ``Δ_s`` is < 0 and ``high_s < 0`` in a majority of seeds: the
+  evidence against a claim is held to the standard of the evidence for it;
+* **not shown**: otherwise (no majority of seeds significant on the side of the mean): the runs
+  show neither, e.g. a difference of −0.0002 with every interval across 0;
 * **not measured**: no seed to pair (a method the part needs is missing, or the metric is undefined
   on its rows).
 
 A finding's verdict combines its parts: *not measured* if none is measured; *holds* (*does not
-hold*) if every measured part holds (does not hold); *mixed* otherwise. The parts:
+hold*, *not shown*) if every measured part holds (does not hold, is not shown); *mixed* otherwise
+(its parts disagree). The parts:
 
 * **F1** CTNet above every baseline: per target and metric, ``ctnet −`` the best other method by
   mean test value (CTNet's own variants aside). Needs a baseline besides base.
@@ -22,8 +25,9 @@ hold*) if every measured part holds (does not hold); *mixed* otherwise. The part
 * **F3** continual above transfer once, the gap growing: per target and metric, ``ctnet −
   ctnet_once`` on the test slice, and the least-squares slope of the mean (over seeds) gap on the
   slice after each transfer period (``ctl eval --table periods``) against the period. The part holds
-  if the test comparison holds and the slope is > 0; does not hold if the test comparison does not;
-  mixed otherwise (also with a single transfer period, where no slope exists).
+  if the test comparison holds and the slope is > 0; takes the test comparison's verdict when that
+  does not hold or is not shown; mixed otherwise (a test gain whose gap does not grow, also with a
+  single transfer period, where no slope exists).
 * **F4** GLU above linear adapters: per target and metric, ``ctnet − ctnet_linear``.
 * **F5** a larger gain on C than on B: per metric, ``D_s = (ctnet − base on C) − (ctnet − base on
   B)``. The two test slices are independent, so ``D_s``'s interval is ``D_s ± 1.96 √(se_C² + se_B²)``,
@@ -58,7 +62,9 @@ from ctl.report.significance import (
 )
 from ctl.report.tables import QUALITY_METRICS, TEST, row_groups
 
-HOLDS, DOES_NOT_HOLD, MIXED, NOT_MEASURED = "holds", "does not hold", "mixed", "not measured"
+HOLDS, DOES_NOT_HOLD, NOT_SHOWN, MIXED, NOT_MEASURED = "holds", "does not hold", "not shown", "mixed", "not measured"
+#: every verdict, in the order a summary counts them
+VERDICTS: tuple[str, ...] = (HOLDS, DOES_NOT_HOLD, NOT_SHOWN, MIXED, NOT_MEASURED)
 CTNET, ONCE, LINEAR, FINETUNE = "ctnet", "ctnet_once", "ctnet_linear", "ft_all"
 #: the two targets of F5, the sparser one first
 SPARSE, DENSE = "C", "B"
@@ -84,9 +90,9 @@ FINDINGS: tuple[tuple[str, str, str], ...] = (
      "per target, metric and slice (new users, new items): ctnet − base on the slice's rows"),
 )
 GENERIC_RULE = ("holds: mean over seeds > 0 and the 95% paired interval above 0 in a majority of seeds; does not "
-                "hold: mean <= 0, or the interval below 0 in a majority of seeds; mixed: otherwise; not measured: a "
-                "method it needs is missing. A finding holds (does not hold) when every measured part does, "
-                "mixed otherwise")
+                "hold: mean < 0 and the interval below 0 in a majority of seeds; not shown: otherwise; not "
+                "measured: a method it needs is missing. A finding holds (does not hold, is not shown) when every "
+                "measured part does, mixed otherwise")
 
 
 @dataclass(frozen=True)
@@ -105,23 +111,19 @@ def rule_verdict(deltas: Sequence[SeedDelta]) -> str:
         return NOT_MEASURED
     n = len(deltas)
     mean = math.fsum(d.delta for d in deltas) / n
-    above = sum(d.low > 0 for d in deltas)
-    below = sum(d.high < 0 for d in deltas)
-    if mean <= 0 or below > n / 2:
+    if mean > 0 and sum(d.low > 0 for d in deltas) > n / 2:
+        return HOLDS
+    if mean < 0 and sum(d.high < 0 for d in deltas) > n / 2:
         return DOES_NOT_HOLD
-    return HOLDS if above > n / 2 else MIXED
+    return NOT_SHOWN
 
 
 def combine(verdicts: Sequence[str]) -> str:
-    """A finding's verdict from its parts': measured parts that all agree, else mixed."""
-    measured = [v for v in verdicts if v != NOT_MEASURED]
+    """A finding's verdict from its parts': the verdict of measured parts that all agree, else mixed."""
+    measured = {v for v in verdicts if v != NOT_MEASURED}
     if not measured:
         return NOT_MEASURED
-    if all(v == HOLDS for v in measured):
-        return HOLDS
-    if all(v == DOES_NOT_HOLD for v in measured):
-        return DOES_NOT_HOLD
-    return MIXED
+    return measured.pop() if len(measured) == 1 else MIXED
 
 
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
@@ -246,10 +248,10 @@ def _f3(cmp: Comparisons) -> list[dict]:
             test_verdict = rule_verdict(by_metric[metric])
             periods, gaps = _period_gaps(cmp, target, metric)
             growth = slope(periods, gaps)
-            if test_verdict in (NOT_MEASURED, DOES_NOT_HOLD):
+            if test_verdict != HOLDS:
                 verdict = test_verdict
             else:
-                verdict = HOLDS if test_verdict == HOLDS and growth is not None and growth > 0 else MIXED
+                verdict = HOLDS if growth is not None and growth > 0 else MIXED
             parts.append(part(target, metric, "ctnet − ctnet_once", by_metric[metric], note=note, verdict=verdict,
                               test_verdict=test_verdict, slope=growth,
                               period_gaps=[{"period": p, "gap": g} for p, g in zip(periods, gaps)]))

@@ -348,7 +348,8 @@ def cost_view(records: Sequence[dict]) -> View:
     return view
 
 
-VERDICT_STYLES = {"holds": "bold green", "does not hold": "bold red", "mixed": "yellow", "not measured": "dim"}
+VERDICT_STYLES = {"holds": "bold green", "does not hold": "bold red", "not shown": "cyan", "mixed": "yellow",
+                  "not measured": "dim"}
 
 
 def part_text(part: dict) -> str:

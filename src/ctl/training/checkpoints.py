@@ -193,13 +193,15 @@ def resume_point(path: Path, identity: dict, module: torch.nn.Module, fit_key: s
         if strict:
             log.warning("resume=true but %s does not exist: nothing to resume, starting from the beginning", path)
         return None
+    foreign = False  # whose it is cannot be told: never replaced, even without resume=true
     try:
         checkpoint = load_checkpoint(path)
         problem = _resume_problem(checkpoint, identity, module, path, fit_key)
+        foreign = problem == NO_IDENTITY
     except CtlError:
         raise  # not a stale checkpoint to replace quietly: a file that would run code when loaded
-    except Exception as exc:  # noqa: BLE001 (a damaged file: say what the reader said)
-        problem = f"it cannot be read ({exc.__class__.__name__}: {exc})"
+    except Exception as exc:  # noqa: BLE001 (a damaged file: say what the reader said, and refuse below)
+        problem, foreign = f"it cannot be read ({exc.__class__.__name__}: {exc})", True
     if problem is None:
         log.warning("resuming from %s", path)
         threads = checkpoint[fit_key].get("threads")
@@ -211,16 +213,23 @@ def resume_point(path: Path, identity: dict, module: torch.nn.Module, fit_key: s
     if strict:
         raise CtlError(f"cannot resume from {path}: {problem}; rerun with the same overrides, or choose a new "
                        "hydra.run.dir (resume=false starts this folder over)")
+    if foreign:
+        raise CtlError(f"{path} is in the way of this fit and {problem.removeprefix('it ')}: it is not the checkpoint "
+                       "of a ctl fit, so it is not replaced; move it away or choose a new hydra.run.dir")
     log.warning("not resuming from %s (%s): starting over", path, problem)
     path.unlink()
     return None
+
+
+#: why a checkpoint that no ctl fit wrote cannot be resumed from
+NO_IDENTITY = "it records no fit identity (not written by ctl)"
 
 
 def _resume_problem(checkpoint: object, identity: dict, module: torch.nn.Module, path: Path,
                     fit_key: str) -> str | None:
     saved = checkpoint.get(fit_key, {}).get("identity") if isinstance(checkpoint, dict) else None
     if saved is None:
-        return "it records no fit identity (not written by ctl)"
+        return NO_IDENTITY
     difference = first_difference(saved, identity)
     if difference is not None:
         return f"it was written by another configuration ({difference})"

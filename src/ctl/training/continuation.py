@@ -40,10 +40,9 @@ from ctl.training.checkpoints import (
     check_weights,
     first_difference,
     grown_model_state,
-    load_checkpoint,
     read_checkpoint,
 )
-from ctl.training.distributed import gather_rows
+from ctl.training.distributed import barrier, gather_rows, is_rank_zero
 from ctl.training.task import TASK_KEY, CTRTask, StageMetrics, _row_predictions
 
 log = logging.getLogger(__name__)
@@ -75,27 +74,27 @@ class Continuation:
 # --- growing a checkpoint -------------------------------------------------------------------------
 
 
-def grow_checkpoint(checkpoint: dict, task: torch.nn.Module) -> tuple[dict, list[str]]:
-    """``checkpoint`` of ``task`` written with smaller embedding tables, grown to ``task``'s; and
-    the names of the grown tables. Optimiser state is grown along (positions as ``task`` orders
-    its parameters for its optimiser)."""
+def grow_checkpoint(checkpoint: dict, task: torch.nn.Module, source: Path) -> tuple[dict, list[str]]:
+    """``checkpoint`` of ``task`` (read from ``source``) written with smaller embedding tables, grown
+    to ``task``'s; and the names of the grown tables. Optimiser state is grown along (positions as
+    ``task`` orders its parameters for its optimiser)."""
     before = dict(checkpoint.get("state_dict", {}))
     state = grown_model_state(task, before)
     grown = {key: int(before[key].shape[0]) for key in state if state[key] is not before[key]}
     out = dict(checkpoint, state_dict=state)
     if grown and checkpoint.get("optimizer_states") and isinstance(task, CTRTask):
-        out["optimizer_states"] = [_grow_optimizer_state(checkpoint["optimizer_states"][0], task, grown, state),
-                                   *checkpoint["optimizer_states"][1:]]
+        grown_state = _grow_optimizer_state(checkpoint["optimizer_states"][0], task, grown, state, source)
+        out["optimizer_states"] = [grown_state, *checkpoint["optimizer_states"][1:]]
     return out, sorted(grown)
 
 
-def _grow_optimizer_state(saved: dict, task: CTRTask, grown: dict[str, int], state: dict) -> dict:
+def _grow_optimizer_state(saved: dict, task: CTRTask, grown: dict[str, int], state: dict, source: Path) -> dict:
     optimizer = task.configure_optimizers()
     names = {id(p): n for n, p in task.named_parameters()}
     order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
     held = sum(len(group["params"]) for group in saved["param_groups"])
     if held != len(order):
-        raise CtlError(f"the optimiser state to continue holds {held} parameters but this model has {len(order)}; "
+        raise CtlError(f"{source}: its optimiser state holds {held} parameters but this model has {len(order)}; "
                        "was it trained with another model?")
     fill_of = {i: group.get("initial_accumulator_value", 0.0) for group in saved["param_groups"] for i in group["params"]}
     per_param = dict(saved["state"])
@@ -115,18 +114,24 @@ def _grow_optimizer_state(saved: dict, task: CTRTask, grown: dict[str, int], sta
 
 
 def _identity_of(path: Path) -> dict | None:
-    try:
-        return (load_checkpoint(path).get(FIT_KEY) or {}).get("identity")
-    except Exception:  # noqa: BLE001 (unreadable: not a checkpoint of this fit)
-        return None
+    """The fit identity ``path`` records; None for a checkpoint written by no ctl fit. An unreadable
+    file is refused (:func:`read_checkpoint` names it): whose it is cannot be told."""
+    checkpoint = read_checkpoint(path)
+    fit = checkpoint.get(FIT_KEY) if isinstance(checkpoint, dict) else None
+    return fit.get("identity") if isinstance(fit, dict) else None
 
 
 def _holds_this_fit(checkpoint_dir: Path, identity: dict) -> bool:
     """Whether ``checkpoint_dir`` already holds a checkpoint of the fit ``identity`` (a continuation
-    that was killed, or finished): then it resumes from there as any fit."""
+    that was killed, or finished): then it resumes from there as any fit. A ``last.ckpt`` of
+    another fit (or of none) is refused: writing the continuation there would destroy it."""
     last = checkpoint_dir / LAST_CHECKPOINT
     if last.is_file():
-        return _identity_of(last) == identity
+        if _identity_of(last) != identity:
+            raise CtlError(f"{last} holds the unfinished fit of another configuration or dataset (or was not "
+                           "written by ctl); the continuation will not overwrite it: resume that fit, or move "
+                           "the file away, or continue into a new hydra.run.dir")
+        return True
     periods = sorted(checkpoint_dir.glob("period_*.ckpt"), key=lambda p: int(p.stem.removeprefix("period_")))
     return bool(periods) and _identity_of(periods[-1]) == identity
 
@@ -135,15 +140,24 @@ def prepare(continuation: Continuation, task: CTRTask, datamodule, callbacks: li
             identity: dict) -> None:
     """Write ``checkpoint_dir/last.ckpt``: the earlier fit's last checkpoint grown to ``task``, its
     last period validated again on ``datamodule``'s dataset, under ``identity`` (see the module
-    docstring). Nothing is done when ``checkpoint_dir`` already holds a checkpoint of this fit."""
+    docstring). Nothing is done when ``checkpoint_dir`` already holds a checkpoint of this fit.
+
+    Under DDP every rank calls it: every rank decides alike (the folder is looked at before anyone
+    writes), loads the checkpoint and validates the whole slice itself with no collective (the
+    datamodule has no trainer yet, so it serves every row), then rank zero writes and the others
+    wait for it before they resume from what it wrote.
+    """
     checkpoint_dir = Path(checkpoint_dir)
-    if _holds_this_fit(checkpoint_dir, identity):
+    done = _holds_this_fit(checkpoint_dir, identity)
+    barrier()  # every rank has looked before rank zero writes
+    if done:
         return
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
     last = continuation.last_period
-    if continuation.copy_earlier:
-        _copy_earlier(continuation, task, checkpoint_dir)
-    checkpoint, _ = grow_checkpoint(read_checkpoint(continuation.checkpoint), task)
+    if is_rank_zero():
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if continuation.copy_earlier:
+            _copy_earlier(continuation, task, checkpoint_dir)
+    checkpoint, _ = grow_checkpoint(read_checkpoint(continuation.checkpoint), task, continuation.checkpoint)
     if TASK_KEY not in checkpoint or FIT_KEY not in checkpoint:
         raise CtlError(f"{continuation.checkpoint} is not the checkpoint of a ctl fit (no task state); "
                        "cannot continue from it")
@@ -170,8 +184,10 @@ def prepare(continuation: Continuation, task: CTRTask, datamodule, callbacks: li
     checkpoint[TASK_KEY] = task_state
     checkpoint[FIT_KEY] = {**checkpoint[FIT_KEY], "identity": identity, "spent": {"wall_s": 0.0, "cpu_s": 0.0},
                            "continued_from": _summary(continuation, task_state["period_results"])}
-    AtomicCheckpointIO().save_checkpoint(checkpoint, checkpoint_dir / LAST_CHECKPOINT)
-    log.warning("continuing %s after its period %d", continuation.origin, last)
+    if is_rank_zero():
+        AtomicCheckpointIO().save_checkpoint(checkpoint, checkpoint_dir / LAST_CHECKPOINT)
+        log.warning("continuing %s after its period %d", continuation.origin, last)
+    barrier()  # the other ranks resume from the last.ckpt rank zero wrote
 
 
 def _summary(continuation: Continuation, records: list[dict]) -> dict:
@@ -187,7 +203,7 @@ def _copy_earlier(continuation: Continuation, task: CTRTask, checkpoint_dir: Pat
         if period > continuation.last_period:
             continue
         target = checkpoint_dir / period_checkpoint_name(period)
-        checkpoint, grown = grow_checkpoint(read_checkpoint(path), task)
+        checkpoint, grown = grow_checkpoint(read_checkpoint(path), task, path)
         if grown:
             AtomicCheckpointIO().save_checkpoint(checkpoint, target)
         else:
@@ -196,8 +212,9 @@ def _copy_earlier(continuation: Continuation, task: CTRTask, checkpoint_dir: Pat
 
 def revalidate(task: CTRTask, batches, keep_predictions: bool) -> tuple[dict, dict | None]:
     """``task``'s metrics on ``batches`` as its validation computes them: ``{"rows", "metrics"}``, and
-    the per-row predictions when kept."""
-    metrics, parts, rows = StageMetrics(), [], 0
+    the per-row predictions when kept. ``batches`` hold every row of the slice: nothing is gathered
+    from other ranks."""
+    metrics, parts, rows = StageMetrics(across_ranks=False), [], 0
     modes = {module: module.training for module in task.modules()}
     task.eval()
     with torch.no_grad():
@@ -209,7 +226,7 @@ def revalidate(task: CTRTask, batches, keep_predictions: bool) -> tuple[dict, di
                 parts.append(_row_predictions(batch, logits))
     for module, training in modes.items():  # Lightning trains on in the modes the modules are left in
         module.train(training)
-    return {"rows": rows, "metrics": metrics.compute()}, (gather_rows(parts)[0] if keep_predictions else None)
+    return {"rows": rows, "metrics": metrics.compute()}, (gather_rows(parts, across_ranks=False)[0] if keep_predictions else None)
 
 
 def continued_cost(cost: dict, continuation: Continuation, records: list[dict],

@@ -57,17 +57,18 @@ def scratch_run_dir(run_dir: Path) -> Path:
     return scratch
 
 
-def gather_rows(parts: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+def gather_rows(parts: list[dict[str, torch.Tensor]], across_ranks: bool = True) -> list[dict[str, torch.Tensor]]:
     """Every rank's per-row tensors (e.g. test predictions), on CPU, ordered by their ``row`` key.
 
     Each rank passes its list of batch dicts (same keys, 1-d tensors); ranks may hold different
-    numbers of rows, and a row served twice (padding) is kept once. Outside a distributed run the
-    parts are only concatenated and ordered.
+    numbers of rows, and a row served twice (padding) is kept once. Outside a distributed run, or
+    with ``across_ranks=False`` (a rank that holds every row), the parts are only concatenated and
+    ordered.
     """
     if not parts:
         raise ValueError("gather_rows: this rank holds no rows")
     local = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-    if is_distributed():
+    if across_ranks and is_distributed():
         local = {key: torch.cat(gather_all_tensors(value)) for key, value in local.items()}
     local = {key: value.cpu() for key, value in local.items()}
     order = torch.argsort(local["row"], stable=True)

@@ -147,7 +147,7 @@ def fit_periods(
         continuation = continuation_of_run(cfg, datamodule.dataset, out_dir)
     identity = run_identity(cfg, datamodule.dataset) if identity is None else identity
     prepared = (time.perf_counter(), time.process_time())
-    if continuation is not None and is_rank_zero():
+    if continuation is not None:  # every rank (see prepare)
         prepare(continuation, task, datamodule, list(callbacks), out_dir / "checkpoints", identity)
     prepared = (time.perf_counter() - prepared[0], time.process_time() - prepared[1])
     strict = bool(cfg.resume) if strict_resume is None else strict_resume

@@ -53,13 +53,17 @@ def _row_predictions(batch: dict, logits: torch.Tensor) -> dict[str, torch.Tenso
 
 
 class StageMetrics(torch.nn.Module):
-    """AUC, GAUC and logloss of one stage (validation or test)."""
+    """AUC, GAUC and logloss of one stage (validation or test).
 
-    def __init__(self) -> None:
+    ``across_ranks=False`` computes on this process's rows alone, with no collective (under DDP, a
+    rank that holds every row of the slice, e.g. a continuation's revalidation on every rank).
+    """
+
+    def __init__(self, across_ranks: bool = True) -> None:
         super().__init__()
-        self.auc = BinaryAUROC()
-        self.gauc = GAUC()
-        self.logloss = MeanMetric()
+        self.auc = BinaryAUROC(sync_on_compute=across_ranks)
+        self.gauc = GAUC(sync_on_compute=across_ranks)
+        self.logloss = MeanMetric(sync_on_compute=across_ranks)
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor, users: torch.Tensor) -> None:
         probs = torch.sigmoid(logits)
