@@ -166,19 +166,11 @@ def paired_bootstrap_mean(
     """
     if not pairs:
         raise ValueError("paired_bootstrap_mean needs at least one pair")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    _check_resampling(n_resamples, alpha)
     draws = [_bootstrap_deltas(*pair, n_resamples=n_resamples, seed=seed) for pair in pairs]
     if any(not np.array_equal(d[0], draws[0][0]) for d in draws[1:]):
         raise ValueError("paired_bootstrap_mean: the pairs are scored on different users")
-    # a resample where some pair's GAUC is undefined stays NaN in the mean and is left out of the interval
-    return {
-        "auc": _interval(float(np.mean([d[1] for d in draws])), np.mean([d[3] for d in draws], axis=0), alpha, "AUC"),
-        "gauc": _interval(float(np.mean([d[2] for d in draws])), np.mean([d[4] for d in draws], axis=0), alpha,
-                          "GAUC"),
-    }
+    return _mean_intervals(draws, alpha)
 
 
 def pooled_paired_bootstrap(
@@ -197,12 +189,22 @@ def pooled_paired_bootstrap(
     """
     if not slices:
         raise ValueError("pooled_paired_bootstrap needs at least one slice")
+    _check_resampling(n_resamples, alpha)
+    population = np.unique(np.concatenate([np.asarray(s[3]).reshape(-1) for s in slices]))
+    draws = [_bootstrap_deltas(*s, n_resamples=n_resamples, seed=seed, population=population) for s in slices]
+    return _mean_intervals(draws, alpha)
+
+
+def _check_resampling(n_resamples: int, alpha: float) -> None:
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-    population = np.unique(np.concatenate([np.asarray(s[3]).reshape(-1) for s in slices]))
-    draws = [_bootstrap_deltas(*s, n_resamples=n_resamples, seed=seed, population=population) for s in slices]
+
+
+def _mean_intervals(draws: list[tuple], alpha: float) -> dict[str, dict[str, float]]:
+    """The intervals of the mean over ``draws`` (each :func:`_bootstrap_deltas`' result) of the AUC and GAUC deltas."""
+    # a resample where some draw's GAUC is undefined stays NaN in the mean and is left out of the interval
     return {
         "auc": _interval(float(np.mean([d[1] for d in draws])), np.mean([d[3] for d in draws], axis=0), alpha, "AUC"),
         "gauc": _interval(float(np.mean([d[2] for d in draws])), np.mean([d[4] for d in draws], axis=0), alpha,
