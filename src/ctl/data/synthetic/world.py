@@ -222,7 +222,7 @@ class SyntheticWorld:
         n_activity_buckets: int = 10,
         period_seconds: int = 6 * 86_400,
         short_len: int = 10,
-        long_len: int = 1024,
+        long_len: int = 256,
         id_embedding_dim: int = 16,
         side_embedding_dim: int = 8,
     ) -> None:
