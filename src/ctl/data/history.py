@@ -194,7 +194,11 @@ class UserHistory:
         runs = padded.as_strided((self.n_events + 1, length), (1, 1))
         end = _take(self.user_offsets, _as_long_tensor(users)) + _as_long_tensor(visible)
         out = runs.index_select(0, end)  # row r: the events at end_r - length .. end_r - 1
-        out.mul_(torch.arange(length, dtype=torch.int64) >= (length - _as_long_tensor(visible)).unsqueeze(1))
+        visible_t = _as_long_tensor(visible)
+        short = torch.nonzero(visible_t < length).squeeze(1)  # rows whose run reaches into another user's
+        if short.numel():
+            keep = torch.arange(length, dtype=torch.int64) >= (length - visible_t.index_select(0, short)).unsqueeze(1)
+            out[short] = out.index_select(0, short) * keep
         return out
 
     def values(self, field: str, index: torch.Tensor) -> torch.Tensor:

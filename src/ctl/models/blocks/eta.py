@@ -31,12 +31,12 @@ HALF_WORD = 16
 
 
 def _popcount_table() -> torch.Tensor:
-    """uint8 ``[2**16]``: the number of set bits of every 16-bit value."""
+    """int32 ``[2**16]``: the number of set bits of every 16-bit value (int32: read into counts without a cast)."""
     values = torch.arange(2**HALF_WORD, dtype=torch.int64)
     counts = torch.zeros(2**HALF_WORD, dtype=torch.int64)
     for bit in range(HALF_WORD):
         counts += (values >> bit) & 1
-    return counts.to(torch.uint8)
+    return counts.to(torch.int32)
 
 
 class EtaRetrieval(nn.Module):
@@ -81,10 +81,11 @@ class EtaRetrieval(nn.Module):
     def pack(self, embedding: torch.Tensor) -> torch.Tensor:
         """Packed signatures: embedding [..., D] -> int32 [..., n_words] (bit 31 is the sign bit)."""
         with torch.no_grad():
-            bits = (embedding.detach().float() @ self.hyperplanes.float()) > 0  # [..., m]
+            # the projections turned in place into their bits as 1.0 / 0.0: no bool copy to convert
+            bits = (embedding.detach().float() @ self.hyperplanes.float()).gt_(0)  # [..., m]
             if self.bit_weights.device != bits.device:
                 self.bit_weights = self.bit_weights.to(bits.device)
-            halves = (bits.float() @ self.bit_weights).to(torch.int32)  # [..., 2W], each below 2**16
+            halves = (bits @ self.bit_weights).to(torch.int32)  # [..., 2W], each below 2**16
             # the high half shifted into bits 16..31 wraps into int32's sign bit: the same 32 bits
             return halves[..., 0::2] | (halves[..., 1::2] << HALF_WORD)
 
@@ -111,11 +112,11 @@ class EtaRetrieval(nn.Module):
         differ = torch.bitwise_xor(events, query.unsqueeze(1))
         if self.popcount.device != differ.device:
             self.popcount = self.popcount.to(differ.device)
-        flat = differ.reshape(-1)
-        low = self.popcount.index_select(0, flat & 0xFFFF)
+        flat = differ.view(-1)
         # >> is arithmetic on int32: the mask keeps the high half's own 16 bits
-        high = self.popcount.index_select(0, (flat >> HALF_WORD) & 0xFFFF)
-        counts = low.to(torch.int32).add_(high).view(differ.shape)
+        high = self.popcount.index_select(0, (flat >> HALF_WORD).bitwise_and_(0xFFFF))
+        low = self.popcount.index_select(0, flat.bitwise_and_(0xFFFF))
+        counts = low.add_(high).view(differ.shape)
         return counts.squeeze(-1) if counts.shape[-1] == 1 else counts.sum(-1, dtype=torch.int32)
 
     def forward(
@@ -138,10 +139,13 @@ class EtaRetrieval(nn.Module):
         length = events.shape[1]
         with torch.no_grad():
             wide = (self.n_bits + 1) * length >= 2**31
-            # fewer differing bits first, then more recent; invalid events below every valid one
-            score = self.hamming(candidate, events).to(torch.int64 if wide else torch.int32)
-            score.neg_().add_(self.n_bits).mul_(length)
-            score.add_(torch.arange(length, device=events.device, dtype=score.dtype))
-            score.masked_fill_(~mask, -1)
-            top, index = score.topk(min(self.k, length), dim=1)
-        return index, top >= 0
+            # the smallest key first: fewer differing bits, then more recent; invalid events after every valid one
+            key = self.hamming(candidate, events).to(torch.int64 if wide else torch.int32)
+            key.mul_(length).sub_(torch.arange(length, device=events.device, dtype=key.dtype))
+            invalid = (self.n_bits + 1) * length
+            # only rows with padding need it: a lifelong window is mostly full
+            padded = torch.nonzero(~mask.all(1)).squeeze(1)
+            if padded.numel():
+                key[padded] = key.index_select(0, padded).masked_fill_(~mask.index_select(0, padded), invalid)
+            top, index = key.topk(min(self.k, length), dim=1, largest=False)
+        return index, top < invalid
