@@ -143,9 +143,6 @@ class EtaRetrieval(nn.Module):
             key = self.hamming(candidate, events).to(torch.int64 if wide else torch.int32)
             key.mul_(length).sub_(torch.arange(length, device=events.device, dtype=key.dtype))
             invalid = (self.n_bits + 1) * length
-            # only rows with padding need it: a lifelong window is mostly full
-            padded = torch.nonzero(~mask.all(1)).squeeze(1)
-            if padded.numel():
-                key[padded] = key.index_select(0, padded).masked_fill_(~mask.index_select(0, padded), invalid)
+            key.masked_fill_(~mask, invalid)
             top, index = key.topk(min(self.k, length), dim=1, largest=False)
         return index, top < invalid
