@@ -178,28 +178,33 @@ class UserHistory:
         index, mask = self.window(users, visible, length, domain)
         return self.values("item", index), self.values("category", index), self.values("domain", index), mask
 
-    def last_values(self, field: str, users: torch.Tensor, visible: torch.Tensor, length: int) -> torch.Tensor:
-        """``values(field, window(users, visible, length, None)[0])``, read as whole slices.
+    def last_window(
+        self, users: np.ndarray | torch.Tensor, visible: np.ndarray | torch.Tensor, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`gather_last` over every domain (``domain=None``) without the domains: item, category, mask.
 
-        A row's last ``length`` events of every domain are one contiguous run of the value column:
+        A row's last ``length`` events of every domain are one contiguous run of a value column:
         rows of a strided view of the column (front-padded with ``length`` zeros, kept per length)
-        are copied whole, and the events of the previous user in the run are zeroed. At lifelong
-        lengths this is several times faster than gathering element by element.
+        are copied whole, and on rows that see fewer than ``length`` events the run's head, which
+        belongs to the previous user, is zeroed. At lifelong lengths this is several times faster
+        than gathering element by element.
         """
-        padded = self._front_padded.get((field, length))
-        if padded is None:
-            column = {"item": self.item, "category": self.category, "domain": self.domain}[field]
-            padded = torch.cat([torch.zeros(length, dtype=column.dtype), column])
-            self._front_padded[field, length] = padded
-        runs = padded.as_strided((self.n_events + 1, length), (1, 1))
-        end = _take(self.user_offsets, _as_long_tensor(users)) + _as_long_tensor(visible)
-        out = runs.index_select(0, end)  # row r: the events at end_r - length .. end_r - 1
-        visible_t = _as_long_tensor(visible)
-        short = torch.nonzero(visible_t < length).squeeze(1)  # rows whose run reaches into another user's
-        if short.numel():
-            keep = torch.arange(length, dtype=torch.int64) >= (length - visible_t.index_select(0, short)).unsqueeze(1)
-            out[short] = out.index_select(0, short) * keep
-        return out
+        users_t, visible_t = _as_long_tensor(users), _as_long_tensor(visible)
+        end = _take(self.user_offsets, users_t) + visible_t
+        mask = torch.arange(length, dtype=torch.int64) >= (length - visible_t).unsqueeze(1)
+        short = torch.nonzero(visible_t < length).squeeze(1)
+        columns = []
+        for field, column in (("item", self.item), ("category", self.category)):
+            padded = self._front_padded.get((field, length))
+            if padded is None:
+                padded = torch.cat([torch.zeros(length, dtype=column.dtype), column])
+                self._front_padded[field, length] = padded
+            # row r: the events at end_r - length .. end_r - 1
+            values = padded.as_strided((self.n_events + 1, length), (1, 1)).index_select(0, end)
+            if short.numel():
+                values[short] = values.index_select(0, short) * mask.index_select(0, short)
+            columns.append(values)
+        return columns[0], columns[1], mask
 
     def values(self, field: str, index: torch.Tensor) -> torch.Tensor:
         """The ``field`` (item, category or domain) of the events at positions ``index`` (n_events: absent, 0)."""

@@ -38,10 +38,8 @@ def gather_sequences(
     out.update(short_item=item, short_category=category, short_mask=mask)
     # the long window's events' domains are left out: no model reads them, and at lifelong lengths
     # every gathered column costs as much as the rest of a small model's step
-    length = schema.long_len
-    mask = torch.arange(length, dtype=torch.int64) >= (length - visible).unsqueeze(1)
-    out.update(long_item=history.last_values("item", users, visible, length),
-               long_category=history.last_values("category", users, visible, length), long_mask=mask)
+    item, category, mask = history.last_window(users, visible, schema.long_len)
+    out.update(long_item=item, long_category=category, long_mask=mask)
     item, category, _, mask = history.gather_category_last(users, visible, candidate_category, schema.sim_len)
     out.update(sim_item=item, sim_category=category, sim_mask=mask)
     for name, index in sequence_domains.items():

@@ -150,7 +150,8 @@ class Backbone(nn.Module):
         # it may pick (k >= M) equals attention over the whole sequence under the retrieval's mask:
         # no top-k, no gathers, one lookup shared by SIM and ETA.
         length = mask.shape[1]
-        whole = self.embeddings.embed_sequence(item, category) if length <= max(self.sim.k, self.eta.k) else None
+        scans_whole = length <= self.eta.k or (self.long_window is not None and length <= self.sim.k)
+        whole = self.embeddings.embed_sequence(item, category) if scans_whole else None
         if self.long_window is None:
             sim_out = self._searched_sim(batch, candidate)
         elif length <= self.sim.k:

@@ -51,7 +51,7 @@ class EtaRetrieval(nn.Module):
     Example::
 
         eta = EtaRetrieval(k=8, n_bits=16, dim=8, seed=0)
-        codes = eta.item_codes(item_table.weight)                  # [V, W] int64, cached
+        codes = eta.item_codes(item_table.weight)                  # [V, W] int32, cached
         index, mask = eta(codes[batch["item_id"]], codes[batch["long_item"]], batch["long_mask"])  # [B, 8]
     """
 
