@@ -182,8 +182,9 @@ def append_logs(dataset: Path | str, inputs: Sequence[Path | str], log: Callable
     new = [Path(p).expanduser().resolve() for p in inputs]
     if not new:
         raise CtlError("no input files given (inputs=[day_31.csv])")
-    _refuse_interrupted_swap(dataset)
     with file_lock(dataset.parent / f".{dataset.name}.lock"):
+        # under the lock: another append between its two renames is no interrupted swap
+        _refuse_interrupted_swap(dataset)
         return _append(dataset, new, log or (lambda message: None))
 
 
