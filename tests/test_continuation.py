@@ -126,6 +126,17 @@ def test_a_smaller_vocabulary_checkpoint_loads_into_the_larger_model(tmp_path) -
 # --- tracks and runs ---------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every run of this module on one thread, as the killed-and-resumed run must fork with: runs are
+    compared to 1e-6, and sums over the lifelong sequences' events (the embeddings' gradients)
+    are accumulated in an order that depends on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def continued(tmp_path_factory):
     """CTNet and base trained on the world with one transfer period fewer, then continued on the
