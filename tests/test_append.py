@@ -117,14 +117,17 @@ def test_a_killed_append_leaves_the_dataset_as_it_was(logs) -> None:
 
 
 def test_the_cli_appends_and_says_what_it_added(logs) -> None:
-    _tmp_path, _, paths, dataset = logs
+    tmp_path, _, paths, dataset = logs
     ctl = Path(sys.executable).with_name("ctl")
     env = {k: v for k, v in os.environ.items() if k != "CTL_COMMAND"}
-    done = subprocess.run([str(ctl), "data", "append", str(dataset), f"inputs=[{paths['new']}]", "progress=false"],
+    # any path: a comma and a space in a file name are no list syntax
+    odd = tmp_path / "day 4, new.csv"
+    shutil.copyfile(paths["new"], odd)
+    done = subprocess.run([str(ctl), "data", "append", str(dataset), str(odd), "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert "as period(s) 4" in done.stdout and "the test slice is now period 4" in done.stdout
-    again = subprocess.run([str(ctl), "data", "append", str(dataset), f"inputs=[{paths['new']}]"],
+    again = subprocess.run([str(ctl), "data", "append", str(dataset), str(odd)],
                            capture_output=True, text=True, env=env, timeout=300, check=False)
     assert again.returncode != 0 and "already an input" in again.stderr
     assert len([line for line in again.stderr.splitlines() if line.strip()]) == 1
@@ -300,8 +303,8 @@ def test_two_concurrent_appends_one_waits_and_none_is_lost(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "CTL_COMMAND"}
     before = (dataset / "meta.yaml").read_bytes()
     with file_lock(tmp_path / ".ds.lock"):  # the dataset's lock: both appends must wait for it
-        procs = {name: subprocess.Popen([str(ctl), "data", "append", str(dataset), f"inputs=[{path}]",
-                                         "progress=false"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        procs = {name: subprocess.Popen([str(ctl), "data", "append", str(dataset), str(path),
+                                         "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True, env=env) for name, path in halves.items()}
         time.sleep(5)
         assert all(p.poll() is None for p in procs.values())  # still waiting

@@ -34,15 +34,44 @@ def test_help_lists_the_subcommands() -> None:
         assert f"\n  {command}" in out
 
 
-def test_train_help_and_cfg_job() -> None:
-    assert "Powered by Hydra" in ctl("train", "--help").stdout
+def test_train_help_lists_the_config_groups_and_keys_with_their_defaults_and_passes_hydra_flags() -> None:
+    out = ctl("train", "--help").stdout
+    assert "Usage: ctl train [OPTIONS] [OVERRIDES]" in out
+    groups = {line.split()[0]: line.split()[1:] for line in out.split("Config groups")[1].split("Config keys")[0]
+              .splitlines()[1:] if line.strip()}
+    assert groups["model"][:2] == ["ctnet", "(default)"] and "ple" in out and "hydra/launcher" in groups
+    keys = dict(line.split() for line in out.split("Config keys")[1].split("`--cfg job`")[0].splitlines()[1:]
+                if len(line.split()) == 2)
+    assert keys["seed"] == "0" and keys["resume"] == "false" and keys["continue_from"] == "null"
+    assert "== Flags ==" in ctl("train", "--hydra-help").stdout
     job = ctl("train", "--cfg", "job", "model=base", "data=synthetic_tiny").stdout
     assert "name: base" in job and "_target_: ctl.models.base.BaseModel" in job
 
 
+COMMANDS = (["train"], ["sweep"], ["eval"], ["export"], ["score"], ["data", "generate"], ["data", "import"],
+            ["data", "append"], ["data", "validate"], ["data", "describe"])
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_the_one_grammars_help(command: list[str]) -> None:
+    out = ctl(*command, "--help").stdout
+    assert out.startswith(f"Usage: ctl {' '.join(command)} [OPTIONS]") and "-h, --help" in out, out
+
+
+def test_options_show_their_defaults_and_usage_errors_are_one_line() -> None:
+    out = " ".join(ctl("score", "--help").stdout.split())
+    assert "--batch-rows <int range> request rows encoded and scored at a time [default: 65536; x>=1]" in out
+    assert "[default: torch_export]" in ctl("export", "--help").stdout
+    proc = ctl("export", "some/run", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: Missing option '--out'. (see ctl export --help)"
+    proc = ctl("eval", "x", "--table", "nope", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "'nope' is not one of 'overall'" in proc.stderr and "(see ctl eval --help)" in proc.stderr
+
+
 def test_unknown_command_is_refused() -> None:
     proc = ctl("fly", check=False)
-    assert proc.returncode == 2 and "unknown command 'fly'" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: No such command 'fly'. (see ctl --help)"
 
 
 def test_the_demo_shows_world_tracks_progress_and_table_and_no_known_noise(tmp_path: Path) -> None:
@@ -60,7 +89,7 @@ import logging, sys, warnings
 import ctl.report.cli
 from ctl import cli
 
-def say(argv):
+def say(*args):
     warnings.warn_explicit("real problem", UserWarning, "fitting.py", 1, module="ctl.training.fitting")
     fit_loop = "pytorch_lightning.loops.fit_loop"
     warnings.warn_explicit("another fit-loop warning", UserWarning, "fit_loop.py", 1, module=fit_loop)
@@ -70,7 +99,7 @@ def say(argv):
     rank_zero.warning("another rank-zero line")
     rank_zero.warning("GPU available: True (cuda), used: True")
 
-ctl.report.cli.eval_main = say
+ctl.report.cli.run_eval = say
 cli.main(["eval", "anything"])
 """
 

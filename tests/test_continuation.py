@@ -203,7 +203,7 @@ def test_continuing_is_refused_with_another_config_or_an_unrelated_dataset(conti
 def test_a_run_grows_in_its_own_folder_and_ctl_eval_shows_every_period(continued, capsys) -> None:
     import shutil
 
-    from ctl.report.cli import eval_main
+    from ctl.cli import main as ctl_main
 
     root, _, runs = continued
     folder = root / "growing"
@@ -216,7 +216,7 @@ def test_a_run_grows_in_its_own_folder_and_ctl_eval_shows_every_period(continued
     second = (folder / "logs" / "fit-2" / "metrics.csv").read_text().splitlines()
     assert second[0] == first_logs.splitlines()[0] and len(second) > 1
     capsys.readouterr()
-    eval_main([str(folder), "--table", "periods", "--format", "json", "--bootstrap", "0"])
+    ctl_main(["eval", str(folder), "--table", "periods", "--format", "json", "--bootstrap", "0"])
     records = json.loads(capsys.readouterr().out)
     slices = {(r["slice"], r["metric"]): r["mean"] for r in records if r["method"] == "ctnet"}
     assert {s for s, _ in slices} >= {"period 4", "period 5", "period 6"}

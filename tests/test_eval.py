@@ -30,7 +30,7 @@ from ctl.metrics import (
     slice_metrics,
 )
 from ctl.report import views
-from ctl.report.cli import eval_main, evaluate
+from ctl.report.cli import evaluate
 from ctl.report.records import RECORD_KEYS
 from ctl.training.protocol import run_train
 
@@ -207,9 +207,7 @@ def test_cost_table_reads_own_and_total_cost_of_every_run(sweep: Path) -> None:
 
 
 def test_eval_help_names_every_table(capsys) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        eval_main(["--help"])
-    assert exit_info.value.code == 0
+    ctl_main(["eval", "--help"])
     out = capsys.readouterr().out
     for name in ("overall", "periods", "finetune", "coldstart", "cost", "--bootstrap", "--out", "--format"):
         assert name in out
@@ -331,7 +329,7 @@ def test_eval_refuses_a_missing_path_and_a_bad_bootstrap(tmp_path) -> None:
 
 def test_out_writes_csv_markdown_and_figures(sweep: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "report"
-    eval_main([str(sweep), "--table", "all", "--bootstrap", "0", "--format", "markdown", "--out", str(out)])
+    ctl_main(["eval", str(sweep), "--table", "all", "--bootstrap", "0", "--format", "markdown", "--out", str(out)])
     captured = capsys.readouterr()
     assert "### Table 2" in captured.out and "### Table 5" in captured.out
     assert "no finetune table" in captured.err
@@ -471,7 +469,7 @@ def test_regimes_out_writes_the_heat_maps_and_refuses_runs_of_no_cell(sweep: Pat
     # `all` skips the map with a note instead
     assert any(n.startswith("no regimes table") for n in evaluate([sweep], ["all"], bootstrap=50).notes)
     _regime_cells(sweep, tmp_path / "map")
-    eval_main([str(tmp_path / "map"), "--table", "regimes", "--bootstrap", "50", "--out", str(tmp_path / "out")])
+    ctl_main(["eval", str(tmp_path / "map"), "--table", "regimes", "--bootstrap", "50", "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert "Regime map" in printed and "lll" in printed and "hhh" in printed
     assert "| winner: margin over runner-up | ctnet − best other |" in (tmp_path / "out" / "regimes.md").read_text()

@@ -329,20 +329,20 @@ def test_ctl_export_and_score_commands_reproduce_the_demo_predictions(runs, tmp_
         return subprocess.run([*CTL, *args], capture_output=True, text=True, env=env, timeout=300, check=False)
 
     run_dir = runs["ctnet"]
-    done = ctl("export", str(run_dir), f"out={tmp_path / 'artifact'}")
+    done = ctl("export", str(run_dir), "--out", str(tmp_path / 'artifact'))
     assert done.returncode == 0, done.stderr
     assert "torch_export: ctnet on domain B, period_5.ckpt" in done.stdout
     expected = predictions(run_dir)
     requests = write_requests(requests_from_dataset(dataset_of(run_dir), expected["row"], with_history=True),
                               tmp_path / "requests.csv")
-    done = ctl("score", str(tmp_path / "artifact"), str(requests), f"out={tmp_path / 'scores.csv'}")
+    done = ctl("score", str(tmp_path / "artifact"), str(requests), "--out", str(tmp_path / 'scores.csv'))
     assert done.returncode == 0, done.stderr
     assert f"scored {expected['row'].size} request rows" in done.stdout and "unknown ids: none" in done.stdout
     scores = pacsv.read_csv(tmp_path / "scores.csv")
     np.testing.assert_allclose(scores.column("pred").to_numpy(), expected["pred"], atol=TOLERANCE, rtol=0)
     assert "history_item_id" not in scores.column_names and "row" in scores.column_names
 
-    refused = ctl("score", str(tmp_path / "artifact"), str(requests), "out=x.parquet", "batch=4")
-    assert refused.returncode == 2 and "unknown option batch=" in refused.stderr
-    assert "usage: ctl score ARTIFACT REQUESTS" in ctl("score", "--help").stdout
-    assert "format=onnx" in ctl("export", "--help").stdout
+    refused = ctl("score", str(tmp_path / "artifact"), str(requests), "--out", "x.parquet", "--batch", "4")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "error: No such option: --batch (Possible options: --batch-rows) (see ctl score --help)"]
+    assert not Path("x.parquet").exists()

@@ -1,4 +1,4 @@
-"""``ctl data append DATASET inputs=[...]``: an imported dataset grows by the periods of new logs.
+"""``ctl data append DATASET INPUT...``: an imported dataset grows by the periods of new logs.
 
 The new logs are imported together with the inputs the dataset was made from (its
 ``provenance.inputs``: absolute paths with their sha256), with its own import schema, and that
@@ -105,7 +105,7 @@ def _refuse_doubled(dataset: Path, earlier: list[Path], new: Sequence[Path]) -> 
             raise CtlError(f"{path} holds the same bytes as {earlier[digests[key]]}, already an input of "
                            f"{dataset}: the same logs cannot be appended twice")
     if len({p.resolve() for p in new}) != len(new):
-        raise CtlError(f"inputs={[str(p) for p in new]} names one file twice")
+        raise CtlError(f"the inputs {[str(p) for p in new]} name one file twice")
 
 
 def _refuse_older(staged: Path, n_earlier: int, test_period: int, inputs: list[Path], spans: list[str]) -> None:
@@ -181,7 +181,7 @@ def append_logs(dataset: Path | str, inputs: Sequence[Path | str], log: Callable
     dataset = Path(dataset).expanduser().resolve()
     new = [Path(p).expanduser().resolve() for p in inputs]
     if not new:
-        raise CtlError("no input files given (inputs=[day_31.csv])")
+        raise CtlError("no input files given (ctl data append DATASET day_31.csv ...)")
     with file_lock(dataset.parent / f".{dataset.name}.lock"):
         # under the lock: another append between its two renames is no interrupted swap
         _refuse_interrupted_swap(dataset)
@@ -210,7 +210,7 @@ def _append(dataset: Path, new: list[Path], log: Callable[[str], None]) -> Appen
         spans = list(report.spans)
         _refuse_older(grown, len(earlier), schema.test_period, [*earlier, *new], spans)
         if len(spans) <= schema.n_periods:
-            raise CtlError(f"inputs={[str(p) for p in new]} add no period after the dataset's last one "
+            raise CtlError(f"the inputs {[str(p) for p in new]} add no period after the dataset's last one "
                            f"({spans[schema.test_period]})")
         _check_id_maps(dataset, grown)
         try:
@@ -257,45 +257,3 @@ def _changed_rows(dataset: Path, grown: Path, exclude: str) -> str | None:
     why = ("label.exclude: all avoids every item a user ever touches, so the new logs change earlier negatives"
            if exclude == "all" else "they were made by an earlier importer")
     return f"the stored periods' rows differ from an import of all logs ({why})"
-
-
-def append_main(argv: list[str]) -> None:
-    """``ctl data append DATASET inputs=[a.csv,b.parquet] [root=DIR] [progress=false]``."""
-    from rich.console import Console
-
-    if not argv or argv[0] in ("-h", "--help"):
-        print(APPEND_USAGE)
-        return
-    dataset, options = argv[0], dict(_option(arg) for arg in argv[1:])
-    unknown = sorted(set(options) - {"inputs", "root", "progress"})
-    if unknown:
-        raise CtlError(f"ctl data append: unknown option {unknown[0]!r}; see ctl data append --help")
-    items = options.get("inputs", "").strip()
-    items = items[1:-1] if items.startswith("[") and items.endswith("]") else items
-    root = Path(options.get("root", ".")).expanduser()
-    inputs = [p if Path(p).is_absolute() else root / p for p in (s.strip() for s in items.split(",")) if p]
-    log = Console(stderr=True).print if options.get("progress", "true").lower() != "false" else None
-    report = append_logs(dataset, inputs, log=log)
-    Console().print(f"appended {report.new_rows:,} rows as period(s) {', '.join(map(str, report.periods))} "
-                    f"({'; '.join(report.spans)}); {report.n_rows:,} rows in all; the test slice is now period "
-                    f"{report.periods[-1]}\ndataset: {report.path}", highlight=False)
-
-
-def _option(arg: str) -> tuple[str, str]:
-    key, sep, value = arg.partition("=")
-    if not sep:
-        raise CtlError(f"ctl data append: expected key=value after DATASET, got {arg!r}")
-    return key.strip(), value.strip()
-
-
-APPEND_USAGE = """usage: ctl data append DATASET inputs=[a.csv,b.parquet] [root=DIR] [progress=false]
-
-Append the records of new log files (same schema as the import) to the imported dataset DATASET as
-its next period(s): the last one is the new test slice, the one before (the earlier test slice)
-becomes trainable. Ids already given keep their ids, new users/items/categories get new ones, and
-histories extend. The dataset's own inputs are read again (they must still be where they were
-imported from). Tracks and runs then extend: ctl train ... continue_from=RUN_DIR (docs/operations.md).
-
-Refused with one line: records in a period the dataset already has, inputs of another schema, an
-input appended before, logs that add no period. Atomic: a killed append leaves DATASET as it was.
-"""

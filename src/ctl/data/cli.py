@@ -1,31 +1,33 @@
-"""``ctl data validate PATH`` and ``ctl data describe PATH``."""
+"""What ``ctl data validate | describe | append`` print around the work (their options: ctl.cli)."""
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 
-from ctl.data.dataset import load_dataset
 
+def run_validate(path: Path) -> None:
+    from ctl.data.dataset import load_dataset
 
-def _path_arg(prog: str, description: str, argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("path", help="a dataset folder (meta.yaml + rows.parquet + history.parquet)")
-    return parser.parse_args(argv)
-
-
-def validate_main(argv: list[str]) -> None:
-    args = _path_arg("ctl data validate", "Check every column of a dataset; report the first problem.", argv)
-    ds = load_dataset(args.path, validate=True)
-    Console().print(f"[green]ok[/green]: {args.path}: {ds.n_rows:,} rows, "
+    ds = load_dataset(path, validate=True)
+    Console().print(f"[green]ok[/green]: {path}: {ds.n_rows:,} rows, "
                     f"{len(ds.history.item):,} history events, domains {list(ds.schema.domains)} "
                     f"(source {ds.schema.source}), {ds.schema.n_periods} periods")
 
 
-def describe_main(argv: list[str]) -> None:
+def run_describe(path: Path) -> None:
+    from ctl.data.dataset import load_dataset
     from ctl.data.describe import print_description
 
-    args = _path_arg("ctl data describe",
-                     "Per-domain and per-period counts, CTR, users, items, new items; history lengths.", argv)
-    print_description(load_dataset(args.path, validate=True), Console())
+    print_description(load_dataset(path, validate=True), Console())
+
+
+def run_append(dataset: Path, inputs: Sequence[Path], progress: bool = True) -> None:
+    from ctl.data.append import append_logs
+
+    report = append_logs(dataset, inputs, log=Console(stderr=True).print if progress else None)
+    Console().print(f"appended {report.new_rows:,} rows as period(s) {', '.join(map(str, report.periods))} "
+                    f"({'; '.join(report.spans)}); {report.n_rows:,} rows in all; the test slice is now period "
+                    f"{report.periods[-1]}\ndataset: {report.path}", highlight=False)

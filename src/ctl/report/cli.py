@@ -1,12 +1,11 @@
 """``ctl eval``: read run and sweep directories, print the paper's tables (never re-trains).
 
 ``evaluate(paths, table_names, bootstrap)`` computes every requested table per dataset as records
-(the JSON rows) and views (the printed tables); ``eval_main`` is the command line around it.
+(the JSON rows) and views (the printed tables); ``run_eval`` prints them for ``ctl eval`` (ctl.cli).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -256,42 +255,21 @@ def write_files(report: Report, out: Path) -> list[Path]:
     return list(dict.fromkeys(written))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ctl eval", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", metavar="PATH", type=Path,
-                        help="run folders, sweep folders (searched recursively) or metrics.json files")
-    parser.add_argument("--table", action="append", choices=(*TABLES, "all"), metavar="NAME",
-                        help="which table: overall (default), periods, finetune, coldstart, cost, findings, regimes or all; "
-                             "repeatable")
-    parser.add_argument("--format", choices=FORMATS, default="table",
-                        help="stdout format: rich tables (default), json (the records, see docs/eval.md), "
-                             "csv (the records, one per line) or markdown")
-    parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="also write <table>.csv, <table>.md and PNG figures into DIR")
-    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
-                        help=f"paired user-bootstrap resamples for significance vs base (default {DEFAULT_BOOTSTRAP}; "
-                             "0 = off)")
-    parser.add_argument("--versus", default=BASE, metavar="METHOD",
-                        help="the method the significance columns pair every other method with, seed by seed "
-                             "(default base; e.g. ctnet to ask whether a baseline really beats it)")
-    return parser
-
-
-def eval_main(argv: list[str]) -> None:
-    args = build_parser().parse_args(argv)
-    report = evaluate(args.paths, args.table or ["overall"], args.bootstrap, args.versus)
+def run_eval(paths: Sequence[Path], table_names: Sequence[str], fmt: str = "table", out: Path | None = None,
+             bootstrap: int = DEFAULT_BOOTSTRAP, versus: str = BASE) -> None:
+    """``ctl eval``: compute the tables, print them in ``fmt``, and write their files into ``out``."""
+    report = evaluate(list(paths), list(table_names), bootstrap, versus)
     err = Console(stderr=True)
     for note in report.notes:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
-    if args.format == "table":
+    if fmt == "table":
         render.print_views(all_views(report), Console())
-    elif args.format == "markdown":
+    elif fmt == "markdown":
         sys.stdout.write(render.markdown(all_views(report)))
-    elif args.format == "json":
+    elif fmt == "json":
         sys.stdout.write(render.records_json(all_records(report)))
     else:
         sys.stdout.write(render.records_csv(all_records(report)))
-    if args.out:
-        for path in write_files(report, args.out):
+    if out:
+        for path in write_files(report, out):
             err.print(f"wrote {path}", highlight=False)

@@ -12,8 +12,8 @@ An artifact folder holds
   fingerprint and path, the graph's inputs (name, dtype, shape with -1 for the batch), and the
   size and sha256 of every other file. An artifact whose files differ from it, or that holds a
   file it does not list, is refused;
-* ``manifest.sig`` (optional, ``ctl export ... sign_key=FILE``): the HMAC-SHA256 of
-  ``manifest.json`` under a shared key; ``ctl score ... verify_key=FILE`` refuses an artifact
+* ``manifest.sig`` (optional, ``ctl export ... --sign-key FILE``): the HMAC-SHA256 of
+  ``manifest.json`` under a shared key; ``ctl score ... --verify-key FILE`` refuses an artifact
   without it or whose manifest it does not match.
 
 An artifact may come from someone else: nothing in it is unpickled (:mod:`ctl.serve.pt2` loads
@@ -272,8 +272,8 @@ def verify_signature(folder: Path, key: bytes) -> None:
     if not (folder / MANIFEST_FILE).is_file():
         raise CtlError(f"{folder} has no {MANIFEST_FILE}: not an artifact written by ctl export")
     if not signature.is_file():
-        raise CtlError(f"artifact {folder} is not signed (no {SIGNATURE_FILE}) and verify_key= asks for a signed one; "
-                       "export it with sign_key=FILE")
+        raise CtlError(f"artifact {folder} is not signed (no {SIGNATURE_FILE}) and --verify-key  asks for a signed one; "
+                       "export it with --sign-key FILE")
     found = signature.read_bytes().strip()
     if not hmac.compare_digest(found, manifest_signature(folder, key).encode()):
         raise CtlError(f"artifact {folder}: {SIGNATURE_FILE} does not match its {MANIFEST_FILE} under verify_key "

@@ -259,11 +259,11 @@ def _export_torch(wrapped: Probabilities, args: tuple[torch.Tensor, ...], file: 
 
 
 def _export_onnx(wrapped: Probabilities, args: tuple[torch.Tensor, ...], file: Path) -> None:
-    require_onnxruntime("format=onnx")
+    require_onnxruntime("--format onnx")
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter's translation library)
     except ImportError:
-        raise CtlError("format=onnx needs onnx and onnxscript, which are not installed: "
+        raise CtlError("--format onnx needs onnx and onnxscript, which are not installed: "
                        "pip install 'ctl[serve]'") from None
     batch = torch.export.Dim("batch", min=1)
     exporter_log = logging.getLogger("torch.onnx")
@@ -287,7 +287,7 @@ def export_run(run_dir: Path | str, out: Path | str, fmt: str = "torch_export",
     """Write the artifact of the run in ``run_dir`` to the new folder ``out``; returns ``out``.
 
     With ``sign_key`` (a file holding a secret key), ``manifest.sig`` holds the HMAC-SHA256 of the
-    manifest under that key, which ``ctl score ... verify_key=`` checks.
+    manifest under that key, which ``ctl score ... --verify-key `` checks.
 
     Raises:
         CtlError: an unknown format, an existing ``out``, a folder that is no finished run, a run

@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 
 from ctl.errors import CtlError
 from ctl.io import atomic_write_bytes
+from ctl.serve import DEFAULT_BATCH_ROWS
 from ctl.serve.artifact import Artifact
 from ctl.serve.requests import READABLE, RequestEncoder, Where, read_table
 
 #: request rows encoded and scored at a time
-DEFAULT_BATCH_ROWS = 65536
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def score_file(artifact: Artifact | Path | str, requests: Path | str, out: Path 
     if out.suffix.lower() not in READABLE:
         raise CtlError(f"out={out}: expected a {' or '.join(READABLE)} file name")
     if batch_rows < 1:
-        raise CtlError(f"batch_rows={batch_rows} must be >= 1")
+        raise CtlError(f"--batch-rows {batch_rows} must be >= 1")
     encoder = RequestEncoder(artifact, Path(history).expanduser() if history is not None else None)
     table = read_table(requests, text_columns=encoder.text_columns())
     unknown: Counter = Counter()

@@ -27,7 +27,7 @@ def extended_config(data_cfg: DictConfig, periods: int) -> DictConfig:
     """``data_cfg`` of the same world with ``periods`` more transfer periods."""
     if data_cfg.get("generator") is None:
         raise CtlError(f"extend={periods} continues a synthetic world, but data={data_cfg.name} has no generator; "
-                       "append new logs to an imported dataset with `ctl data append DATASET inputs=[...]`")
+                       "append new logs to an imported dataset with `ctl data append DATASET ...`")
     if periods < 1:
         raise CtlError(f"extend={periods} must be >= 1 (the periods to add)")
     longer = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
