@@ -48,7 +48,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from ctl.data.dataset import META_FILE, ROWS_FILE, read_meta
-from ctl.data.importer import ID_MAPS_DIR, ORIGIN_FILE, import_dataset, parse_spec
+from ctl.data.id_maps import ID_MAPS_DIR
+from ctl.data.importer import ORIGIN_FILE, import_dataset, parse_spec
 from ctl.data.lineage import check_history_prefix, lineage_after, same_values, write_lineage
 from ctl.data.schema import Schema
 from ctl.errors import CtlError

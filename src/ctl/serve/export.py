@@ -23,6 +23,7 @@ import torch
 from ctl.data.batch import Batch, DomainView
 from ctl.data.batcher import BatchAssembler
 from ctl.data.dataset import Dataset, load_dataset
+from ctl.data.id_maps import ID_MAPS_DIR
 from ctl.errors import CtlError, cut, shorten
 from ctl.io import (
     MANIFEST_FILE,
@@ -36,7 +37,6 @@ from ctl.received import field, mapping, read_json, read_yaml
 from ctl.serve.artifact import (
     ARTIFACT_VERSION,
     FORMATS,
-    ID_MAPS_DIR,
     MODEL_FILES,
     SCHEMA_FILE,
     SIGNATURE_FILE,
