@@ -56,3 +56,17 @@ def test_the_check_finds_an_upward_import_and_a_private_name(tmp_path):
 def test_the_command_modules_sit_above_their_packages():
     assert import_graph.layer_of("ctl.serve.cli") > import_graph.layer_of("ctl.serve.score")
     assert import_graph.layer_of("ctl.data.importer.config") == import_graph.layer_of("ctl.data")
+
+
+def test_src_has_no_import_circle():
+    assert import_graph.cycles(import_graph.import_graph()) == []
+
+
+def test_src_imports_look_down_only_and_take_no_private_name():
+    assert import_graph.upward_imports(import_graph.import_graph()) == []
+
+
+def test_every_module_of_src_is_in_a_named_layer():
+    # a new top-level module falls to the package's own layer 0 unless LAYERS places it
+    top = {name for name in import_graph.module_files() if name.count(".") == 1}
+    assert sorted(name for name in top if name not in import_graph.LAYERS) == []

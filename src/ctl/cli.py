@@ -114,11 +114,12 @@ def _data(argv: list[str]) -> None:
 def _hydra(config_name: str, argv: list[str], multirun: bool) -> None:
     import hydra
 
-    from ctl import app, errors
+    from ctl import app
+    from ctl.overrides import check_overrides
 
     task = {"train": app.train_task, "generate": app.generate_task, "import": app.import_task}[config_name]
     output_key = ("hydra.sweep.dir" if multirun else "hydra.run.dir") if config_name == "train" else None
-    errors.check_overrides(argv, Path(app.__file__).parent / "conf", output_key)
+    check_overrides(argv, Path(app.__file__).parent / "conf", output_key)
     if multirun and "-m" not in argv and "--multirun" not in argv:
         argv = ["--multirun", *argv]
     entry = hydra.main(version_base="1.3", config_path="conf", config_name=config_name)(task)
