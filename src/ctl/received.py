@@ -61,7 +61,7 @@ def field(data: Mapping, key: str, kind: type | tuple[type, ...], file: Path | s
     ``kind``; a missing key or another type is refused naming ``file`` and ``key``. An integer is
     never taken from a bool, and a float is taken from an integer."""
     value: object = data
-    walked = []
+    walked: list[str] = []
     for part in key.split("."):
         if not isinstance(value, Mapping):
             raise CtlError(f"{file}: {'.'.join(walked)} must be a mapping, got {shorten(value)}")
