@@ -97,7 +97,7 @@ def _refuse_doubled(dataset: Path, earlier: list[Path], new: Sequence[Path]) -> 
         if path.resolve() in seen:
             raise CtlError(f"{path} is already an input of {dataset} (input {seen[path.resolve()] + 1} of its "
                            "provenance): each append takes new logs only")
-    digests = {}
+    digests: dict[tuple[int, str], int] = {}
     for i, path in enumerate(earlier):
         digests.setdefault((path.stat().st_size, file_sha256(path)), i)
     for path in new:

@@ -224,9 +224,11 @@ def read_schema(file: Path):
             field(feature, key, kind, where)
     for key, kind in (("domains", list), ("source", str), ("n_history", int), ("n_transfer", int)):
         field(data, key, kind, file)
-    for key, kind in (("short_len", int), ("long_len", int), ("description", str), ("extra", (dict, type(None)))):
+    optional: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+        ("short_len", int), ("long_len", int), ("description", str), ("extra", (dict, type(None))))
+    for key, kinds in optional:
         if key in data:
-            field(data, key, kind, file)
+            field(data, key, kinds, file)
     try:
         return Schema.from_dict(data)
     except KeyError as exc:

@@ -194,6 +194,7 @@ def load_run_model(run_dir: Path) -> RunModel:
     view = None
     try:
         if protocol == "source":
+            assert run.source_track is not None  # read_run sets it for every source run
             net = build_model(base_net_of(run.size), schema, f"{run_dir / 'config.yaml'}: model.size")
             view = DomainView(schema, schema.source)
             checkpoint = _latest_checkpoint(run.source_track / "checkpoints", "the source track")
@@ -279,6 +280,8 @@ def _export_onnx(wrapped: Probabilities, args: tuple[torch.Tensor, ...], file: P
                                         verbose=False)
     finally:
         exporter_log.setLevel(level)
+    if program is None:  # the dynamo exporter always returns its program; None is the legacy one's
+        raise CtlError(f"torch.onnx.export returned no program for {file}")
     program.save(str(file))
 
 
