@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint typecheck clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+
+# mypy's default strictness plus the [tool.mypy] settings of pyproject.toml
+typecheck: $(STAMP)
+	$(BIN)/mypy src
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -29,6 +29,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 import torch
 
 from bench import Figure
+from ctl import quiet
 
 FigureFactory = Callable[[bool], Figure]
 RESERVED_FIELDS = ("figure", "median", "min", "max", "unit", "repeats", "threads", "quick")
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the figure names and exit")
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "results.json")
     args = parser.parse_args(argv)
+    quiet.install()  # the same filter of known third-party chatter as `ctl`
 
     figures = discover_figures()
     if args.list:

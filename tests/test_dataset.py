@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from conftest import make_random_dataset, random_columns
-from ctl.data import dataset as dataset_module
+from ctl.data import writing as writing_module
 from ctl.data.dataset import DatasetError, load_dataset, write_dataset
 from ctl.data.describe import (
     describe_dataset,
@@ -102,7 +102,7 @@ def test_write_refuses_an_existing_path_and_leaves_nothing_on_failure(tmp_path: 
             raise OSError("disk full")
         real_write(table, where, row_group_size=row_group_size)
 
-    monkeypatch.setattr(dataset_module.pq, "write_table", failing_write)
+    monkeypatch.setattr(writing_module.pq, "write_table", failing_write)
     with pytest.raises(OSError, match="disk full"):
         write_dataset(tmp_path / "ds", schema, rows, history, {})
     assert calls == [600, 1500]

@@ -26,13 +26,13 @@ from ctl.metrics import (
     cold_start_slices,
     delong_test,
     gauc,
-    paired_bootstrap,
     slice_metrics,
 )
 from ctl.report import views
 from ctl.report.cli import evaluate
 from ctl.report.records import RECORD_KEYS
 from ctl.training.protocol import run_train
+from references import reference_metric
 
 CTL = str(Path(sys.executable).with_name("ctl"))
 ARMS = {"base": ["model=base"], "ctnet": ["model=ctnet"], "ctnet_once": ["model=ctnet", "model.refresh_source=false"]}
@@ -94,7 +94,7 @@ def test_json_matches_metrics_recomputed_from_predictions(sweep: Path) -> None:
             assert row["base"] == pytest.approx(np.mean(base), abs=TOL)
 
 
-def test_significance_is_the_paired_bootstrap_and_delong_on_rows_paired_by_id(sweep: Path) -> None:
+def test_significance_pairs_the_rows_by_id_and_brackets_the_measured_gain(sweep: Path) -> None:
     rows = evaluate([sweep], ["overall"], bootstrap=1000).records["overall"]
     for metric in ("auc", "gauc"):
         sig = only(rows, model="ctnet", metric=metric)["significance"]
@@ -103,12 +103,26 @@ def test_significance_is_the_paired_bootstrap_and_delong_on_rows_paired_by_id(sw
         for entry in sig["per_seed"]:
             model, base = predictions(sweep / f"ctnet-s{entry['seed']}"), predictions(sweep / f"base-s{entry['seed']}")
             assert np.array_equal(model["row"], base["row"])
-            boot = paired_bootstrap(model["label"], model["pred"], base["pred"], model["user_id"], 1000, seed=0)
-            assert (entry["low"], entry["high"], entry["delta"]) == (
-                boot[metric]["low"], boot[metric]["high"], boot[metric]["delta"])
+            # the gain from sklearn on the rows paired by id; the interval brackets it
+            gain = (reference_metric(metric, model["pred"], model["label"], model["user_id"])
+                    - reference_metric(metric, base["pred"], base["label"], base["user_id"]))
+            assert entry["delta"] == pytest.approx(gain, abs=1e-12)
+            assert entry["low"] < entry["delta"] < entry["high"]
             assert entry["significant"] == (entry["low"] > 0 or entry["high"] < 0)
             if metric == "auc":
                 assert entry["p_value"] == delong_test(model["label"], model["pred"], base["pred"])["p_value"]
+
+
+def test_a_method_that_predicts_as_base_gains_nothing_and_is_not_significant(sweep: Path, tmp_path: Path) -> None:
+    for seed in SEEDS:
+        _copy_run(sweep / f"base-s{seed}", tmp_path / f"base-s{seed}", {})
+        twin = _copy_run(sweep / f"ctnet-s{seed}", tmp_path / f"ctnet-s{seed}", {})
+        shutil.copyfile(sweep / f"base-s{seed}" / "predictions.parquet", twin / "predictions.parquet")
+    rows = evaluate([tmp_path], ["overall"], bootstrap=200).records["overall"]
+    for metric in ("auc", "gauc"):
+        sig = only(rows, model="ctnet", metric=metric)["significance"]
+        assert sig["tested_seeds"] == 2 and sig["significant_seeds"] == 0
+        assert [(e["delta"], e["low"], e["high"]) for e in sig["per_seed"]] == [(0.0, 0.0, 0.0)] * 2
 
 
 def test_versus_pairs_every_method_with_the_chosen_one(sweep: Path) -> None:
@@ -420,7 +434,6 @@ def _regime_cells(sweep: Path, root: Path) -> dict[str, Path]:
 
 
 def test_regimes_table_gives_each_cell_its_gains_with_the_seeds_mean_interval(sweep: Path, tmp_path: Path) -> None:
-    from ctl.metrics import paired_bootstrap_mean
     from ctl.report.cli import DEFAULT_BOOTSTRAP
 
     cells = _regime_cells(sweep, tmp_path / "map")
@@ -433,15 +446,16 @@ def test_regimes_table_gives_each_cell_its_gains_with_the_seeds_mean_interval(sw
             rec = only(records, model="ctnet", metric=metric, regime={"volume": {"lll": "low"}.get(code, "high"),
                        "gap": {"lll": "low"}.get(code, "high"), "drift": {"lll": "low"}.get(code, "high"),
                        "cell": code})
-            pairs = []
+            gains = []
             for seed in SEEDS:
                 mine, base = predictions(folder / f"ctnet-s{seed}"), predictions(folder / f"base-s{seed}")
-                pairs.append((mine["label"], mine["pred"], base["pred"], mine["user_id"]))
-            expected = paired_bootstrap_mean(pairs, n_resamples=DEFAULT_BOOTSTRAP)[metric]
+                gains.append(reference_metric(metric, mine["pred"], mine["label"], mine["user_id"])
+                             - reference_metric(metric, base["pred"], base["label"], base["user_id"]))
+            # the seeds' mean gain from sklearn, and an interval around it
             sig = rec["significance"]
-            assert (sig["delta"], sig["low"], sig["high"]) == pytest.approx(
-                (expected["delta"], expected["low"], expected["high"]), abs=1e-12)
-            assert sig["significant"] == (expected["low"] > 0 or expected["high"] < 0)
+            assert sig["delta"] == pytest.approx(np.mean(gains), abs=1e-12)
+            assert sig["low"] < sig["delta"] < sig["high"]
+            assert sig["significant"] == (sig["low"] > 0 or sig["high"] < 0)
             assert rec["delta"] == pytest.approx(np.mean([reference(folder / f"ctnet-s{s}", metric)
                                                           - reference(folder / f"base-s{s}", metric)
                                                           for s in SEEDS]), abs=TOL)

@@ -8,7 +8,14 @@ import pytest
 from hydra import compose, initialize_config_module
 
 import ctl.conf
-from ctl.methods import BASE, METHOD_ORDER, method_label, method_rank
+from ctl.methods import (
+    BASE,
+    METHOD_ORDER,
+    is_ctnet_family,
+    method_label,
+    method_rank,
+    register_label_resolver,
+)
 
 #: overrides of `ctl train` -> the label its metrics.json and tables carry (written by hand)
 LABELS: dict[tuple[str, ...], str] = {
@@ -74,3 +81,20 @@ def test_the_shipped_adapter_base_width_is_the_one_labels_leave_out() -> None:
     for name in ("ctnet", "ctnet_linear"):
         shipped = OmegaConf.load(Path(ctl.conf.__file__).parent / "model" / f"{name}.yaml")
         assert shipped.net.adapter_base_width == ADAPTER_BASE_WIDTH == 128, name
+
+
+def test_the_ctnet_family_is_ctnet_its_variants_and_its_settings():
+    family = ["ctnet", "ctnet_linear", "ctnet_once", "ctnet_r64_shared", "ctnet[adapter_rank=8]"]
+    others = ["base", "ft_all", "ctnetwork", "minet", "base[ctnet]"]
+    assert [is_ctnet_family(label) for label in family] == [True] * len(family)
+    assert [is_ctnet_family(label) for label in others] == [False] * len(others)
+
+
+def test_run_and_sweep_folders_carry_the_method_label():
+    register_label_resolver()
+    with initialize_config_module(config_module="ctl.conf", version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True,
+                      overrides=["model=ctnet", "model.refresh_source=false", "data.domain=B", "seed=3"])
+    assert cfg.hydra.run.dir.endswith("-ctnet_once-B")
+    cfg.hydra.job.num = 7  # set by Hydra per job of a sweep
+    assert cfg.hydra.sweep.subdir == "7-ctnet_once-B-s3"

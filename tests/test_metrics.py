@@ -11,18 +11,7 @@ from sklearn.metrics import roc_auc_score
 from torchmetrics.classification import BinaryAUROC
 
 from ctl.metrics import GAUC, auc, gauc, gauc_per_user, logloss
-
-
-def reference_gauc(preds: np.ndarray, labels: np.ndarray, users: np.ndarray) -> float:
-    """A loop over users: impression-weighted sklearn AUCs of the users holding both labels."""
-    weighted_sum, weight = 0.0, 0
-    for user in np.unique(users):
-        mine = users == user
-        if labels[mine].min() == labels[mine].max():
-            continue
-        weighted_sum += mine.sum() * roc_auc_score(labels[mine], preds[mine])
-        weight += mine.sum()
-    return weighted_sum / weight
+from references import reference_gauc
 
 
 def random_rows(n_rows: int, n_users: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_module
 from ctl.data.batcher import BatchAssembler
 from ctl.data.dataset import load_dataset
 from ctl.errors import CtlError
+from ctl.serve import score as score_module
 from ctl.serve.artifact import Artifact
 from ctl.serve.export import export_run, load_run_model
 from ctl.serve.requests import requests_from_dataset
@@ -346,3 +347,44 @@ def test_ctl_export_and_score_commands_reproduce_the_demo_predictions(runs, tmp_
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         "error: No such option: --batch (Possible options: --batch-rows) (see ctl score --help)"]
     assert not Path("x.parquet").exists()
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_scoring_block_by_block_writes_the_bytes_of_one_block(runs, artifacts, tmp_path, suffix, monkeypatch) -> None:
+    # graph calls of 50 rows: blocks of 37 rows straddle them, as 65,536-row blocks would 4,096-row calls
+    monkeypatch.setattr(score_module, "SCORE_CALL_ROWS", 50)
+    run_dir = runs["ctnet"]
+    expected = predictions(run_dir)
+    dataset = load_dataset(dataset_of(run_dir))
+    artifact = Artifact.load(artifacts["ctnet", "torch_export"])
+    rows = expected["row"]
+    # by ts, so every block searches the history's keys; a request file of several Parquet row groups
+    lookup = requests_from_dataset(dataset.path, rows, with_history=False).drop(["hist_end"])
+    lookup = lookup.append_column("ts", pa.array(dataset.rows["ts"][rows].astype(np.int64)))
+    path = tmp_path / f"requests{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(lookup, path, row_group_size=50)
+    else:
+        write_requests(lookup, path)
+    assert rows.size > 3 * 50
+    whole = score_file(artifact, path, tmp_path / f"whole{suffix}", batch_rows=rows.size + 1)
+    seen = []
+    blocks = score_file(artifact, path, tmp_path / f"blocks{suffix}", batch_rows=37,
+                        progress=lambda done, total: seen.append(done))
+    assert blocks.out.read_bytes() == whole.out.read_bytes()
+    assert seen == [*range(37, rows.size, 37), rows.size]
+    assert blocks.rows == whole.rows == rows.size
+    assert read_scores(blocks.out).column("row").to_pylist() == rows.tolist()
+
+
+def test_a_refusal_in_a_later_block_names_the_file_row(runs, artifacts, tmp_path) -> None:
+    run_dir = runs["base"]
+    rows = predictions(run_dir)["row"][:20]
+    table = requests_from_dataset(dataset_of(run_dir), rows, with_history=False)
+    hist_end = table.column("hist_end").to_numpy().copy()
+    hist_end[13] = -1  # file row 14, in the third block of 5 rows
+    path = write_requests(table.set_column(table.column_names.index("hist_end"), "hist_end", pa.array(hist_end)),
+                          tmp_path / "requests.parquet")
+    with pytest.raises(CtlError, match=r"requests.parquet: column 'hist_end', row 14: -1 events visible"):
+        score_file(artifacts["base", "torch_export"], path, tmp_path / "out.parquet", batch_rows=5)
+    assert not (tmp_path / "out.parquet").exists()

@@ -14,7 +14,8 @@ from conftest import make_random_dataset, scramble_global_generators
 from ctl.data.batcher import BatchAssembler
 from ctl.data.datamodule import ContinualDataModule
 from ctl.data.dataset import ROWS_FILE, Dataset, load_dataset
-from ctl.data.streaming import ParquetRowStream, load_row_index, read_rows
+from ctl.data.parts import read_rows
+from ctl.data.streaming import ParquetRowStream, load_row_index
 
 GROUP_ROWS = 70
 

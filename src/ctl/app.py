@@ -9,6 +9,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ctl import errors
+from ctl.methods import register_label_resolver
+
+# before Hydra resolves the run folder: conf/train.yaml names it by ${method_label:}
+register_label_resolver()
 
 
 def train_task(cfg: DictConfig) -> float | None:
@@ -64,7 +68,7 @@ def generate_task(cfg: DictConfig) -> None:
 
 
 def import_task(cfg: DictConfig) -> None:
-    from ctl.data.importer import run_import
+    from ctl.data.import_run import run_import
 
     with errors.friendly():
         run_import(cfg)

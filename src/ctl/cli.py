@@ -81,10 +81,11 @@ def config_defaults(config_name: str) -> tuple[list[tuple[str, list[str]]], list
             others = sorted(o for o in loader.get_group_options(group) if o != choice)
             groups.append((group, [f"{choice} (default)" if choice is not None else "null (default)", *others]))
     plain = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(plain, dict)
     plain.pop("hydra", None)
     group_roots = {group.split("/")[0] for group, _ in groups}
-    keys = []
-    for key, value in plain.items():
+    keys: list[tuple[str, str]] = []
+    for key, value in ((str(k), v) for k, v in plain.items()):
         if key in group_roots and isinstance(value, dict):
             # a group's own keys are listed by `--cfg job`; keep the ones the top-level config adds
             keys += [(f"{key}.{k}", _shown(v)) for k, v in value.items() if not isinstance(v, dict | list)
@@ -310,11 +311,11 @@ def _hydra(config_name: str, argv: list[str], multirun: bool) -> None:
     import hydra
 
     from ctl import app as tasks
-    from ctl import errors
+    from ctl.overrides import check_overrides
 
     task = {"train": tasks.train_task, "generate": tasks.generate_task, "import": tasks.import_task}[config_name]
     output_key = ("hydra.sweep.dir" if multirun else "hydra.run.dir") if config_name == "train" else None
-    errors.check_overrides(argv, CONF, output_key)
+    check_overrides(argv, CONF, output_key)
     if multirun and "-m" not in argv and "--multirun" not in argv:
         argv = ["--multirun", *argv]
     entry = hydra.main(version_base="1.3", config_path="conf", config_name=config_name)(task)

@@ -75,11 +75,19 @@ def rename_into_place(staging: Path, final: Path, writer: str) -> None:
 
 def output_error(exc: OSError, path: Path) -> CtlError | None:
     """A one-line refusal for an OSError that says the output location cannot be written, else None."""
-    reason = _OUTPUT_ERRNOS.get(exc.errno)
+    reason = _OUTPUT_ERRNOS.get(exc.errno) if exc.errno is not None else None
     if reason is None:
         return None
     return CtlError(f"cannot write {path}: {reason}; free space or choose a writable folder "
                     "(hydra.run.dir for runs, home= or CTL_HOME for the dataset and track cache)")
+
+
+def write_synced(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Create ``path`` with what ``write(handle)`` writes, and fsync it (a staging file, renamed later)."""
+    with open(path, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -88,10 +96,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_synced(tmp, write)
         crash_point(f"write:{path.name}")
         os.replace(tmp, path)
         fsync_path(path.parent)
@@ -273,7 +278,7 @@ def check_writable(folder: Path, what: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as exc:
-        reason = _OUTPUT_ERRNOS.get(exc.errno, exc.strerror or str(exc))
+        reason = (_OUTPUT_ERRNOS.get(exc.errno) if exc.errno is not None else None) or exc.strerror or str(exc)
         raise CtlError(f"{what} {folder} is not writable ({reason}); choose another folder or fix it") from None
     finally:
         probe.unlink(missing_ok=True)

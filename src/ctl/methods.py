@@ -38,6 +38,8 @@ from omegaconf import DictConfig, OmegaConf
 
 #: the label of the target production model, the reference of every gain
 BASE = "base"
+#: the label of the paper's method; its variants' labels start with it
+CTNET = "ctnet"
 
 #: CTNet's shipped ``model.net.adapter_base_width`` (conf/model/ctnet.yaml): another width is another method
 ADAPTER_BASE_WIDTH = 128
@@ -89,3 +91,15 @@ def method_rank(label: str) -> tuple[int, str]:
     method = label.split("[", 1)[0]
     known = [m for m in METHOD_ORDER if method == m or method.startswith(f"{m}_")]
     return (METHOD_ORDER.index(max(known, key=len)) if known else len(METHOD_ORDER), label)
+
+
+def is_ctnet_family(label: str) -> bool:
+    """Whether a row label is CTNet or one of its variants (``ctnet_linear``, ``ctnet_once``, ``ctnet[...]``)."""
+    method = label.split("[", 1)[0]
+    return method == CTNET or method.startswith(f"{CTNET}_")
+
+
+def register_label_resolver() -> None:
+    """Make ``${method_label:}`` resolve to the label of the config it is in: ``conf/train.yaml`` names
+    run and sweep folders with it, so a ``ctnet_once`` job's folder says ``ctnet_once``."""
+    OmegaConf.register_new_resolver("method_label", lambda *, _root_: method_label(_root_), replace=True)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypeVar, overload
 
 import yaml
 
 from ctl.errors import CtlError, cut, shorten
+
+T = TypeVar("T")
 
 _NAMES = {str: "text", int: "an integer", float: "a number", bool: "true or false", list: "a list",
           dict: "a mapping", type(None): "null"}
@@ -56,12 +59,20 @@ def mapping(value: object, file: Path | str, key: str = "") -> dict:
     return dict(value)
 
 
-def field(data: Mapping, key: str, kind: type | tuple[type, ...], file: Path | str) -> object:
+@overload
+def field(data: Mapping, key: str, kind: type[T], file: Path | str) -> T: ...
+
+
+@overload
+def field(data: Mapping, key: str, kind: tuple[type, ...], file: Path | str) -> Any: ...
+
+
+def field(data: Mapping, key: str, kind: type | tuple[type, ...], file: Path | str) -> Any:
     """``data[key]`` (``key`` dotted for nested mappings: ``tracks.source``), of one of the types
     ``kind``; a missing key or another type is refused naming ``file`` and ``key``. An integer is
     never taken from a bool, and a float is taken from an integer."""
     value: object = data
-    walked = []
+    walked: list[str] = []
     for part in key.split("."):
         if not isinstance(value, Mapping):
             raise CtlError(f"{file}: {'.'.join(walked)} must be a mapping, got {shorten(value)}")

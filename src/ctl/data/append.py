@@ -48,7 +48,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from ctl.data.dataset import META_FILE, ROWS_FILE, read_meta
-from ctl.data.importer import ID_MAPS_DIR, ORIGIN_FILE, import_dataset, parse_spec
+from ctl.data.id_maps import ID_MAPS_DIR
+from ctl.data.importer import ORIGIN_FILE, import_dataset, parse_spec
 from ctl.data.lineage import check_history_prefix, lineage_after, same_values, write_lineage
 from ctl.data.schema import Schema
 from ctl.errors import CtlError
@@ -96,7 +97,7 @@ def _refuse_doubled(dataset: Path, earlier: list[Path], new: Sequence[Path]) -> 
         if path.resolve() in seen:
             raise CtlError(f"{path} is already an input of {dataset} (input {seen[path.resolve()] + 1} of its "
                            "provenance): each append takes new logs only")
-    digests = {}
+    digests: dict[tuple[int, str], int] = {}
     for i, path in enumerate(earlier):
         digests.setdefault((path.stat().st_size, file_sha256(path)), i)
     for path in new:

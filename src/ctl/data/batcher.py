@@ -24,6 +24,7 @@ import torch
 from ctl.data.batch import Batch
 from ctl.data.dataset import Dataset
 from ctl.data.history import UserHistory
+from ctl.data.parts import read_rows
 from ctl.data.schema import Schema
 from ctl.data.sequences import gather_sequences
 
@@ -95,8 +96,6 @@ class BatchAssembler:
         if all(name in dataset.rows for name in names):
             columns = {name: dataset.rows[name][rows] for name in names}
         else:
-            from ctl.data.streaming import read_rows
-
             unique, position = np.unique(rows, return_inverse=True)
             columns = {name: values[position] for name, values in read_rows(dataset.path, unique, names).items()}
         return cls(schema, dataset.history, columns, rows, domain_sequences)

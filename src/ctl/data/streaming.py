@@ -22,22 +22,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ctl.data.batch import Batch
 from ctl.data.batcher import BatchAssembler, check_shard, row_columns
-from ctl.data.dataset import (
-    HISTORY_FILE,
-    ROWS_FILE,
-    Dataset,
-    history_dtypes,
-    part_files,
-    read_meta,
-    read_parquet_parts,
-)
+from ctl.data.dataset import Dataset
 from ctl.data.history import UserHistory
+from ctl.data.layout import HISTORY_FILE, ROWS_FILE, history_dtypes, read_meta
+from ctl.data.parts import RowGroups, read_parquet_parts
 
 #: the row columns an index-only dataset keeps in memory (``label`` gives ``Dataset.n_rows``)
 INDEX_COLUMNS: tuple[str, ...] = ("domain", "period", "label")
@@ -47,7 +40,7 @@ def load_row_index(path: Path | str) -> Dataset:
     """A dataset folder with its histories but, of the rows, only :data:`INDEX_COLUMNS` in memory.
 
     ``select`` works as on a loaded dataset; batches come from :class:`ParquetRowStream` (training)
-    and :func:`read_rows` (evaluation slices). Values are not validated here: run ``ctl data
+    and :func:`ctl.data.parts.read_rows` (evaluation slices). Values are not validated here: run ``ctl data
     validate`` once on a dataset before streaming it.
     """
     folder = Path(path)
@@ -64,46 +57,8 @@ def load_row_index(path: Path | str) -> Dataset:
     return Dataset(path=folder, schema=schema, meta=meta, rows=rows, history=user_history)
 
 
-class RowGroups:
-    """The row groups of a dataset's rows in order, across its part files (``rows.parquet`` or ``rows/``).
-
-    ``offsets[g]`` is the first dataset row of group ``g`` and ``offsets[-1]`` the number of rows.
-    Files are opened per read, so the object pickles into DataLoader workers as paths.
-    """
-
-    def __init__(self, folder: Path | str) -> None:
-        self.groups: list[tuple[Path, int]] = []
-        sizes = []
-        for path in part_files(Path(folder), ROWS_FILE):
-            metadata = pq.ParquetFile(path).metadata
-            for group in range(metadata.num_row_groups):
-                self.groups.append((path, group))
-                sizes.append(metadata.row_group(group).num_rows)
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-
-    def read(self, group: int, columns: Sequence[str]) -> dict[str, np.ndarray]:
-        path, local = self.groups[group]
-        table = pq.ParquetFile(path).read_row_group(local, columns=list(columns))
-        return {name: table.column(name).to_numpy() for name in columns}
 
 
-def read_rows(path: Path | str, rows: np.ndarray, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    """``columns`` of the ascending dataset rows ``rows``, reading only the row groups that hold them."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if rows.size and np.any(rows[1:] <= rows[:-1]):
-        raise ValueError("read_rows: rows must be strictly ascending")
-    groups = RowGroups(path)
-    offsets = groups.offsets
-    if rows.size and (rows[0] < 0 or rows[-1] >= offsets[-1]):
-        raise ValueError(f"read_rows: row indices must lie in [0, {offsets[-1]}), got {rows[0]} .. {rows[-1]}")
-    group_of = np.searchsorted(offsets, rows, side="right") - 1
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in columns}
-    for group in np.unique(group_of):
-        values = groups.read(int(group), columns)
-        local = rows[group_of == group] - offsets[group]
-        for name in columns:
-            parts[name].append(values[name][local])
-    return {name: np.concatenate(values) if values else np.empty(0, np.int64) for name, values in parts.items()}
 
 
 class ParquetRowStream(IterableDataset):

@@ -49,11 +49,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ctl.errors import CtlError
-from ctl.methods import BASE, method_rank
+from ctl.methods import BASE, CTNET, is_ctnet_family, method_rank
 from ctl.metrics import cold_start_slices
 from ctl.report.coldstart import known_ids
 from ctl.report.records import RECORD_KEYS
-from ctl.report.runs import Run
+from ctl.report.runs import Run, mean_test
 from ctl.report.significance import (
     compare_paired,
     paired_predictions,
@@ -65,7 +65,7 @@ from ctl.report.tables import QUALITY_METRICS, TEST, row_groups
 HOLDS, DOES_NOT_HOLD, NOT_SHOWN, MIXED, NOT_MEASURED = "holds", "does not hold", "not shown", "mixed", "not measured"
 #: every verdict, in the order a summary counts them
 VERDICTS: tuple[str, ...] = (HOLDS, DOES_NOT_HOLD, NOT_SHOWN, MIXED, NOT_MEASURED)
-CTNET, ONCE, LINEAR, FINETUNE = "ctnet", "ctnet_once", "ctnet_linear", "ft_all"
+ONCE, LINEAR, FINETUNE = "ctnet_once", "ctnet_linear", "ft_all"
 #: the two targets of F5, the sparser one first
 SPARSE, DENSE = "C", "B"
 #: the cold-start slices of F6
@@ -222,18 +222,14 @@ def _pairwise(cmp: Comparisons, x: str, y: str, slice_name: str = TEST) -> list[
 def _f1(cmp: Comparisons) -> list[dict]:
     parts = []
     for target in cmp.targets():
-        others = [label for label in cmp.labels(target) if not label.startswith(CTNET)]
+        others = [label for label in cmp.labels(target) if not is_ctnet_family(label)]
         for metric in QUALITY_METRICS:
             if not cmp.has(CTNET, target) or not [label for label in others if label != BASE]:
                 what = "no ctnet runs" if not cmp.has(CTNET, target) else "no baseline besides base"
                 parts.append(part(target, metric, "ctnet − best other", [], note=f"{what} on {target}"))
                 continue
-
-            def mean_test(label: str, metric: str = metric, target: str = target) -> float:
-                values = [r.test.get(metric) for r in cmp.groups[(label, target)] if r.test.get(metric) is not None]
-                return math.fsum(values) / len(values) if values else -math.inf
-
-            best = max(sorted(others, key=method_rank), key=mean_test)
+            means = {label: mean_test(cmp.groups[(label, target)], metric) for label in others}
+            best = max(sorted(others, key=method_rank), key=means.__getitem__)
             by_metric, note = cmp.deltas(CTNET, best, target)
             parts.append(part(target, metric, f"ctnet − {best}", by_metric[metric], note=note,
                               best_other=best, baselines=len(others)))

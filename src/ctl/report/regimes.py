@@ -18,14 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from ctl.errors import CtlError
-from ctl.methods import BASE
+from ctl.methods import BASE, CTNET, is_ctnet_family
 from ctl.metrics import paired_bootstrap_mean
 from ctl.report.oracle import OracleSlice, headroom_share
 from ctl.report.records import record
-from ctl.report.runs import Run
+from ctl.report.runs import Run, mean_test
 from ctl.report.significance import (
     ALPHA,
     BOOTSTRAP_SEED,
@@ -38,7 +36,6 @@ from ctl.report.tables import QUALITY_METRICS, TEST, row_groups
 KNOBS: tuple[str, ...] = ("volume", "gap", "drift")
 #: the levels of every knob, in the map's order (conf/regime/<knob>/<level>.yaml)
 LEVELS: tuple[str, ...] = ("low", "mid", "high")
-CTNET = "ctnet"
 
 
 @dataclass(frozen=True)
@@ -78,10 +75,6 @@ def cell_of(runs: Sequence[Run]) -> Cell | None:
     return Cell(*(str(v) for v in levels))
 
 
-def is_ctnet_family(label: str) -> bool:
-    return label == CTNET or label.startswith(f"{CTNET}_")
-
-
 def _pairs(group: Sequence[Run], reference: Sequence[Run], what: str) -> list[tuple]:
     """(labels, preds, reference preds, users) per seed both have, rows paired by id."""
     versus = reference[0].label if reference else BASE
@@ -109,11 +102,6 @@ def compare(group: Sequence[Run], reference: Sequence[Run], n_resamples: int, wh
     return {"seeds": len(pairs), "resamples": n_resamples, "alpha": ALPHA,
             **{m: {"delta": boot[m]["delta"], "low": boot[m]["low"], "high": boot[m]["high"],
                    "significant": bool(boot[m]["low"] > 0 or boot[m]["high"] < 0)} for m in QUALITY_METRICS}}
-
-
-def _mean_test(group: Sequence[Run], metric: str) -> float:
-    values = [run.test.get(metric) for run in group if run.test.get(metric) is not None]
-    return float(np.mean(values)) if values else float("-inf")
 
 
 def cell_records(runs: Sequence[Run], cell: Cell, oracle: dict[str, tuple[Run, OracleSlice]],
@@ -146,7 +134,7 @@ def _target_records(own: dict[str, list[Run]], cell: Cell, target: str, oracle_v
 
     records = []
     for metric in QUALITY_METRICS:
-        ranked = sorted(own, key=lambda label: -_mean_test(own[label], metric))
+        ranked = sorted(own, key=lambda label: -mean_test(own[label], metric))
         others = [label for label in ranked if not is_ctnet_family(label)]
         for label, group in own.items():
             rec = record("regimes", group[0], TEST, metric, {r.seed: r.test.get(metric) for r in group},

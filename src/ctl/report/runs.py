@@ -13,6 +13,7 @@ one CTNet run already compares against its base.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +22,7 @@ from pathlib import Path
 from ctl.errors import CtlError, shorten
 from ctl.methods import BASE, method_rank
 from ctl.received import field, mapping, read_json, read_yaml
+from ctl.run_files import baseline_copy
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
@@ -85,11 +87,6 @@ class RunSet:
 
     runs: tuple[Run, ...]
     notes: tuple[str, ...]
-
-
-def baseline_copy(run_dir: Path, name: str) -> Path:
-    """Where a transfer run keeps its own copy of its target base track's file ``name``."""
-    return run_dir / f"baseline_{name}"
 
 
 def baseline_file(run_dir: Path, target_track: str | None, name: str) -> Path | None:
@@ -344,3 +341,10 @@ def by_dataset(runs: Sequence[Run]) -> dict[str, list[Run]]:
     for run in runs:
         groups.setdefault(run.dataset, []).append(run)
     return groups
+
+
+def mean_test(group: Sequence[Run], metric: str) -> float:
+    """The mean over a group's runs (its seeds) of their test ``metric``, the runs without it aside;
+    -inf when none has it, so that such a group ranks last."""
+    values = [run.test[metric] for run in group if run.test.get(metric) is not None]
+    return math.fsum(values) / len(values) if values else -math.inf

@@ -30,19 +30,18 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
+from ctl.data.id_maps import raw_values
 from ctl.data.schema import NAME_PATTERN, Schema
 from ctl.errors import CtlError, cut, shorten
-from ctl.io import MANIFEST_FILE, inside, manifest_problem
+from ctl.io import MANIFEST_FILE, manifest_problem
 from ctl.received import field, mapping, read_json
 from ctl.serve.pt2 import load_program
 
 FORMATS: tuple[str, ...] = ("torch_export", "onnx")
 MODEL_FILES: dict[str, str] = {"torch_export": "model.pt2", "onnx": "model.onnx"}
 SCHEMA_FILE = "schema.json"
-ID_MAPS_DIR = "id_maps"
 SIGNATURE_FILE = "manifest.sig"
 #: what a signature file starts with (the algorithm), before the hex digest
 SIGNATURE_PREFIX = "hmac-sha256:"
@@ -177,18 +176,7 @@ class Artifact:
 
     def id_map(self, feature: str) -> pa.Array | None:
         """Raw text of the ids 1..n of a dense feature (``raw[id - 1]``), or None if it has no id map."""
-        file = inside(self.path / ID_MAPS_DIR, f"{feature}.parquet", f"the id map of feature {feature!r}")
-        if not file.is_file():
-            return None
-        try:
-            table = pq.read_table(file).sort_by("id")
-            ids = table.column("id").to_numpy()
-            raw = table.column("raw").combine_chunks().cast(pa.string())
-        except (pa.ArrowException, KeyError, ValueError) as exc:
-            raise CtlError(f"{file} is not an id map (columns id, raw): {cut(str(exc))}") from None
-        if not np.array_equal(ids, np.arange(1, len(ids) + 1)):
-            raise CtlError(f"{file}: ids must run 1..{len(ids)} without gaps, as the importer writes them")
-        return raw
+        return raw_values(self.path, feature)
 
     def score(self, inputs: list[torch.Tensor]) -> np.ndarray:
         """Click probabilities float32 ``[B]`` of the graph's input tensors (in :attr:`inputs` order)."""
@@ -236,9 +224,11 @@ def read_schema(file: Path):
             field(feature, key, kind, where)
     for key, kind in (("domains", list), ("source", str), ("n_history", int), ("n_transfer", int)):
         field(data, key, kind, file)
-    for key, kind in (("short_len", int), ("long_len", int), ("description", str), ("extra", (dict, type(None)))):
+    optional: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+        ("short_len", int), ("long_len", int), ("description", str), ("extra", (dict, type(None))))
+    for key, kinds in optional:
         if key in data:
-            field(data, key, kind, file)
+            field(data, key, kinds, file)
     try:
         return Schema.from_dict(data)
     except KeyError as exc:

@@ -23,6 +23,7 @@ import torch
 from ctl.data.batch import Batch, DomainView
 from ctl.data.batcher import BatchAssembler
 from ctl.data.dataset import Dataset, load_dataset
+from ctl.data.id_maps import ID_MAPS_DIR
 from ctl.errors import CtlError, cut, shorten
 from ctl.io import (
     MANIFEST_FILE,
@@ -36,7 +37,6 @@ from ctl.received import field, mapping, read_json, read_yaml
 from ctl.serve.artifact import (
     ARTIFACT_VERSION,
     FORMATS,
-    ID_MAPS_DIR,
     MODEL_FILES,
     SCHEMA_FILE,
     SIGNATURE_FILE,
@@ -194,6 +194,7 @@ def load_run_model(run_dir: Path) -> RunModel:
     view = None
     try:
         if protocol == "source":
+            assert run.source_track is not None  # read_run sets it for every source run
             net = build_model(base_net_of(run.size), schema, f"{run_dir / 'config.yaml'}: model.size")
             view = DomainView(schema, schema.source)
             checkpoint = _latest_checkpoint(run.source_track / "checkpoints", "the source track")
@@ -279,6 +280,8 @@ def _export_onnx(wrapped: Probabilities, args: tuple[torch.Tensor, ...], file: P
                                         verbose=False)
     finally:
         exporter_log.setLevel(level)
+    if program is None:  # the dynamo exporter always returns its program; None is the legacy one's
+        raise CtlError(f"torch.onnx.export returned no program for {file}")
     program.save(str(file))
 
 

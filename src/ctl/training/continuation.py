@@ -43,7 +43,7 @@ from ctl.training.checkpoints import (
     read_checkpoint,
 )
 from ctl.training.distributed import barrier, gather_rows, is_rank_zero
-from ctl.training.task import TASK_KEY, CTRTask, StageMetrics, _row_predictions
+from ctl.training.task import TASK_KEY, CTRTask, StageMetrics, row_predictions
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def revalidate(task: CTRTask, batches, keep_predictions: bool) -> tuple[dict, di
             metrics.update(logits, batch["label"], batch["user_id"])
             rows += int(batch["label"].shape[0])
             if keep_predictions:
-                parts.append(_row_predictions(batch, logits))
+                parts.append(row_predictions(batch, logits))
     for module, training in modes.items():  # Lightning trains on in the modes the modules are left in
         module.train(training)
     return {"rows": rows, "metrics": metrics.compute()}, (gather_rows(parts, across_ranks=False)[0] if keep_predictions else None)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
@@ -33,8 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 from ctl.data.datamodule import ContinualDataModule
 from ctl.data.dataset import Dataset
 from ctl.errors import CtlError
-from ctl.io import atomic_write_bytes, check_free_space, check_writable, remove_stale_temporaries
+from ctl.io import check_free_space, check_writable, remove_stale_temporaries
 from ctl.models import build_model
+from ctl.table_io import write_table
 from ctl.training.callbacks import FIT_KEY, PeriodCheckpoints, PeriodProgressBar
 from ctl.training.checkpoints import AtomicCheckpointIO, resume_point
 from ctl.training.continuation import Continuation, continuation_of_run, continued_cost, prepare
@@ -262,15 +262,9 @@ def _prediction_columns(predictions: dict[str, np.ndarray]) -> dict[str, np.ndar
     }
 
 
-def _write_table(path: Path, table: pa.Table) -> Path:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return atomic_write_bytes(path, sink.getvalue().to_pybytes())
-
-
 def write_predictions(path: Path, predictions: dict[str, np.ndarray]) -> Path:
     """Per-row test predictions (row, user_id, item_id, label, pred) as Parquet, atomically."""
-    return _write_table(path, pa.table(_prediction_columns(predictions)))
+    return write_table(path, [pa.table(_prediction_columns(predictions))])
 
 
 def write_val_predictions(path: Path, val_predictions: dict[int, dict[str, np.ndarray]]) -> Path | None:
@@ -282,4 +276,4 @@ def write_val_predictions(path: Path, val_predictions: dict[int, dict[str, np.nd
     for period, rows in sorted(val_predictions.items()):
         columns = _prediction_columns(rows)
         parts.append(pa.table({"period": np.full(len(columns["row"]), period, dtype=np.int64), **columns}))
-    return _write_table(path, pa.concat_tables(parts))
+    return write_table(path, parts)

@@ -32,7 +32,7 @@ from ctl.data.dataset import Dataset
 from ctl.data.registry import load_for
 from ctl.errors import CtlError
 from ctl.io import atomic_copy, atomic_write_json, atomic_write_text, check_writable
-from ctl.report.runs import baseline_copy
+from ctl.run_files import baseline_copy
 from ctl.training.distributed import is_rank_zero, scratch_run_dir
 from ctl.training.protocols.ctnet import run_ctnet
 from ctl.training.protocols.dual_embedding import run_dual_embedding

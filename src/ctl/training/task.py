@@ -46,7 +46,7 @@ def saved_optimizer(checkpoint: dict) -> str | None:
     return (checkpoint.get(TASK_KEY) or {}).get("optimizer")
 
 
-def _row_predictions(batch: dict, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+def row_predictions(batch: dict, logits: torch.Tensor) -> dict[str, torch.Tensor]:
     """The per-row record of an evaluated batch: ids, label and predicted click probability."""
     return {"row": batch["row"], "user_id": batch["user_id"], "item_id": batch["item_id"], "label": batch["label"],
             "pred": torch.sigmoid(logits.detach()).float()}
@@ -193,7 +193,7 @@ class CTRTask(pl.LightningModule):
         self.val_metrics.update(out["logits"], batch["label"], batch["user_id"])
         self._val_rows += int(batch["label"].shape[0])
         if self._keeps_val_predictions():
-            self._val_parts.append(_row_predictions(batch, out["logits"]))
+            self._val_parts.append(row_predictions(batch, out["logits"]))
 
     def _keeps_val_predictions(self) -> bool:
         keep_from = self.keep_val_predictions_from
@@ -226,7 +226,7 @@ class CTRTask(pl.LightningModule):
         out = self(batch)
         logits = out["logits"]
         self.test_metrics.update(logits, batch["label"], batch["user_id"])
-        self.test_predictions.append(_row_predictions(batch, logits))
+        self.test_predictions.append(row_predictions(batch, logits))
 
     def on_test_epoch_start(self) -> None:
         self.test_predictions = []

@@ -24,10 +24,8 @@ from ctl.data.importer.periods import cut_periods, layout
 from ctl.data.importer.records import staged_name
 from ctl.data.importer.sampling import sample_negatives
 from ctl.data.importer.spec import FeatureSpec, ImportSpec
+from ctl.data.layout import ROW_GROUP_SIZE
 from ctl.data.schema import Feature, Schema
-
-#: Parquet row groups of the written files: streamed training reads one at a time.
-ROW_GROUP_SIZE = 1_000_000
 
 
 @dataclass

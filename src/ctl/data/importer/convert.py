@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import numpy as np
-import pyarrow.parquet as pq
 
 from ctl.data.dataset import HISTORY_FILE, META_FILE, ROWS_FILE, content_digests, meta_yaml
+from ctl.data.id_maps import ID_MAPS_DIR, id_map_file
 from ctl.data.importer.assemble import assemble
 from ctl.data.importer.behaviour_logs import (
     FIRST_SEQ,
@@ -40,10 +39,9 @@ from ctl.data.importer.records import RecordTable
 from ctl.data.importer.sources import open_source, reader_kind
 from ctl.data.importer.spec import ImportSpec
 from ctl.errors import CtlError
-from ctl.io import file_sha256, fsync_path, inside, rename_into_place
+from ctl.io import file_sha256, fsync_path, rename_into_place
 
 IMPORTER_VERSION = 3
-ID_MAPS_DIR = "id_maps"
 ORIGIN_FILE = "origin.parquet"
 
 
@@ -82,12 +80,11 @@ def _read(con: duckdb.DuckDBPyConnection, spec: ImportSpec, inputs: Sequence[Pat
 
 
 def _write_id_maps(con: duckdb.DuckDBPyConnection, spec: ImportSpec, folder: Path) -> list[str]:
-    maps = folder / ID_MAPS_DIR
-    maps.mkdir()
+    (folder / ID_MAPS_DIR).mkdir()
     names = []
     for i, feature in enumerate(spec.features):
         if feature.dense:
-            target = str(inside(maps, f"{feature.name}.parquet", f"the id map of {feature.name!r}")).replace("'", "''")
+            target = str(id_map_file(folder, feature.name)).replace("'", "''")
             con.execute(f"COPY (SELECT id::BIGINT AS id, raw FROM {map_table(i)} ORDER BY id) TO '{target}' "
                         "(FORMAT parquet)")
             names.append(feature.name)
@@ -190,15 +187,3 @@ def import_dataset(
         n_transfer=built.schema.n_transfer,
         counts=counts,
     )
-
-
-def read_id_map(dataset: Path | str, feature: str) -> np.ndarray:
-    """Raw text of every id of a dense feature: ``raw[id]`` (object ``[vocab_used + 1]``; ``raw[0]`` is None)."""
-    path = inside(Path(dataset) / ID_MAPS_DIR, f"{feature}.parquet", f"the id map of {feature!r}")
-    if not path.is_file():
-        raise CtlError(f"{path} does not exist: feature {feature!r} has no id map (hashed, bucket and constant "
-                       "features have none; or this dataset was not imported)")
-    table = pq.read_table(path)
-    raw = np.empty(table.num_rows + 1, dtype=object)
-    raw[table.column("id").to_numpy()] = table.column("raw").to_numpy(zero_copy_only=False)
-    return raw

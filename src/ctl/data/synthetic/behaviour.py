@@ -25,16 +25,15 @@ Every period's events draw from their own stream (``behaviour``, period), the pr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-from ctl.data.synthetic.entities import BEFORE_START
+from ctl.data.synthetic.entities import BEFORE_START, Categories, ItemCohort, UserCohort
+from ctl.data.synthetic.parameters import WorldParameters
 from ctl.data.synthetic.pools import CategoryPool
+from ctl.data.synthetic.spec import DomainSpec
 from ctl.data.synthetic.streams import stream
-
-if TYPE_CHECKING:
-    from ctl.data.synthetic.simulation import Simulation
 
 
 @dataclass(frozen=True)
@@ -52,10 +51,21 @@ class Events:
         return Events(self.user[lo:hi], self.item[lo:hi], self.domain[lo:hi], self.ts[lo:hi])
 
 
-class BehaviourLog:
-    """Draws the pre-history and each period's behaviour events of a running :class:`Simulation`."""
+class SimulationState(Protocol):
+    """What the behaviour log reads of its running :class:`~ctl.data.synthetic.simulation.Simulation`."""
 
-    def __init__(self, sim: Simulation) -> None:
+    world: WorldParameters
+    names: tuple[str, ...]
+    specs: tuple[DomainSpec, ...]
+    categories: Categories
+    users: UserCohort
+    items: ItemCohort
+
+
+class BehaviourLog:
+    """Draws the pre-history and each period's behaviour events of a running simulation."""
+
+    def __init__(self, sim: SimulationState) -> None:
         self.sim = sim
         w = sim.world
         users = sim.users
@@ -83,7 +93,7 @@ class BehaviourLog:
                           period)
 
     @property
-    def world(self):
+    def world(self) -> WorldParameters:
         return self.sim.world
 
     def _draw(self, rng: np.random.Generator, present: np.ndarray, periods: int, start: int, length: int,

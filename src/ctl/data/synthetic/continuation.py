@@ -31,6 +31,7 @@ def extended_config(data_cfg: DictConfig, periods: int) -> DictConfig:
     if periods < 1:
         raise CtlError(f"extend={periods} must be >= 1 (the periods to add)")
     longer = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
+    assert isinstance(longer, DictConfig)  # a DictConfig's container is a dict
     longer.generator.n_transfer = int(longer.generator.n_transfer) + periods
     return longer
 

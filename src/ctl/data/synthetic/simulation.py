@@ -19,18 +19,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.progress import Progress
 
 from ctl.data.synthetic.behaviour import BehaviourLog, Events
 from ctl.data.synthetic.entities import Categories, ItemCohort, Sellers, UserCohort, stack_cohorts
+from ctl.data.synthetic.parameters import WorldParameters
 from ctl.data.synthetic.pools import CategoryPool
 from ctl.data.synthetic.streams import stream
-
-if TYPE_CHECKING:
-    from ctl.data.synthetic.world import SyntheticWorld
 
 SECONDS_PER_HOUR = 3600
 HOURS_PER_DAY = 24
@@ -131,9 +128,9 @@ class _Block:
 
 
 class Simulation:
-    """Runs one :class:`SyntheticWorld` from period 0 to its test slice."""
+    """Runs one world (:class:`~ctl.data.synthetic.world.SyntheticWorld`) from period 0 to its test slice."""
 
-    def __init__(self, world: SyntheticWorld) -> None:
+    def __init__(self, world: WorldParameters) -> None:
         self.world = w = world
         self.names = tuple(w.domains)
         self.specs = tuple(w.domains[name] for name in self.names)
