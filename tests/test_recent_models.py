@@ -9,8 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from ctl.data.batch import DomainView
+from ctl.models.base import BaseModel
 from ctl.models.blocks import GateNU, PartitionedNorm, StarLinear
-from ctl.models.recent import PEPNet, STAR
+from ctl.models.recent import STAR, KnowledgePlugin, LowRankTransfer, PEPNet, SourceDistillation
+from ctl.models.recent.distill import distillation_loss
+from ctl.models.recent.lowrank import LowRankDelta
 from hand_made import make_schema, small_backbone
 from test_baseline_models import make_batch, make_trained_looking, production_models, task_loss
 
@@ -142,3 +146,112 @@ def test_pepnet_scales_e_and_every_layer_by_gates_that_pass_no_gradient_into_wha
     expected.sum().backward()
     assert torch.allclose(logits, expected, atol=1e-5)
     assert torch.allclose(features.grad, x.grad, atol=1e-5)
+
+
+# --- over a frozen source model -------------------------------------------------------------------
+
+
+def test_low_rank_delta_is_b_times_a_times_x() -> None:
+    delta = LowRankDelta(2, 2, rank=1)
+    assert torch.equal(delta(torch.randn(3, 2)), torch.zeros(3, 2))  # B starts at zero
+    with torch.no_grad():
+        delta.down.copy_(torch.tensor([[1.0, 1.0]]))
+        delta.up.copy_(torch.tensor([[2.0], [-1.0]]))
+    # A x = 1 + 2 = 3; B (A x) = [6, -3]
+    assert torch.equal(delta(torch.tensor([[1.0, 2.0]])), torch.tensor([[6.0, -3.0]]))
+    with pytest.raises(ValueError, match="rank must lie in 1 .. 2"):
+        LowRankDelta(2, 3, rank=3)
+
+
+def source_loaded(model: nn.Module, source: BaseModel) -> nn.Module:
+    model.source.load_state_dict(source.state_dict())
+    model.freeze_source()
+    return model
+
+
+def test_low_rank_transfer_is_the_source_model_with_merged_weights_w_plus_b_a() -> None:
+    source, _ = production_models()
+    schema = make_schema()
+    model = source_loaded(LowRankTransfer(schema, small_backbone(), rank=2), source).eval()
+    batch = make_batch(schema, domains=(1,) * 6)
+    view = DomainView(schema, "A")
+    with torch.no_grad():
+        assert torch.allclose(model(batch), source(view(batch)), atol=1e-6)  # starts as the source model
+        for delta in model.deltas:
+            delta.up.normal_()
+        merged = BaseModel(schema, small_backbone())
+        merged.load_state_dict(source.state_dict())
+        for linear, delta in zip(merged.tower.mlp.linears, model.deltas, strict=True):
+            linear.weight.add_(delta.up @ delta.down)
+        merged.eval()
+        assert not torch.allclose(model(batch), source(view(batch)), atol=1e-3)
+        assert torch.allclose(model(batch), merged(view(batch)), atol=1e-5)
+
+
+def test_low_rank_transfer_trains_its_changes_only() -> None:
+    source, _ = production_models()
+    model = source_loaded(LowRankTransfer(make_schema(), small_backbone()), source).train()
+    assert not model.source.training
+    batch = make_batch(make_schema(), domains=(1,) * 6)
+    task_loss({"logits": model(batch)}, batch).backward()
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {f"deltas.{i}.{w}" for i in range(2) for w in ("down", "up")}
+    assert model.deltas[0].up.grad.abs().sum() > 0
+
+
+def test_knowledge_plugin_reads_the_source_models_last_hidden_layer_and_logit_and_starts_as_the_target() -> None:
+    source, target = production_models()
+    schema = make_schema()
+    model = source_loaded(KnowledgePlugin(schema, small_backbone()), source).eval()
+    report = model.init_from_target(target.state_dict())
+    assert "tower.mlp.linears.0.weight" in report["copied_from_target"] and report["fresh"] == []
+    batch = make_batch(schema, domains=(1,) * 6)
+    with torch.no_grad():
+        logit, hiddens = source.head(source.features(DomainView(schema, "A")(batch)))
+        knowledge = model.knowledge(batch)
+        assert torch.allclose(knowledge, torch.cat([hiddens[-1], logit[:, None]], -1))
+        assert torch.allclose(model(batch), target(batch), atol=1e-5)
+        # the plug-in's columns of the first layer: W [E, k] -> W E + U k
+        first = model.tower.mlp.linears[0].weight
+        first[:, -model.knowledge_dim:].normal_()
+        features = model.backbone(batch)
+        assert torch.allclose(model.tower.mlp.linears[0](torch.cat([features, knowledge], -1)),
+                              features @ first[:, :-model.knowledge_dim].T + knowledge @ first[:, -model.knowledge_dim:].T,
+                              atol=1e-5)
+        assert not torch.allclose(model(batch), target(batch), atol=1e-3)
+
+
+def test_distillation_loss_is_the_weighted_cross_entropy_towards_the_teachers_probability() -> None:
+    student = torch.tensor([0.0, math.log(3.0)])
+    teacher = torch.tensor([math.log(3.0), 0.0])
+    # row 0: q = 1/2 against p = 3/4: ln 2; row 1: q = 3/4 against p = 1/2: -(ln 3/4 + ln 1/4) / 2
+    expected = 0.5 * (math.log(2.0) - 0.5 * (math.log(0.75) + math.log(0.25))) / 2
+    assert math.isclose(float(distillation_loss(student, teacher, 0.5)), expected, rel_tol=1e-6)
+
+
+def test_distillation_trains_an_auxiliary_head_towards_the_source_and_serves_the_target_model_alone() -> None:
+    source, target = production_models()
+    schema = make_schema()
+    model = source_loaded(SourceDistillation(schema, small_backbone(), weight=0.3), source)
+    model.init_from_target(target.state_dict())
+    batch = make_batch(schema, domains=(1,) * 6)
+    model.train()
+    target.train()
+    out = model(batch)
+    with torch.no_grad():
+        teacher = source(DomainView(schema, "A")(batch))
+        _, hiddens = target.head(target.features(batch))
+        expected = distillation_loss(target.tower.logit(hiddens[-1]).squeeze(-1), teacher, 0.3)
+    assert torch.allclose(out["logits"], target(batch), atol=1e-5)
+    assert torch.allclose(out["aux_loss"], expected, atol=1e-6)
+    out["aux_loss"].backward()
+    assert model.tower.logit.weight.grad is None  # the serving head learns from the labels alone
+    assert model.distill_head.weight.grad.abs().sum() > 0
+    model.eval()
+    # the target model as the student is now (training moved its BatchNorm statistics)
+    target.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith(("backbone.", "tower."))})
+    target.eval()
+    with torch.no_grad():
+        for p in model.source.parameters():
+            p.fill_(float("nan"))
+        assert torch.allclose(model(batch), target(batch), atol=1e-5)  # evaluation never runs the source

@@ -43,7 +43,7 @@ BASE = "base"
 ADAPTER_BASE_WIDTH = 128
 
 #: the methods published after the paper (docs/models.md), in the order of the tables
-ADDED_METHODS: tuple[str, ...] = ("star", "pepnet")
+ADDED_METHODS: tuple[str, ...] = ("star", "pepnet", "lowrank", "plugin", "distill")
 
 #: Row order of the tables: the paper's Table 2, the methods added beyond it, then anything else by name.
 METHOD_ORDER: tuple[str, ...] = (

@@ -7,7 +7,10 @@ last hidden layer as extra inputs of the target model), :class:`SourceDistillati
 loss towards the source model's predictions).
 """
 
+from ctl.models.recent.distill import SourceDistillation
+from ctl.models.recent.lowrank import LowRankTransfer
 from ctl.models.recent.pepnet import PEPNet
+from ctl.models.recent.plugin import KnowledgePlugin
 from ctl.models.recent.star import STAR
 
-__all__ = ["STAR", "PEPNet"]
+__all__ = ["STAR", "KnowledgePlugin", "LowRankTransfer", "PEPNet", "SourceDistillation"]
