@@ -36,7 +36,7 @@ EPILOG = """tables:
   finetune   Table 4: fine-tuning runs by model.finetune_periods, beside base and CTNet
   coldstart  Table 5: gains over base on new vs old users and items of the target domain
   cost       training rows and seconds (own and total) beside AUC / GAUC gains
-  findings   the paper's six findings, each with a verdict (holds / does not hold / not shown /
+  findings   the paper's six findings (F1 also against the paper's baselines alone), each with a verdict (holds / does not hold / not shown /
              mixed / not measured), the numbers behind it and the rule used (ctl sweep experiment=paper)
   regimes    the regime map over the datasets (cells) of ctl sweep experiment=regimes: per cell,
              target and method the gain over base with its paired interval and oracle headroom
