@@ -245,6 +245,9 @@ def write_files(report: Report, out: Path) -> list[Path]:
             suffix = f"-{dataset}" if several else ""
             if table == "overall":
                 written.append(plots.plot_overall(records, out / f"table2{suffix}.png"))
+                forest = plots.plot_forest(records, out / f"forest{suffix}.png")
+                if forest is not None:
+                    written.append(forest)
             if table in ("overall", "cost"):
                 written.append(plots.plot_cost_gain(records, out / f"cost_gain{suffix}.png"))
             if table == "periods":
