@@ -15,7 +15,9 @@ from hydra import compose, initialize_config_module
 from conftest import assert_test_metrics_are_the_predictions
 from ctl.data.dataset import load_dataset
 from ctl.methods import ADDED_METHODS, METHOD_ORDER
+from ctl.report.cli import evaluate
 from ctl.serve.export import export_run
+from ctl.serve.flops import serving_mflop_per_row
 from ctl.serve.requests import requests_from_dataset
 from ctl.serve.score import score_file
 from ctl.training.checkpoints import model_state, read_checkpoint
@@ -35,7 +37,7 @@ def make_cfg(home: Path, *overrides: str):
 def runs(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     home = tmp_path_factory.mktemp("recent_home")
     found = {}
-    for model in ADDED_METHODS:
+    for model in ("base", *ADDED_METHODS):
         run_dir = tmp_path_factory.mktemp(f"run_{model}")
         found[model] = run_dir, run_train(make_cfg(home, f"model={model}", "data.domain=C"), run_dir)
     return found
@@ -89,3 +91,24 @@ def test_each_added_method_exports_a_graph_that_reproduces_its_test_predictions(
     np.testing.assert_allclose(scores.column("pred").to_numpy(), expected["pred"], atol=TOLERANCE, rtol=0)
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["method"] == model and manifest["checkpoint"] == "period_5.ckpt"
+
+
+def test_serving_flops_come_from_the_exported_graph_and_distillation_serves_at_bases_cost(runs) -> None:
+    flops = {model: serving_mflop_per_row(runs[model][0]) for model in ("base", "distill", "plugin", "lowrank")}
+    assert flops["base"] > 0
+    assert flops["distill"] == flops["base"]  # the teacher and the auxiliary head never run when serving
+    # the plug-in runs the source model and then a target model whose first layer reads 64 + 1 more inputs
+    assert flops["plugin"] > 1.9 * flops["base"]
+    # the source model plus rank-8 changes: base plus 2 * 8 * (in + out) per layer, per row
+    assert flops["base"] < flops["lowrank"] < 1.2 * flops["base"]
+
+
+def test_the_cost_table_shows_serving_flops_beside_bases(runs) -> None:
+    report = evaluate([runs["base"][0], runs["distill"][0], runs["plugin"][0]], ["cost"], bootstrap=0)
+    serving = {r["model"]: r for r in report.records["cost"] if r["metric"] == "serving_mflop"}
+    assert set(serving) == {"base", "distill", "plugin"}
+    assert serving["distill"]["mean"] == serving["distill"]["base"] == serving["base"]["mean"]
+    view = report.views["cost"][0]
+    column = view.headers.index("serving MFLOP/row")
+    cells = {row[0].text: row[column].text for row in view.rows}
+    assert cells["distill"].endswith("(1.00× base)") and "× base" in cells["plugin"]

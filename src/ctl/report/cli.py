@@ -127,8 +127,25 @@ def _coldstart(given: Runs, options: Options) -> Built:
     return records, views.coldstart_views(records)
 
 
+def _serving_costs(runs: Sequence[Run]) -> dict[str, float | None]:
+    """Row label -> MFLOPs per scored row of its exported graph (one run of the label), None where the
+    run's model cannot be rebuilt here (its dataset gone, a hand-made folder): its cell reads '-'."""
+    # imported here: the exporter pulls in torch.export, which a table without this column never needs
+    from ctl.serve.flops import serving_mflop_per_row
+
+    costs: dict[str, float | None] = {}
+    for run in runs:
+        if run.label in costs:
+            continue
+        try:
+            costs[run.label] = serving_mflop_per_row(run.path)
+        except Exception:  # noqa: BLE001 (best effort: a run that cannot be exported has no serving cost to show)
+            costs[run.label] = None
+    return costs
+
+
 def _cost(given: Runs, options: Options) -> Built:
-    records = _with_oracle("cost", tables.cost_records(given.runs), given)
+    records = _with_oracle("cost", tables.cost_records(given.runs, _serving_costs(given.runs)), given)
     return records, [views.cost_view(records)]
 
 
