@@ -38,7 +38,7 @@ MODELS = ("source", "ft_id_emb", "ft_all_emb", "ft_all", "dual_emb",
           "mlppp", "share_bottom", "ple", "minet", "ddtcdr", "dasl")
 JOINT = ("mlppp", "share_bottom", "ple", "minet", "ddtcdr", "dasl")
 TABLE2 = ("base", "source", "din", "ft_id_emb", "ft_all_emb", "ft_all", "dual_emb", "mlppp", "share_bottom", "ple",
-          "minet", "ddtcdr", "dasl", "ctnet_linear", "ctnet")
+          "minet", "ddtcdr", "dasl", "ctnet_linear", "ctnet", "star", "pepnet", "lowrank", "plugin", "distill")
 #: every key of a CTNet run's metrics.json (tests/test_protocol.py pins that run)
 RUN_KEYS = {"kind", "model", "method", "source", "target", "seed", "dataset", "dataset_path", "periods", "test",
             "cost", "tracks", "inherited", "baseline"}

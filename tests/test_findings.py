@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_module
 
+from ctl.cli import main as ctl_main
 from ctl.errors import CtlError
 from ctl.metrics import auc, gauc
-from ctl.report.cli import eval_main, evaluate
+from ctl.report.cli import evaluate
 from ctl.report.findings import (
     DOES_NOT_HOLD,
     HOLDS,
@@ -91,8 +92,8 @@ def test_the_growing_gap_is_a_least_squares_slope() -> None:
 
 #: std of the noise each method adds to the true score on each target: a smaller noise ranks better
 NOISE = {
-    "B": {"base": 1.0, "ctnet": 0.5, "ctnet_linear": 0.3, "ft_all": 2.0, "ple": 0.9, "ctnet_once": 0.8},
-    "C": {"base": 2.0, "ctnet": 0.5, "ctnet_linear": 0.3, "ft_all": 3.0, "ple": 1.8, "ctnet_once": 0.8},
+    "B": {"base": 1.0, "ctnet": 0.5, "ctnet_linear": 0.3, "ft_all": 2.0, "ple": 0.9, "ctnet_once": 0.8, "plugin": 0.2},
+    "C": {"base": 2.0, "ctnet": 0.5, "ctnet_linear": 0.3, "ft_all": 3.0, "ple": 1.8, "ctnet_once": 0.8, "plugin": 0.2},
 }
 #: per transfer period (4, 5, 6): validation AUC of ctnet_once and the gap ctnet opens over it
 ONCE_PERIODS = {4: 0.70, 5: 0.69, 6: 0.68}
@@ -158,9 +159,10 @@ def verdicts(records: list[dict]) -> dict[str, str]:
 
 def test_each_finding_gets_its_verdict_from_the_hand_made_predictions(without_once) -> None:
     records = evaluate([without_once], ["findings"], bootstrap=200).records["findings"]
-    assert [list(r) for r in records] == [list(RECORD_KEYS)] * 6
+    assert [list(r) for r in records] == [list(RECORD_KEYS)] * 7
     assert verdicts(records) == {
         "F1": HOLDS,          # ctnet (noise 0.5) above ple (0.9 on B, 1.8 on C), the best other method
+        "F1p": HOLDS,         # the same: no method since the paper among the runs
         "F2": HOLDS,          # base (1.0 / 2.0) above ft_all (2.0 / 3.0)
         "F3": NOT_MEASURED,   # no ctnet_once runs
         "F4": DOES_NOT_HOLD,  # ctnet_linear (0.3) ranks better than ctnet (0.5)
@@ -169,7 +171,7 @@ def test_each_finding_gets_its_verdict_from_the_hand_made_predictions(without_on
     }
     f1 = records[0]
     assert {p["best_other"] for p in f1["evidence"]} == {"ple"} and f1["target"] == "B,C" and f1["seeds"] == [0, 1, 2]
-    f3 = records[2]
+    f3 = records[3]
     assert all(p["note"] == f"no ctnet_once runs on {p['target']}" for p in f3["evidence"])
 
 
@@ -186,7 +188,7 @@ def _gain(method: str, reference: str, target: str, seed: int, root: Path, metri
 def test_the_evidence_is_each_seeds_measured_gain_with_its_interval(without_once) -> None:
     report = evaluate([without_once], ["overall", "findings"], bootstrap=200).records
     records = report["findings"]
-    f2 = next(p for p in records[1]["evidence"] if p["target"] == "C" and p["metric"] == "gauc")
+    f2 = next(p for p in records[2]["evidence"] if p["target"] == "C" and p["metric"] == "gauc")
     for entry in f2["per_seed"]:
         assert entry["delta"] == pytest.approx(_gain("base", "ft_all", "C", entry["seed"], without_once, "gauc"),
                                                abs=1e-12)
@@ -195,7 +197,7 @@ def test_the_evidence_is_each_seeds_measured_gain_with_its_interval(without_once
     assert f2["above"] == sum(e["low"] > 0 for e in f2["per_seed"]) >= 2
     # F5: the difference of the two targets' gains, its half-width from both targets' intervals (as the
     # overall table reports them, ctnet against base per seed)
-    f5 = next(p for p in records[4]["evidence"] if p["metric"] == "auc")
+    f5 = next(p for p in records[5]["evidence"] if p["metric"] == "auc")
 
     def interval(target: str, seed: int) -> dict:
         sig = next(r for r in report["overall"] if r["model"] == "ctnet" and r["metric"] == "auc"
@@ -216,7 +218,7 @@ def test_the_evidence_is_each_seeds_measured_gain_with_its_interval(without_once
 def test_continual_above_once_holds_only_with_a_growing_gap(tmp_path, gaps, expected) -> None:
     root = make_runs(tmp_path, ("base", "ctnet", "ctnet_once"), gaps)
     records = evaluate([root], ["findings"], bootstrap=200).records["findings"]
-    f3 = records[2]
+    f3 = records[3]
     assert f3["verdict"] == expected
     for part in f3["evidence"]:
         assert part["test_verdict"] == HOLDS  # ctnet (noise 0.5) above ctnet_once (0.8) on the test slice
@@ -230,20 +232,20 @@ def test_continual_above_once_holds_only_with_a_growing_gap(tmp_path, gaps, expe
 @pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "json"])
 def test_every_format_prints_the_six_findings(without_once, fmt, capsys, monkeypatch) -> None:
     monkeypatch.setenv("COLUMNS", "400")  # rich folds cells to the terminal's width
-    eval_main([str(without_once), "--table", "findings", "--bootstrap", "50", "--format", fmt])
+    ctl_main(["eval", str(without_once), "--table", "findings", "--bootstrap", "50", "--format", fmt])
     out = capsys.readouterr().out
-    names = [f"F{i} " for i in range(1, 7)]
+    names = ["F1 ", "F1p", *(f"F{i} " for i in range(2, 7))]
     if fmt == "json":
         rows = json.loads(out)
         assert [r["finding"][:3] for r in rows] == names
-        assert [r["verdict"] for r in rows] == [HOLDS, HOLDS, NOT_MEASURED, DOES_NOT_HOLD, HOLDS, NOT_MEASURED]
+        assert [r["verdict"] for r in rows] == [HOLDS, HOLDS, HOLDS, NOT_MEASURED, DOES_NOT_HOLD, HOLDS, NOT_MEASURED]
     elif fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(out)))
         assert [r["finding"][:3] for r in rows] == names
         assert "ctnet − ple" in rows[0]["evidence"] and rows[0]["rule"].startswith("per target and metric")
     else:
         lines = [line for line in out.splitlines() if any(line.lstrip("│| ").startswith(n) for n in names)]
-        assert len(lines) == 6, out
+        assert len(lines) == 7, out
         assert "does not hold" in out and "not measured" in out and "ctnet − ctnet_linear" in out
 
 
@@ -263,21 +265,32 @@ def level_with_base(tmp_path_factory) -> Path:
 def test_a_finding_without_evidence_either_way_is_not_shown_in_every_format(level_with_base, fmt, capsys,
                                                                            monkeypatch) -> None:
     records = evaluate([level_with_base], ["findings"], bootstrap=200).records["findings"]
-    f2 = records[1]
+    f2 = records[2]
     assert f2["verdict"] == NOT_SHOWN
     assert {p["verdict"] for p in f2["evidence"]} == {NOT_SHOWN}
     assert all(max(p["above"], p["below"]) <= 1 for p in f2["evidence"])  # no majority of seeds either way
     monkeypatch.setenv("COLUMNS", "400")
-    eval_main([str(level_with_base), "--table", "findings", "--bootstrap", "200", "--format", fmt])
+    ctl_main(["eval", str(level_with_base), "--table", "findings", "--bootstrap", "200", "--format", fmt])
     out = capsys.readouterr().out
     if fmt == "json":
-        assert json.loads(out)[1]["verdict"] == "not shown"
+        assert json.loads(out)[2]["verdict"] == "not shown"
     elif fmt == "csv":
-        assert list(csv.DictReader(io.StringIO(out)))[1]["verdict"] == "not shown"
+        assert list(csv.DictReader(io.StringIO(out)))[2]["verdict"] == "not shown"
     else:
         line = next(line for line in out.splitlines() if line.lstrip("│| ").startswith("F2 "))
         assert "not shown" in line and "does not hold" not in line and "mixed" not in line
         assert "does not hold: mean < 0 and the interval below 0 in a majority of seeds; not shown: otherwise" in " ".join(out.split())
+
+
+def test_f1_counts_the_methods_since_the_paper_and_f1p_leaves_them_out(tmp_path) -> None:
+    root = make_runs(tmp_path, ("base", "ple", "ctnet", "plugin"))
+    records = {r["finding"].split()[0]: r for r in evaluate([root], ["findings"], bootstrap=200).records["findings"]}
+    # plugin (noise 0.2) ranks above ctnet (0.5); ple (0.9 / 1.8) is the best of the paper's baselines
+    assert {p["best_other"] for p in records["F1"]["evidence"]} == {"plugin"}
+    assert records["F1"]["verdict"] == DOES_NOT_HOLD
+    assert {p["best_other"] for p in records["F1p"]["evidence"]} == {"ple"}
+    assert records["F1p"]["verdict"] == HOLDS
+    assert "star, pepnet, lowrank, plugin, distill" in records["F1p"]["rule"]
 
 
 def test_findings_need_intervals(without_once) -> None:
@@ -294,7 +307,7 @@ def test_findings_on_the_tiny_world_measure_the_cold_start_slices(tmp_path) -> N
                                               "print_table=false", f"model={model}"])
             run_train(cfg, tmp_path / "runs" / model)
     records = evaluate([tmp_path / "runs"], ["findings"], bootstrap=100).records["findings"]
-    assert len(records) == 6
+    assert len(records) == 7
     found = verdicts(records)
     assert found["F1"] == found["F2"] == found["F4"] == found["F5"] == NOT_MEASURED
     # F3 measured: on B's test slice, per metric, the one seed's ctnet − ctnet_once as sklearn gives it
@@ -303,7 +316,7 @@ def test_findings_on_the_tiny_world_measure_the_cold_start_slices(tmp_path) -> N
     for model in ("ctnet", "ctnet_once"):
         table = pq.read_table(tmp_path / "runs" / model / "predictions.parquet").to_pydict()
         runs[model] = {k: np.asarray(v) for k, v in table.items()}
-    f3 = records[2]["evidence"]
+    f3 = records[3]["evidence"]
     assert sorted(p["metric"] for p in f3) == ["auc", "gauc"]
     for part in f3:
         mine, once = runs["ctnet"], runs["ctnet_once"]
@@ -311,7 +324,7 @@ def test_findings_on_the_tiny_world_measure_the_cold_start_slices(tmp_path) -> N
                 - reference_metric(part["metric"], once["pred"], once["label"], once["user_id"]))
         assert part["target"] == "B" and part["seeds"] == 1
         assert part["per_seed"][0]["delta"] == pytest.approx(gain, abs=1e-12)
-    f6 = records[5]["evidence"]
+    f6 = records[6]["evidence"]
     assert {(p["target"], p["slice"], p["metric"]) for p in f6} == {
         ("B", s, m) for s in ("new users", "new items") for m in ("auc", "gauc")}
     assert any(p["seeds"] == 1 for p in f6)  # measured on the slices the world has both labels on

@@ -44,10 +44,14 @@ CTNET = "ctnet"
 #: CTNet's shipped ``model.net.adapter_base_width`` (conf/model/ctnet.yaml): another width is another method
 ADAPTER_BASE_WIDTH = 128
 
-#: Row order of the tables: the paper's Table 2, then anything else by name.
+#: the methods published after the paper (docs/models.md), in the order of the tables
+ADDED_METHODS: tuple[str, ...] = ("star", "pepnet", "lowrank", "plugin", "distill")
+
+#: Row order of the tables: the paper's Table 2, the methods added beyond it, then anything else by name.
 METHOD_ORDER: tuple[str, ...] = (
     BASE, "source", "din", "ft_id_emb", "ft_all_emb", "ft_all", "dual_emb", "mlppp", "share_bottom",
     "ple", "minet", "ddtcdr", "dasl", "ctnet_linear", "ctnet_once", "ctnet",
+    *ADDED_METHODS,
 )
 
 

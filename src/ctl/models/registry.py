@@ -39,9 +39,11 @@ def allowed_classes() -> dict[str, type]:
         SimHardRetrieval,
         TargetAttention,
     )
+    from ctl.models.recent import distill, lowrank, pepnet, plugin, star
 
     nets = (base.BaseModel, ctnet.CTNet, din.DIN, dasl.DASL, ddtcdr.DDTCDR, dual_emb.DualEmbedding, minet.MiNet,
-            mlppp.MlpPlusPlus, ple.PLE, share_bottom.ShareBottom)
+            mlppp.MlpPlusPlus, ple.PLE, share_bottom.ShareBottom, star.STAR, pepnet.PEPNet,
+            lowrank.LowRankTransfer, plugin.KnowledgePlugin, distill.SourceDistillation)
     blocks = (GluAdapter, LinearAdapter, TargetAttention, DinAttention, FeatureEmbeddings, EtaRetrieval, MLP, MlpHead,
               SequenceEncoder, SimHardRetrieval)
     return {f"{cls.__module__}.{cls.__qualname__}": cls for cls in (*nets, backbone.BackboneConfig, *blocks)}

@@ -35,7 +35,7 @@ EPILOG = """tables:
   finetune   Table 4: fine-tuning runs by model.finetune_periods, beside base and CTNet
   coldstart  Table 5: gains over base on new vs old users and items of the target domain
   cost       training rows and seconds (own and total) beside AUC / GAUC gains
-  findings   the paper's six findings, each with a verdict (holds / does not hold / not shown /
+  findings   the paper's six findings (F1 also against the paper's baselines alone), each with a verdict (holds / does not hold / not shown /
              mixed / not measured), the numbers behind it and the rule used (ctl sweep experiment=paper)
   regimes    the regime map over the datasets (cells) of ctl sweep experiment=regimes: per cell,
              target and method the gain over base with its paired interval and oracle headroom
@@ -126,8 +126,25 @@ def _coldstart(given: Runs, options: Options) -> Built:
     return records, views.coldstart_views(records)
 
 
+def _serving_costs(runs: Sequence[Run]) -> dict[str, float | None]:
+    """Row label -> MFLOPs per scored row of its exported graph (one run of the label), None where the
+    run's model cannot be rebuilt here (its dataset gone, a hand-made folder): its cell reads '-'."""
+    # imported here: the exporter pulls in torch.export, which a table without this column never needs
+    from ctl.serve.flops import serving_mflop_per_row
+
+    costs: dict[str, float | None] = {}
+    for run in runs:
+        if run.label in costs:
+            continue
+        try:
+            costs[run.label] = serving_mflop_per_row(run.path)
+        except Exception:  # noqa: BLE001 (best effort: a run that cannot be exported has no serving cost to show)
+            costs[run.label] = None
+    return costs
+
+
 def _cost(given: Runs, options: Options) -> Built:
-    records = _with_oracle("cost", tables.cost_records(given.runs), given)
+    records = _with_oracle("cost", tables.cost_records(given.runs, _serving_costs(given.runs)), given)
     return records, [views.cost_view(records)]
 
 
@@ -244,6 +261,9 @@ def write_files(report: Report, out: Path) -> list[Path]:
             suffix = f"-{dataset}" if several else ""
             if table == "overall":
                 written.append(plots.plot_overall(records, out / f"table2{suffix}.png"))
+                forest = plots.plot_forest(records, out / f"forest{suffix}.png")
+                if forest is not None:
+                    written.append(forest)
             if table in ("overall", "cost"):
                 written.append(plots.plot_cost_gain(records, out / f"cost_gain{suffix}.png"))
             if table == "periods":

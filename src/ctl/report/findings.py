@@ -1,4 +1,4 @@
-"""The paper's six findings as verdicts on run folders (``ctl eval --table findings``).
+"""The paper's six findings (F1 twice: with and without the methods since the paper) as verdicts on run folders (``ctl eval --table findings``).
 
 Each finding is checked on one or more *parts* (a target domain, a metric, a slice of test rows),
 each part a comparison ``X − Y`` of two methods. For a part, every seed where both methods have
@@ -19,7 +19,10 @@ hold*, *not shown*) if every measured part holds (does not hold, is not shown); 
 (its parts disagree). The parts:
 
 * **F1** CTNet above every baseline: per target and metric, ``ctnet −`` the best other method by
-  mean test value (CTNet's own variants aside). Needs a baseline besides base.
+  mean test value (CTNet's own variants aside), the methods published since the paper
+  (:data:`ctl.methods.ADDED_METHODS`) included. Needs a baseline besides base.
+* **F1p** CTNet above every baseline of the paper: F1 with the methods since the paper left out,
+  the paper's own claim; its rule names the methods it leaves out.
 * **F2** fine-tuning all parameters on little data below base: per target and metric,
   ``base − ft_all`` (``ft_all`` fine-tuned from t0 on, ``model.finetune_periods=0``).
 * **F3** continual above transfer once, the gap growing: per target and metric, ``ctnet −
@@ -49,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ctl.errors import CtlError
-from ctl.methods import BASE, CTNET, is_ctnet_family, method_rank
+from ctl.methods import ADDED_METHODS, BASE, CTNET, is_ctnet_family, method_rank
 from ctl.metrics import cold_start_slices
 from ctl.report.coldstart import known_ids
 from ctl.report.records import RECORD_KEYS
@@ -76,7 +79,10 @@ Z95 = 1.959963984540054
 FINDINGS: tuple[tuple[str, str, str], ...] = (
     ("F1", "CTNet above every baseline",
      ("per target and metric: ctnet − the best other method by mean test value (CTNet variants aside; "
-      "needs a baseline besides base)")),
+      f"the methods since the paper, {', '.join(ADDED_METHODS)}, included; needs a baseline besides base)")),
+    ("F1p", "CTNet above every baseline of the paper",
+     (f"as F1 without the methods added beyond the paper ({', '.join(ADDED_METHODS)}): ctnet − the best of "
+      "the paper's baselines by mean test value")),
     ("F2", "fine-tuning all parameters on little data (ft_all from t0) below base",
      "per target and metric: base − ft_all"),
     ("F3", "continual transfer (ctnet) above transfer once (ctnet_once), the gap growing over periods",
@@ -219,10 +225,16 @@ def _pairwise(cmp: Comparisons, x: str, y: str, slice_name: str = TEST) -> list[
     return parts
 
 
-def _f1(cmp: Comparisons) -> list[dict]:
+def _is_added(label: str) -> bool:
+    """Whether a row label is a method published since the paper (or a variant of one)."""
+    return any(label == m or label.startswith(f"{m}_") for m in ADDED_METHODS)
+
+
+def _f1(cmp: Comparisons, paper_only: bool = False) -> list[dict]:
     parts = []
     for target in cmp.targets():
-        others = [label for label in cmp.labels(target) if not is_ctnet_family(label)]
+        others = [label for label in cmp.labels(target)
+                  if not is_ctnet_family(label) and not (paper_only and _is_added(label))]
         for metric in QUALITY_METRICS:
             if not cmp.has(CTNET, target) or not [label for label in others if label != BASE]:
                 what = "no ctnet runs" if not cmp.has(CTNET, target) else "no baseline besides base"
@@ -300,6 +312,7 @@ def _f6(cmp: Comparisons) -> list[dict]:
 
 CHECKS: dict[str, tuple[str, Callable[[Comparisons], list[dict]]]] = {
     "F1": (CTNET, _f1),
+    "F1p": (CTNET, lambda cmp: _f1(cmp, paper_only=True)),
     "F2": (BASE, lambda cmp: _pairwise(cmp, BASE, FINETUNE)),
     "F3": (CTNET, _f3),
     "F4": (CTNET, lambda cmp: _pairwise(cmp, CTNET, LINEAR)),
@@ -309,7 +322,7 @@ CHECKS: dict[str, tuple[str, Callable[[Comparisons], list[dict]]]] = {
 
 
 def findings_records(runs: Sequence[Run], n_resamples: int) -> list[dict]:
-    """Six records, one per finding (:data:`FINDINGS`), for the runs of one dataset.
+    """Seven records, one per finding (:data:`FINDINGS`), for the runs of one dataset.
 
     Each has ``finding``, ``verdict``, ``rule`` and ``evidence`` (its parts, see :func:`part`);
     ``model`` names the method the finding is about, ``target`` the targets its parts cover,

@@ -4,6 +4,8 @@
 * :func:`plot_periods`: Table 3 as AUC/GAUC lines over periods, one line per method;
 * :func:`plot_cost_gain`: AUC/GAUC gain over base against the rows each method trained on (log
   scale), the paper's "incremental data only" claim as a measurement;
+* :func:`plot_forest`: Table 2 as each method's difference to the ``--versus`` method per target and
+  metric, with its 95% interval over seeds and the seeds as dots, sorted by the mean;
 * :func:`plot_regimes`: the regime map as heat maps of CTNet's gain per cell.
 """
 
@@ -61,6 +63,66 @@ def plot_overall(records: Sequence[dict], path: Path) -> Path:
         ax.legend(fontsize="small")
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_title(f"Table 2 — {records[0]['dataset_name'] or 'dataset'} {records[0]['dataset']}")
+    return _save(figure, path)
+
+
+def seed_interval(deltas: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of the seeds' differences and its 95% t interval (0 wide for one seed).
+
+    The interval counts the seed-to-seed spread of training, the larger noise on ctl's worlds; each
+    seed's test-slice bootstrap interval counts only the users of the slice.
+    """
+    from scipy.stats import t
+
+    values = np.asarray(deltas, dtype=np.float64)
+    mean = float(values.mean())
+    if values.size < 2:
+        return mean, mean, mean
+    half = float(t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size))
+    return mean, mean - half, mean + half
+
+
+def forest_rows(records: Sequence[dict], target: str, metric: str) -> list[tuple[str, list[float], float, float, float]]:
+    """The rows of one forest panel, sorted by the mean: (method, seeds' differences, mean, low, high)."""
+    rows = []
+    for rec in records:
+        per_seed = (rec.get("significance") or {}).get("per_seed")
+        if rec["target"] == target and rec["metric"] == metric and per_seed:
+            deltas = [s["delta"] for s in per_seed]
+            rows.append((rec["model"], deltas, *seed_interval(deltas)))
+    return sorted(rows, key=lambda r: (r[2], method_rank(r[0])))
+
+
+def plot_forest(records: Sequence[dict], path: Path) -> Path | None:
+    """Forest plot of Table 2: per target (columns) and metric (rows), each method's test difference to
+    the method its rows were paired with (``ctl eval --versus``), mean over seeds with its 95% interval
+    (:func:`seed_interval`) and each seed's paired difference as a dot, methods sorted by the mean.
+    None when no record carries paired differences (``--bootstrap 0``)."""
+    paired = [r for r in records if r["metric"] in dict(METRICS) and r.get("significance")
+              and r["significance"].get("per_seed")]
+    if not paired:
+        return None
+    versus = paired[0]["significance"]["versus"]
+    targets = sorted({r["target"] for r in paired})
+    most = max(len([r for r in paired if r["target"] == t and r["metric"] == m]) for t in targets for m, _ in METRICS)
+    figure, axes = plt.subplots(2, len(targets), figsize=(5.5 * len(targets), 1.2 + 0.32 * most * 2), squeeze=False)
+    for col, target in enumerate(targets):
+        for row, (metric, name) in enumerate(METRICS):
+            ax = axes[row, col]
+            rows = forest_rows(paired, target, metric)
+            for y, (label, deltas, mean, low, high) in enumerate(rows):
+                colour = "C2" if low > 0 else "C3" if high < 0 else "C0"
+                ax.plot([low, high], [y, y], color=colour, linewidth=2)
+                ax.plot([mean], [y], marker="D", color=colour)
+                ax.scatter(deltas, [y] * len(deltas), s=12, color="black", alpha=0.6, zorder=3)
+            ax.axvline(0.0, color="grey", linewidth=0.8)
+            ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+            ax.set_ylim(-0.7, len(rows) - 0.3)
+            ax.set_xlabel(f"test {name} − {versus}")
+            ax.set_title(f"{paired[0]['source']} -> {target}: {name}")
+            ax.grid(axis="x", alpha=0.3)
+    figure.suptitle(f"Difference to {versus}: mean over seeds (diamond), 95% t interval over seeds (line: green above "
+                    "0, red below), seeds (dots)", fontsize="small")
     return _save(figure, path)
 
 

@@ -19,6 +19,8 @@ from ctl.report.records import record
 from ctl.report.runs import Run
 
 QUALITY_METRICS: tuple[str, ...] = ("auc", "gauc")
+#: the cost table's serving cost: MFLOPs per scored row of the method's exported graph (ctl.serve.flops)
+SERVING_METRIC = "serving_mflop"
 COST_METRICS: tuple[str, ...] = ("own_rows", "own_wall_s", "own_cpu_s", "total_rows", "total_wall_s", "total_cpu_s")
 TEST = "test"
 #: The method of Table 4: pre-train & fine-tune (all parameters)
@@ -135,9 +137,12 @@ def _cost_values(group: Sequence[Run], read: Callable[[Run], float]) -> dict[int
     return {run.seed: read(run) for run in group}
 
 
-def cost_records(runs: Sequence[Run]) -> list[dict]:
-    """Per method and target: the training cost (own and total) beside test AUC/GAUC and gains."""
+def cost_records(runs: Sequence[Run], serving: Mapping[str, float | None] | None = None) -> list[dict]:
+    """Per method and target: the training cost (own and total) beside test AUC/GAUC and gains, and
+    ``serving_mflop`` from ``serving`` (row label -> MFLOPs per scored row of its exported graph)
+    where it is known, with base's as the reference."""
     groups = row_groups(runs)
+    serving = serving or {}
     records = []
     for (label, target), group in groups.items():
         base = _base_group(groups, target) if label != BASE else []
@@ -147,4 +152,8 @@ def cost_records(runs: Sequence[Run]) -> list[dict]:
         for metric in COST_METRICS:
             records.append(record("cost", group[0], TEST, metric,
                                   _cost_values(group, lambda run, m=metric: getattr(run.cost, m))))
+        if serving.get(label) is not None:
+            base_flops = serving.get(BASE)
+            records.append(record("cost", group[0], TEST, SERVING_METRIC, {run.seed: serving[label] for run in group},
+                                  {run.seed: base_flops for run in group} if base_flops is not None else None))
     return records

@@ -7,9 +7,11 @@
 * ``finetune`` (``ft_id_emb``, ``ft_all_emb``, ``ft_all``): a base model assembled from source
   and target parameters, fine-tuned on target rows;
 * ``dual_embedding`` (``dual_emb``): the target model plus refreshed source id embeddings;
-* ``joint`` (``mlppp``, ``share_bottom``, ``ple``, ``minet``, ``ddtcdr``, ``dasl``): trained on
+* ``joint`` (``mlppp``, ``share_bottom``, ``ple``, ``minet``, ``ddtcdr``, ``dasl``, ``star``, ``pepnet``): trained on
   source and target rows of the transfer periods;
-* ``ctnet`` (``ctnet``, ``ctnet_linear``): CTNet with its refreshed frozen source tower.
+* ``ctnet`` (``ctnet``, ``ctnet_linear``): CTNet with its refreshed frozen source tower;
+* ``frozen_source`` (``lowrank``, ``plugin``, ``distill``): a model over the frozen latest source
+  model, refreshed every period, trained on target rows.
 
 Every transfer method is validated on the target's slice t+1 after each transfer period t and
 tested on the test slice, reuses the shared base tracks of both domains (built once, cached) and
@@ -37,6 +39,7 @@ from ctl.training.distributed import is_rank_zero, scratch_run_dir
 from ctl.training.protocols.ctnet import run_ctnet
 from ctl.training.protocols.dual_embedding import run_dual_embedding
 from ctl.training.protocols.finetune import run_finetune
+from ctl.training.protocols.frozen_source import run_frozen_source
 from ctl.training.protocols.joint import run_joint
 from ctl.training.protocols.source import run_source
 from ctl.training.protocols.track import run_track
@@ -52,6 +55,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "dual_embedding": run_dual_embedding,
     "joint": run_joint,
     "ctnet": run_ctnet,
+    "frozen_source": run_frozen_source,
 }
 
 

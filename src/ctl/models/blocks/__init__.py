@@ -2,6 +2,7 @@
 
 from ctl.models.blocks.adapters import ADAPTER_KINDS, GluAdapter, LinearAdapter, build_adapter
 from ctl.models.blocks.attention import DinAttention, TargetAttention, attendable_mask
+from ctl.models.blocks.domain_layers import GateNU, PartitionedNorm, StarLinear
 from ctl.models.blocks.embeddings import EMBEDDING_INIT_STD, FeatureEmbeddings
 from ctl.models.blocks.eta import EtaRetrieval
 from ctl.models.blocks.mlp import MLP, MlpHead
@@ -15,11 +16,14 @@ __all__ = [
     "DinAttention",
     "EtaRetrieval",
     "FeatureEmbeddings",
+    "GateNU",
     "GluAdapter",
     "LinearAdapter",
     "MlpHead",
+    "PartitionedNorm",
     "SequenceEncoder",
     "SimHardRetrieval",
+    "StarLinear",
     "TargetAttention",
     "attendable_mask",
     "build_adapter",
