@@ -41,6 +41,9 @@ class View:
     text_columns: tuple[int, ...] = (0,)
 
 
+#: what the seed-aware intervals are, in a caption (ctl.report.significance.seed_aware)
+SEED_AWARE_WORDS = ("with >= 2 seeds Student's t over the seeds' paired deltas, which counts the training noise; "
+                    "with one seed the paired user bootstrap of the test slice only, which does not")
 HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False}
 METRIC_NAMES = {"auc": "AUC", "gauc": "GAUC", "logloss": "LogLoss"}
 
@@ -123,9 +126,13 @@ def _seeds_text(counts: dict[str, int]) -> str:
 
 
 def _significance_text(sig_by_metric: dict[str, dict | None]) -> str:
-    parts = [f"{METRIC_NAMES[m]} {s['significant_seeds']}/{s['tested_seeds']}"
-             for m, s in sig_by_metric.items() if s is not None]
-    return " · ".join(parts) if parts else "-"
+    """Per metric the seed-aware interval of the mean Δ (``*`` where it excludes 0), then what it covers."""
+    shown = {m: s["seed_aware"] for m, s in sig_by_metric.items() if s is not None and s.get("seed_aware")}
+    if not shown:
+        return "-"
+    lines = [f"{METRIC_NAMES[m]} {interval_text(a)}" for m, a in shown.items()]
+    first = next(iter(shown.values()))
+    return "\n".join([*lines, f"({first['covers']}, {first['seeds']} seed{'s' if first['seeds'] > 1 else ''})"])
 
 
 def _own_rows_cell(index: dict[tuple, dict], label: str, targets: Sequence[str]) -> Cell:
@@ -152,7 +159,7 @@ def overall_view(records: Sequence[dict]) -> View:
     headers.append("own rows")
     headers += [f"{t} headroom" for t in with_oracle]
     if with_sig:
-        headers += [f"{t} significant" if versus == BASE else f"{t} vs {versus}" for t in targets]
+        headers += [f"{t} Δ vs {versus} [95%]" for t in targets]
     head = records[0]
     view = View(title=f"Table 2 — test AUC / GAUC, mean ± std over seeds (Δ vs base) — {dataset_title(records)}, "
                       f"source {head['source']}", headers=headers)
@@ -183,7 +190,8 @@ def overall_view(records: Sequence[dict]) -> View:
         values.append(row_values)
     _embolden_best(view, range(2, 2 + 2 * len(targets)), ["auc", "gauc"] * len(targets), values)
     view.caption = ("own rows: rows the method trained on itself (mean over seeds, per target where they differ); "
-                    f"significant: seeds whose 95% paired-bootstrap interval of the delta vs {versus} excludes 0")
+                    f"Δ vs {versus} [95%]: the mean over seeds of the paired delta and its interval ({SEED_AWARE_WORDS}), "
+                    "* where it excludes 0; each seed's test-slice interval is in the significance table")
     if with_oracle:
         view.caption += ("; oracle: the world's true click probabilities on the test rows, its Δ the base→oracle "
                          "headroom; headroom: each method's share of it, (method − base) / (oracle − base)")
@@ -193,7 +201,7 @@ def overall_view(records: Sequence[dict]) -> View:
 def significance_view(records: Sequence[dict]) -> View:
     """Per method, target and seed: deltas vs base (or the chosen method) with their 95% intervals and DeLong's p."""
     versus = _versus(records)
-    view = View(title=f"Significance vs {versus} on the test slice — {dataset_title(records)}",
+    view = View(title=f"Significance vs {versus} per seed, test slice only — {dataset_title(records)}",
                 headers=["method", "target", "seed", "rows", "ΔAUC", "95% interval", "DeLong p", "ΔGAUC",
                          "95% interval", "verdict"])
     index = _index(records, "model", "target", "metric")
@@ -215,7 +223,10 @@ def significance_view(records: Sequence[dict]) -> View:
                 ])
     resamples = next((r["significance"]["resamples"] for r in records if r["significance"]), 0)
     view.caption = (f"paired bootstrap over users ({resamples} resamples, rows paired by id with {versus} of the "
-                    "same seed); significant only where the interval excludes 0")
+                    "same seed); significant only where the interval excludes 0. These intervals cover the test "
+                    "slice only: whether this training of the method beats this training of "
+                    f"{versus}, not whether training it again would (the training noise; see the seed-aware "
+                    "interval above and ctl eval --table aa)")
     return view
 
 
@@ -359,7 +370,10 @@ def part_text(part: dict) -> str:
     if part["mean"] is None:
         return f"{where} {part['compared']}: {part['verdict']}" + (f" ({part['note']})" if part["note"] else "")
     n = part["seeds"]
-    text = f"{where} {part['compared']} {part['mean']:+.4f} ({part['above']}/{n} seeds above 0, {part['below']}/{n} below)"
+    claim = part.get("interval")
+    bounds = "" if not claim else f" [{claim['low']:+.4f}, {claim['high']:+.4f}] {claim['covers']}"
+    text = (f"{where} {part['compared']} {part['mean']:+.4f}{bounds} (per seed, test slice only: {part['above']}/{n} "
+            f"above 0, {part['below']}/{n} below)")
     if "slope" in part:
         text += ", gap slope " + ("-" if part["slope"] is None else f"{part['slope']:+.4f}/period")
     return f"{text} → {part['verdict']}"
@@ -375,13 +389,14 @@ def findings_view(records: Sequence[dict]) -> View:
     from ctl.report.findings import GENERIC_RULE
 
     view = View(title=f"The paper's findings on these runs — {dataset_title(records)}",
-                headers=["finding", "verdict", "numbers: mean Δ over seeds (seeds whose interval lies above / below 0)",
-                         "rule"],
+                headers=["finding", "verdict", "numbers: mean Δ over seeds [95% interval, what it covers] (seeds whose "
+                         "test-slice interval lies above / below 0)", "rule"],
                 text_columns=(0, 1, 2, 3))
     for rec in records:
         view.rows.append([Cell(rec["finding"]), Cell(rec["verdict"], style=VERDICT_STYLES.get(rec["verdict"], "")),
                           Cell(evidence_text(rec["evidence"], "\n")), Cell(rec["rule"])])
-    view.caption = f"Δ per seed on rows paired by id, 95% paired user-bootstrap intervals; {GENERIC_RULE}"
+    view.caption = (f"Δ per seed on rows paired by id; the interval of the mean: {SEED_AWARE_WORDS}; "
+                    f"{GENERIC_RULE}")
     return view
 
 
@@ -444,9 +459,9 @@ def regimes_views(records: Sequence[dict]) -> list[View]:
                          f"vs {ctnet['best_other']['model']}\n{interval_text(ctnet['best_other'])}"),
                 ])
             view.caption = ("gain = mean over seeds of (method − base) on the test slice, (share of base's oracle "
-                            "headroom); [95% paired user-bootstrap interval of that mean, the same resamples for "
-                            "every seed]; * = the interval excludes 0. Winner = best mean, base included; best other "
-                            "= the best method outside the CTNet family, base included.")
+                            f"headroom); [95% interval of that mean: {SEED_AWARE_WORDS}]; * = the interval excludes "
+                            "0. Winner = best mean, base included; best other = the best method outside the CTNet "
+                            "family, base included.")
             shown.append(view)
     rows = View(title="Regime map — rows each method trained on itself (mean over seeds)",
                 headers=["cell", "target", *_labels(records)], text_columns=(0, 1))
