@@ -27,6 +27,7 @@ from ctl.metrics import (
     delong_test,
     gauc,
     paired_bootstrap,
+    seed_t_interval,
     slice_metrics,
 )
 from ctl.report import views
@@ -109,6 +110,11 @@ def test_significance_is_the_paired_bootstrap_and_delong_on_rows_paired_by_id(sw
             assert entry["significant"] == (entry["low"] > 0 or entry["high"] < 0)
             if metric == "auc":
                 assert entry["p_value"] == delong_test(model["label"], model["pred"], base["pred"])["p_value"]
+        # the claim over both seeds: Student's t over their test-slice deltas, training noise counted
+        aware = sig["seed_aware"]
+        t = seed_t_interval([entry["delta"] for entry in sig["per_seed"]])
+        assert aware["covers"] == "training seeds and test users" and aware["seeds"] == 2
+        assert (aware["delta"], aware["low"], aware["high"]) == pytest.approx((t["delta"], t["low"], t["high"]), abs=1e-12)
 
 
 def test_versus_pairs_every_method_with_the_chosen_one(sweep: Path) -> None:
@@ -128,7 +134,7 @@ def test_versus_pairs_every_method_with_the_chosen_one(sweep: Path) -> None:
                                                                                   abs=TOL)
     shown = views.significance_view(rows)
     assert shown.title.startswith("Significance vs ctnet") and "with ctnet of the same seed" in shown.caption
-    assert "B vs ctnet" in views.overall_view(rows).headers
+    assert "B Δ vs ctnet [95%]" in views.overall_view(rows).headers
     with pytest.raises(CtlError, match=r"--versus ple: no run of that method here; the methods are: base, ctnet"):
         evaluate([sweep], ["overall"], bootstrap=10, versus="ple")
 
@@ -422,7 +428,7 @@ def _regime_cells(sweep: Path, root: Path) -> dict[str, Path]:
 
 
 def test_regimes_table_gives_each_cell_its_gains_with_the_seeds_mean_interval(sweep: Path, tmp_path: Path) -> None:
-    from ctl.metrics import paired_bootstrap_mean
+    from ctl.metrics import seed_t_interval, two_level_bootstrap
     from ctl.report.cli import DEFAULT_BOOTSTRAP
 
     cells = _regime_cells(sweep, tmp_path / "map")
@@ -439,11 +445,15 @@ def test_regimes_table_gives_each_cell_its_gains_with_the_seeds_mean_interval(sw
             for seed in SEEDS:
                 mine, base = predictions(folder / f"ctnet-s{seed}"), predictions(folder / f"base-s{seed}")
                 pairs.append((mine["label"], mine["pred"], base["pred"], mine["user_id"]))
-            expected = paired_bootstrap_mean(pairs, n_resamples=DEFAULT_BOOTSTRAP)[metric]
+            # two seeds: Student's t over the seeds' deltas, the two-level bootstrap beside it
+            two_level = two_level_bootstrap(pairs, n_resamples=DEFAULT_BOOTSTRAP)[metric]
+            expected = seed_t_interval(two_level["per_seed"])
             sig = rec["significance"]
+            assert sig["covers"] == "training seeds and test users" and sig["seeds"] == 2
             assert (sig["delta"], sig["low"], sig["high"]) == pytest.approx(
                 (expected["delta"], expected["low"], expected["high"]), abs=1e-12)
             assert sig["significant"] == (expected["low"] > 0 or expected["high"] < 0)
+            assert (sig["two_level"]["low"], sig["two_level"]["high"]) == (two_level["low"], two_level["high"])
             assert rec["delta"] == pytest.approx(np.mean([reference(folder / f"ctnet-s{s}", metric)
                                                           - reference(folder / f"base-s{s}", metric)
                                                           for s in SEEDS]), abs=TOL)
