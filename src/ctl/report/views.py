@@ -472,3 +472,82 @@ def regimes_views(records: Sequence[dict]) -> list[View]:
                 rows.rows.append([Cell(cell), Cell(target), *(count_cell(r["mean"] if r else None) for r in own)])
     shown.append(rows)
     return shown
+
+
+def aa_views(records: Sequence[dict]) -> list[View]:
+    """The A/A calibration: per method and target, each test's false-positive rate at the nominal 5%."""
+    from ctl.report.aa import PER_SEED_TESTS
+
+    view = View(title=f"A/A calibration — false positives at the nominal 5% — {dataset_title(records)}",
+                headers=["method", "target", "test", "pairs", "AUC: called / tests", "GAUC: called / tests",
+                         "sd of A/A ΔAUC", "sd of A/A ΔGAUC"], text_columns=(0, 1, 2, 3))
+    index = {(r["model"], r["target"], r["aa"]["test"], r["aa"]["pairs"], r["metric"]): r for r in records}
+    keys = list(dict.fromkeys((r["model"], r["target"], r["aa"]["test"], r["aa"]["pairs"]) for r in records))
+    for model, target, test, pairs in keys:
+        cells = [Cell(model), Cell(target), Cell(test if test in PER_SEED_TESTS else f"{test} (seed-aware)"),
+                 Cell(pairs)]
+        found = [index.get((model, target, test, pairs, m)) for m in ("auc", "gauc")]
+        for rec in found:
+            if rec is None:
+                cells.append(Cell("-"))
+                continue
+            aa = rec["aa"]
+            style = "red" if aa["rate"] > 2 * aa["nominal"] else ""
+            cells.append(Cell(f"{aa['rate']:.0%} ({aa['false_positives']}/{aa['tests']})", style=style))
+        cells += [Cell("-" if rec is None or rec["aa"]["delta_sd"] is None else f"{rec['aa']['delta_sd']:.4f}")
+                  for rec in found]
+        view.rows.append(cells)
+    view.caption = ("every run of a method here differs from the others only in randomness, so every test that calls "
+                    "a difference is wrong; pairs: transfer only = the same seed (shared production tracks), another "
+                    "transfer_seed; seed = another seed; k seeds = two transfer seeds compared over k seeds, paired "
+                    "by seed. Per-seed tests cover the test slice only; the seed-aware ones count the training noise")
+    return [view]
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile of ``values``, linear between order statistics (numpy's default)."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def population_views(records: Sequence[dict]) -> list[View]:
+    """Per method, target and metric the spread over worlds of the seed-aware gain over base, the cells
+    above / below 0; then CTNet's cells below 0 on average, with their worlds' knobs."""
+    from ctl.report.regimes import CTNET
+
+    cells = [r for r in records if r["population"].get("delta") is not None]
+    worlds = sorted({r["population"]["world"] for r in records})
+    summary = View(title=f"Population of {len(worlds)} worlds — test gain over base per (world, target) cell",
+                   headers=["method", "target", "metric", "worlds", "median Δ", "p10 Δ", "p90 Δ", "cells above 0",
+                            "cells below 0"], text_columns=(0, 1, 2))
+    keys = list(dict.fromkeys((r["model"], r["target"], r["metric"]) for r in cells))
+    for model, target, metric in sorted(keys, key=lambda k: (_row_rank({"model": k[0]}), k[1], k[2])):
+        own = [r["population"] for r in cells if (r["model"], r["target"], r["metric"]) == (model, target, metric)]
+        deltas = [p["delta"] for p in own]
+        above, below = sum(p["low"] > 0 for p in own), sum(p["high"] < 0 for p in own)
+        summary.rows.append([Cell(model), Cell(target), Cell(METRIC_NAMES[metric]), Cell(str(len(own))),
+                             Cell(f"{_quantile(deltas, 0.5):+.4f}"), Cell(f"{_quantile(deltas, 0.1):+.4f}"),
+                             Cell(f"{_quantile(deltas, 0.9):+.4f}"), Cell(str(above), style="green" if above else ""),
+                             Cell(str(below), style="red" if below else "")])
+    seeds = sorted({r["population"]["seeds"] for r in cells})
+    summary.caption = (f"Δ of a cell: the mean over its seeds ({'/'.join(map(str, seeds))}) of method − base on the test "
+                       f"slice; above / below 0: the cell's 95% interval ({SEED_AWARE_WORDS}) lies above / below 0")
+    losing = View(title="CTNet's cells below base on average, with their worlds' knobs",
+                  headers=["world", "target", "ΔAUC [95%]", "ΔGAUC [95%]", "knobs"], text_columns=(0, 1, 4))
+    by_cell = {(r["population"]["world"], r["target"], r["metric"]): r for r in cells if r["model"] == CTNET}
+    for world, target in sorted({(w, t) for w, t, _ in by_cell}):
+        auc_rec, gauc_rec = by_cell.get((world, target, "auc")), by_cell.get((world, target, "gauc"))
+        if not any(rec is not None and rec["population"]["delta"] < 0 for rec in (auc_rec, gauc_rec)):
+            continue
+        knobs = (auc_rec or gauc_rec)["population"]["knobs"]
+        losing.rows.append([Cell(str(world)), Cell(target),
+                            *(Cell("-" if rec is None else interval_text(rec["population"]),
+                                   style="red" if rec is not None and rec["population"]["high"] < 0 else "")
+                              for rec in (auc_rec, gauc_rec)),
+                            Cell(", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in knobs.items()))])
+    losing.caption = "* = the interval excludes 0 (red: below base beyond the training and test noise)"
+    return [summary, losing]
