@@ -56,7 +56,9 @@ def _replicates(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
     """Runs by (method, target) that differ in ``seed`` and ``transfer_seed`` alone."""
     groups: dict[tuple[str, str, str], list[Run]] = {}
     for run in runs:
-        rest = json.dumps({k: v for k, v in run.settings.items() if k != "transfer_seed"}, sort_keys=True, default=str)
+        # a key at null is the key left out (runs of older configs lack it)
+        rest = json.dumps({k: v for k, v in run.settings.items() if k != "transfer_seed" and v is not None},
+                          sort_keys=True, default=str)
         groups.setdefault((run.method, run.target, rest), []).append(run)
     named: dict[tuple[str, str], list[Run]] = {}
     for (method, target, _), group in sorted(groups.items(), key=lambda item: (method_rank(item[0][0]), item[0][1:])):
