@@ -138,7 +138,7 @@ def aa_records(runs: Sequence[Run], n_resamples: int) -> list[dict]:
     if n_resamples < 1:
         raise CtlError("the aa table needs --bootstrap N > 0: it measures the bootstrap's false positives")
     records = []
-    for (_, _), group in _replicates(runs).items():
+    for group in _replicates(runs).values():
         per_seed = _pair_outcomes(group, n_resamples)
         aware = _seed_aware_outcomes(group, n_resamples)
         for metric in QUALITY_METRICS:

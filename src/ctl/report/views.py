@@ -389,8 +389,8 @@ def findings_view(records: Sequence[dict]) -> View:
     from ctl.report.findings import GENERIC_RULE
 
     view = View(title=f"The paper's findings on these runs — {dataset_title(records)}",
-                headers=["finding", "verdict", "numbers: mean Δ over seeds [95% interval, what it covers] (seeds whose "
-                         "test-slice interval lies above / below 0)", "rule"],
+                headers=["finding", "verdict", ("numbers: mean Δ over seeds [95% interval, what it covers] (seeds whose "
+                                                "test-slice interval lies above / below 0)"), "rule"],
                 text_columns=(0, 1, 2, 3))
     for rec in records:
         view.rows.append([Cell(rec["finding"]), Cell(rec["verdict"], style=VERDICT_STYLES.get(rec["verdict"], "")),
