@@ -63,7 +63,7 @@ def test_the_aa_table_counts_each_tests_false_positives_on_pairs_that_differ_onl
                     == (model, metric, test, pairs)]
         return found
 
-    # per-seed tests: 2 transfer-only pairs (one per seed), 4 pairs across seeds; base's 2 seeds, 1 pair
+    # per-seed tests: 2 transfer-only pairs (one per seed), 2 seed pairs (one per transfer seed); base: 1 seed pair
     runs = {(s, t): predictions(aa_sweep / f"ctnet-s{s}-t{t}") for s in (0, 1) for t in (0, 1)}
     transfer_pairs = [(runs[(s, 0)], runs[(s, 1)]) for s in (0, 1)]
     for metric in ("auc", "gauc"):
@@ -74,7 +74,7 @@ def test_the_aa_table_counts_each_tests_false_positives_on_pairs_that_differ_onl
             called.append(r["low"] > 0 or r["high"] < 0)
         assert boot["aa"]["tests"] == 2 and boot["aa"]["false_positives"] == sum(called)
         assert boot["mean"] == sum(called) / 2
-        assert rec("ctnet", metric, "paired user bootstrap", "seed")["aa"]["tests"] == 4
+        assert rec("ctnet", metric, "paired user bootstrap", "seed")["aa"]["tests"] == 2
         assert rec("base", metric, "paired user bootstrap", "seed")["aa"]["tests"] == 1
         # seed-aware: transfer seed 0 against 1 over both seeds, paired by seed
         t_rec = rec("ctnet", metric, "t over seeds", "2 seeds")

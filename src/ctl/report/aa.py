@@ -8,7 +8,8 @@ false positive. Per method, target and metric, each test's false-positive rate a
   bootstrap (:func:`ctl.metrics.paired_bootstrap`) and, for AUC, DeLong's test
   (:func:`ctl.metrics.delong_test`). The pairs come in two kinds: *transfer only* (the same
   ``seed``, so the same production tracks, another ``transfer_seed``: only the transfer periods'
-  batch order and adapter init differ) and *seed* (another ``seed``: everything trained differs);
+  batch order and adapter init differ) and *seed* (another ``seed``, the same ``transfer_seed``:
+  everything trained differs); pairs that differ in both are left out, as they repeat the others;
 * the seed-aware tests (:func:`ctl.report.significance.seed_aware`): for every two transfer seeds
   ``a`` and ``b``, the runs of ``a`` against those of ``b`` over the seeds both have (>= 2), paired
   by seed: Student's t over the seeds' deltas and the two-level (seeds x users) bootstrap.
@@ -71,10 +72,11 @@ def _replicates(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
 
 
 def _pair_outcomes(group: Sequence[Run], n_resamples: int) -> list[dict]:
-    """Per pair of runs: its kind, and per metric the delta and whether each per-seed test called it."""
+    """Per pair of runs that differ in seed or in transfer seed (not both): its kind, and per metric the
+    delta and whether each per-seed test called it."""
     outcomes = []
     for a, b in itertools.combinations(group, 2):
-        if a.predictions is None or b.predictions is None:
+        if a.predictions is None or b.predictions is None or (a.seed != b.seed and transfer_seed(a) != transfer_seed(b)):
             continue
         what = f"{a.method} on {a.target}, seed {a.seed}/{b.seed}, transfer seed {transfer_seed(a)}/{transfer_seed(b)}"
         rows, other = paired_predictions(read_predictions(a.predictions), read_predictions(b.predictions), what,
