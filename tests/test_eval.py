@@ -26,6 +26,7 @@ from ctl.metrics import (
     cold_start_slices,
     delong_test,
     gauc,
+    seed_t_interval,
     slice_metrics,
 )
 from ctl.report import views
@@ -111,6 +112,11 @@ def test_significance_pairs_the_rows_by_id_and_brackets_the_measured_gain(sweep:
             assert entry["significant"] == (entry["low"] > 0 or entry["high"] < 0)
             if metric == "auc":
                 assert entry["p_value"] == delong_test(model["label"], model["pred"], base["pred"])["p_value"]
+        # the claim over both seeds: Student's t over their test-slice deltas, training noise counted
+        aware = sig["seed_aware"]
+        t = seed_t_interval([entry["delta"] for entry in sig["per_seed"]])
+        assert aware["covers"] == "training seeds and test users" and aware["seeds"] == 2
+        assert (aware["delta"], aware["low"], aware["high"]) == pytest.approx((t["delta"], t["low"], t["high"]), abs=1e-12)
 
 
 def test_a_method_that_predicts_as_base_gains_nothing_and_is_not_significant(sweep: Path, tmp_path: Path) -> None:
@@ -142,7 +148,7 @@ def test_versus_pairs_every_method_with_the_chosen_one(sweep: Path) -> None:
                                                                                   abs=TOL)
     shown = views.significance_view(rows)
     assert shown.title.startswith("Significance vs ctnet") and "with ctnet of the same seed" in shown.caption
-    assert "B vs ctnet" in views.overall_view(rows).headers
+    assert "B Δ vs ctnet [95%]" in views.overall_view(rows).headers
     with pytest.raises(CtlError, match=r"--versus ple: no run of that method here; the methods are: base, ctnet"):
         evaluate([sweep], ["overall"], bootstrap=10, versus="ple")
 
@@ -434,6 +440,8 @@ def _regime_cells(sweep: Path, root: Path) -> dict[str, Path]:
 
 
 def test_regimes_table_gives_each_cell_its_gains_with_the_seeds_mean_interval(sweep: Path, tmp_path: Path) -> None:
+    from scipy import stats
+
     from ctl.report.cli import DEFAULT_BOOTSTRAP
 
     cells = _regime_cells(sweep, tmp_path / "map")
@@ -451,11 +459,14 @@ def test_regimes_table_gives_each_cell_its_gains_with_the_seeds_mean_interval(sw
                 mine, base = predictions(folder / f"ctnet-s{seed}"), predictions(folder / f"base-s{seed}")
                 gains.append(reference_metric(metric, mine["pred"], mine["label"], mine["user_id"])
                              - reference_metric(metric, base["pred"], base["label"], base["user_id"]))
-            # the seeds' mean gain from sklearn, and an interval around it
+            # two seeds: Student's t over the seeds' sklearn gains (scipy's quantile), training noise counted
+            half = stats.t.ppf(0.975, len(gains) - 1) * np.std(gains, ddof=1) / np.sqrt(len(gains))
             sig = rec["significance"]
-            assert sig["delta"] == pytest.approx(np.mean(gains), abs=1e-12)
-            assert sig["low"] < sig["delta"] < sig["high"]
+            assert sig["covers"] == "training seeds and test users" and sig["seeds"] == 2
+            assert (sig["delta"], sig["low"], sig["high"]) == pytest.approx(
+                (np.mean(gains), np.mean(gains) - half, np.mean(gains) + half), abs=1e-9)
             assert sig["significant"] == (sig["low"] > 0 or sig["high"] < 0)
+            assert sig["two_level"]["low"] < sig["delta"] < sig["two_level"]["high"]
             assert rec["delta"] == pytest.approx(np.mean([reference(folder / f"ctnet-s{s}", metric)
                                                           - reference(folder / f"base-s{s}", metric)
                                                           for s in SEEDS]), abs=TOL)

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_module
+from scipy import stats
 
 from ctl.cli import main as ctl_main
 from ctl.errors import CtlError
@@ -27,6 +28,7 @@ from ctl.report.findings import (
     Z95,
     SeedDelta,
     combine,
+    part_interval,
     rule_verdict,
     slope,
 )
@@ -41,36 +43,40 @@ ROWS, USERS = 3000, 300
 # --- the rules by hand -------------------------------------------------------------------------
 
 
-def test_a_part_holds_when_the_mean_is_positive_and_most_seeds_are_significant() -> None:
-    # mean +0.00967; seeds 0 and 1 lie above 0 (2 of 3 > 1.5)
-    deltas = [SeedDelta(0, 0.01, 0.002, 0.02), SeedDelta(1, 0.02, 0.005, 0.03), SeedDelta(2, -0.001, -0.01, 0.008)]
-    assert rule_verdict(deltas) == HOLDS
+def test_a_part_over_seeds_rests_on_students_t_over_the_seeds_deltas() -> None:
+    # mean 0.011, sd 0.001, t_{0.975, 2} = 4.302652729911275: 0.011 ± 0.0024841
+    deltas = [SeedDelta(0, 0.010, -0.01, 0.03), SeedDelta(1, 0.012, -0.01, 0.03), SeedDelta(2, 0.011, -0.01, 0.03)]
+    claim = part_interval(deltas)
+    half = 4.302652729911275 * 0.001 / 3 ** 0.5
+    assert (claim["delta"], claim["low"], claim["high"]) == pytest.approx((0.011, 0.011 - half, 0.011 + half))
+    assert claim["covers"] == "training seeds and test users"
+    # every seed's test-slice interval holds 0, the seeds agree: the claim holds
+    assert rule_verdict(claim) == HOLDS
+    mirrored = [SeedDelta(d.seed, -d.delta, -d.high, -d.low) for d in deltas]
+    assert rule_verdict(part_interval(mirrored)) == DOES_NOT_HOLD
 
 
-def test_a_part_does_not_hold_only_with_a_negative_mean_and_most_seeds_significantly_below() -> None:
-    # mean -0.00967; seeds 0 and 1 lie below 0 (2 of 3 > 1.5): the mirror of holding
-    assert rule_verdict([SeedDelta(0, -0.01, -0.02, -0.002), SeedDelta(1, -0.02, -0.03, -0.005),
-                         SeedDelta(2, 0.001, -0.008, 0.01)]) == DOES_NOT_HOLD
+def test_a_part_whose_seeds_disagree_is_not_shown_though_every_seed_is_significant_on_its_test_slice() -> None:
+    # mean 0.011, sd 0.01646: 0.011 ± 0.0409 holds 0; each seed's test-slice interval lies above 0
+    deltas = [SeedDelta(0, 0.03, 0.02, 0.04), SeedDelta(1, 0.001, 0.0005, 0.0015), SeedDelta(2, 0.002, 0.001, 0.003)]
+    claim = part_interval(deltas)
+    assert claim["low"] == pytest.approx(0.011 - 4.302652729911275 * 0.016462077633154 / 3 ** 0.5)
+    assert rule_verdict(claim) == NOT_SHOWN
 
 
-@pytest.mark.parametrize("deltas", [
-    # a negative mean (0.01 - 0.005 - 0.006) / 3 with one seed below 0 only (1 of 3, not more than half)
-    [SeedDelta(0, 0.01, 0.002, 0.02), SeedDelta(1, -0.005, -0.01, 0.001), SeedDelta(2, -0.006, -0.012, -0.001)],
-    # a difference of -0.0002 whose every interval crosses 0
-    [SeedDelta(0, -0.0004, -0.006, 0.005), SeedDelta(1, 0.0001, -0.005, 0.006), SeedDelta(2, -0.0003, -0.007, 0.006)],
-    # no difference at all
-    [SeedDelta(0, 0.0, -0.01, 0.01)],
-    # a positive mean, 1 of 2 seeds above 0: not more than half
-    [SeedDelta(0, 0.01, -0.001, 0.02), SeedDelta(1, 0.02, 0.005, 0.03)],
-    # a positive mean +0.01 while 2 of 3 seeds lie entirely below 0: the seeds contradict the mean
-    [SeedDelta(0, 0.05, 0.01, 0.09), SeedDelta(1, -0.01, -0.02, -0.001), SeedDelta(2, -0.01, -0.02, -0.002)],
-], ids=["negative, 1 of 3 below", "-0.0002 across 0", "zero", "positive, 1 of 2 above", "positive, 2 of 3 below"])
-def test_a_part_is_not_shown_without_a_majority_of_seeds_significant_on_the_side_of_its_mean(deltas) -> None:
-    assert rule_verdict(deltas) == NOT_SHOWN
+def test_one_seed_rests_on_its_test_slice_interval_and_says_so() -> None:
+    claim = part_interval([SeedDelta(0, 0.01, 0.002, 0.02)])
+    assert claim == {"delta": 0.01, "low": 0.002, "high": 0.02, "significant": True,
+                     "test": "paired user bootstrap", "covers": "test slice only"}
+    assert rule_verdict(claim) == HOLDS
+    assert rule_verdict(part_interval([SeedDelta(0, 0.0, -0.01, 0.01)])) == NOT_SHOWN
+    # a seed-aware interval computed from the predictions is taken as given
+    given = {"delta": -0.01, "low": -0.02, "high": -0.001, "covers": "training seeds and test users"}
+    assert rule_verdict(part_interval([SeedDelta(0, 0.01, 0.002, 0.02)], given)) == DOES_NOT_HOLD
 
 
 def test_a_part_without_seeds_is_not_measured_and_parts_combine() -> None:
-    assert rule_verdict([]) == NOT_MEASURED
+    assert rule_verdict(part_interval([])) == NOT_MEASURED
     assert combine([HOLDS, NOT_MEASURED, HOLDS]) == HOLDS
     assert combine([DOES_NOT_HOLD, NOT_MEASURED]) == DOES_NOT_HOLD
     assert combine([NOT_SHOWN, NOT_MEASURED, NOT_SHOWN]) == NOT_SHOWN
@@ -195,9 +201,19 @@ def test_the_evidence_is_each_seeds_measured_gain_with_its_interval(without_once
         assert entry["low"] < entry["delta"] < entry["high"]
     assert f2["mean"] == pytest.approx(np.mean([e["delta"] for e in f2["per_seed"]]))
     assert f2["above"] == sum(e["low"] > 0 for e in f2["per_seed"]) >= 2
+    # the verdict's interval: Student's t over the seeds' deltas (scipy's quantile), training noise counted
+    def t_interval(deltas: list[float]) -> tuple[float, float]:
+        half = stats.t.ppf(0.975, len(deltas) - 1) * np.std(deltas, ddof=1) / np.sqrt(len(deltas))
+        return float(np.mean(deltas) - half), float(np.mean(deltas) + half)
+
+    assert f2["interval"]["covers"] == "training seeds and test users" and f2["interval"]["test"] == "t over seeds"
+    assert (f2["interval"]["low"], f2["interval"]["high"]) == pytest.approx(
+        t_interval([e["delta"] for e in f2["per_seed"]]), abs=1e-12)
     # F5: the difference of the two targets' gains, its half-width from both targets' intervals (as the
-    # overall table reports them, ctnet against base per seed)
+    # overall table reports them, ctnet against base per seed); its verdict's interval: t over the seeds
     f5 = next(p for p in records[5]["evidence"] if p["metric"] == "auc")
+    assert (f5["interval"]["low"], f5["interval"]["high"]) == pytest.approx(
+        t_interval([e["delta"] for e in f5["per_seed"]]), abs=1e-12)
 
     def interval(target: str, seed: int) -> dict:
         sig = next(r for r in report["overall"] if r["model"] == "ctnet" and r["metric"] == "auc"
@@ -279,7 +295,7 @@ def test_a_finding_without_evidence_either_way_is_not_shown_in_every_format(leve
     else:
         line = next(line for line in out.splitlines() if line.lstrip("│| ").startswith("F2 "))
         assert "not shown" in line and "does not hold" not in line and "mixed" not in line
-        assert "does not hold: mean < 0 and the interval below 0 in a majority of seeds; not shown: otherwise" in " ".join(out.split())
+        assert "does not hold: below 0; not shown: it holds 0" in " ".join(out.split())
 
 
 def test_f1_counts_the_methods_since_the_paper_and_f1p_leaves_them_out(tmp_path) -> None:

@@ -224,3 +224,19 @@ def test_ctl_train_ends_with_the_significance_line(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"^test: ctnet − base  ΔAUC [+-]\d\.\d{4} \[", proc.stdout, re.MULTILINE), proc.stdout
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["method"] == "ctnet"
+
+
+def test_the_test_line_says_what_its_interval_covers_and_the_measured_training_noise(ctnet_run, monkeypatch) -> None:
+    from ctl.report import aa_noise
+
+    run_dir, metrics = ctnet_run
+    lines = [line.plain for line in comparison_lines(metrics, run_dir)]
+    assert lines[1].startswith("this interval covers the test slice only (this training of ctnet against this "
+                               "training of base)")
+    assert "was not measured" in lines[1]  # the tiny world has no committed A/A
+    monkeypatch.setitem(aa_noise.MEASURED, metrics["dataset"],
+                        {metrics["target"]: {"auc": 0.0031, "gauc": 0.0042, "trainings": 12}})
+    text = aa_noise.noise_text("ctnet", metrics["dataset"], metrics["target"])
+    assert text.endswith(f"retrained, ctnet − base moves by sd 0.0031 AUC / 0.0042 GAUC on {metrics['target']} "
+                         "(A/A calibration of this world, 12 trainings: docs/eval.md)")
+    assert "was not measured" in aa_noise.noise_text("ple", metrics["dataset"], metrics["target"])

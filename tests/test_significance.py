@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -14,6 +15,9 @@ from ctl.metrics import (
     paired_bootstrap,
     paired_bootstrap_mean,
     pooled_paired_bootstrap,
+    resample_seeds,
+    seed_t_interval,
+    two_level_bootstrap,
 )
 from ctl.metrics.significance import _rank_rows, _weighted_auc, structural_components
 
@@ -213,3 +217,62 @@ def test_the_pooled_bootstrap_draws_a_user_once_for_every_slice_it_is_in() -> No
     assert apart["auc"]["high"] - apart["auc"]["low"] < shared["auc"]["high"] - shared["auc"]["low"]
     with pytest.raises(ValueError, match="at least one slice"):
         pooled_paired_bootstrap([], n_resamples=20)
+
+
+def test_the_seed_t_interval_is_students_on_a_hand_example() -> None:
+    # mean 0.02, sd 0.01 over 3 seeds; t_{0.975, 2} = 4.302652729911275
+    result = seed_t_interval([0.01, 0.02, 0.03])
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)
+    assert result == pytest.approx({"delta": 0.02, "low": 0.02 - half, "high": 0.02 + half, "seeds": 3}, abs=1e-12)
+    # the same as scipy's own interval of a mean, at another level and seed count
+    from scipy import stats
+
+    deltas = [0.004, -0.001, 0.0065, 0.002, 0.0]
+    low, high = stats.t.interval(0.9, len(deltas) - 1, loc=np.mean(deltas), scale=stats.sem(deltas))
+    result = seed_t_interval(deltas, alpha=0.1)
+    assert (result["low"], result["high"]) == pytest.approx((low, high), abs=1e-12)
+
+
+@pytest.mark.parametrize(("deltas", "message"), [([0.01], ">= 2 seeds"), ([0.01, float("nan")], "finite")])
+def test_the_seed_t_interval_refuses_what_it_cannot_measure(deltas: list[float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        seed_t_interval(deltas)
+
+
+def test_resampling_the_seeds_averages_a_multiset_of_each_resample_column() -> None:
+    per_seed = np.array([[1.0, 10.0, 100.0, 1000.0], [2.0, 20.0, 200.0, 2000.0], [4.0, 40.0, 400.0, 4000.0]])
+    means = resample_seeds(per_seed, seed=3)
+    for k, value in enumerate(means):
+        # every mean of 3 of column k's values drawn with replacement
+        possible = {round(sum(c) / 3, 9) for c in itertools.combinations_with_replacement(per_seed[:, k], 3)}
+        assert round(value, 9) in possible
+    # over many resamples, all of them: the seeds are drawn, not kept
+    many = resample_seeds(np.tile(per_seed[:, :1], (1, 2000)), seed=0)
+    assert set(np.round(many, 9)) == {round(sum(c) / 3, 9)
+                                      for c in itertools.combinations_with_replacement([1.0, 2.0, 4.0], 3)}
+
+
+def test_the_two_level_bootstrap_of_identical_seeds_is_the_user_bootstrap() -> None:
+    labels, preds_a, preds_b, users = clicks_by_user(200, seed=14)
+    single = paired_bootstrap(labels, preds_a, preds_b, users, n_resamples=200, seed=0)
+    both = two_level_bootstrap([(labels, preds_a, preds_b, users)] * 3, n_resamples=200, seed=0)
+    for metric in ("auc", "gauc"):
+        assert both[metric]["per_seed"] == [single[metric]["delta"]] * 3
+        for key in ("delta", "low", "high"):
+            assert both[metric][key] == pytest.approx(single[metric][key], abs=1e-12)
+
+
+def test_the_two_level_bootstrap_counts_the_seeds_spread() -> None:
+    labels, preds_a, preds_b, users = clicks_by_user(200, seed=15)
+    # seed 2 ties exactly, seed 1 gains: the seeds disagree, which the users-only interval of their
+    # mean ignores and the two-level interval holds
+    pairs = [(labels, preds_a, preds_b, users), (labels, preds_b, preds_b, users)]
+    users_only = paired_bootstrap_mean(pairs, n_resamples=500, seed=0)
+    both = two_level_bootstrap(pairs, n_resamples=500, seed=0)
+    assert both["auc"]["per_seed"][1] == 0.0
+    assert both["auc"]["delta"] == pytest.approx(users_only["auc"]["delta"], abs=1e-12)
+    assert both["auc"]["high"] - both["auc"]["low"] > 1.5 * (users_only["auc"]["high"] - users_only["auc"]["low"])
+    # a resample drawing seed 2 twice is 0: the lower end reaches it
+    assert both["auc"]["low"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="at least one pair"):
+        two_level_bootstrap([], n_resamples=20)

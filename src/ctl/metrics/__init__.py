@@ -15,6 +15,9 @@ from ctl.metrics.significance import (
     paired_bootstrap,
     paired_bootstrap_mean,
     pooled_paired_bootstrap,
+    resample_seeds,
+    seed_t_interval,
+    two_level_bootstrap,
 )
 
 __all__ = [
@@ -32,5 +35,8 @@ __all__ = [
     "paired_bootstrap",
     "paired_bootstrap_mean",
     "pooled_paired_bootstrap",
+    "resample_seeds",
+    "seed_t_interval",
     "slice_metrics",
+    "two_level_bootstrap",
 ]

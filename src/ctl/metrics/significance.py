@@ -6,6 +6,13 @@
   resampled with replacement, which respects the within-user correlation that DeLong ignores.
 * :func:`pooled_paired_bootstrap`: the same for the mean delta over several slices (e.g. the
   validation slices of the transfer periods), a user drawn once for all the slices it has rows in.
+
+Those count the noise of the test rows only: they ask whether *this* training of A beats *this*
+training of B. Whether training A again beats training B again is a question over training seeds:
+
+* :func:`seed_t_interval`: Student's t-interval of the mean of per-seed paired deltas;
+* :func:`two_level_bootstrap`: a bootstrap that resamples the seeds, then the test users, for
+  the mean delta over seeds (the seeds' user resamples shared, as the seeds share the test rows).
 """
 
 from __future__ import annotations
@@ -171,6 +178,63 @@ def paired_bootstrap_mean(
     if any(not np.array_equal(d[0], draws[0][0]) for d in draws[1:]):
         raise ValueError("paired_bootstrap_mean: the pairs are scored on different users")
     return _mean_intervals(draws, alpha)
+
+
+def seed_t_interval(deltas: Sequence[float], alpha: float = 0.05) -> dict[str, float]:
+    """Student's ``1 - alpha`` t-interval of the mean of ``deltas`` (one paired delta per training seed).
+
+    ``mean ± t_{1-alpha/2, n-1} · sd / √n`` (sd with ddof=1): what a new training of both methods
+    would give on average, the seeds' spread standing for the training noise. Returns ``delta``
+    (the mean), ``low``, ``high`` and ``seeds``. Refuses fewer than two deltas and non-finite ones.
+    """
+    values = np.asarray(deltas, dtype=np.float64)
+    if len(values) < 2:
+        raise ValueError(f"a t-interval over seeds needs >= 2 seeds, got {len(values)}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"a t-interval over seeds needs finite deltas, got {values.tolist()}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    from scipy.stats import t  # loaded only where a claim spans seeds
+
+    mean = float(values.mean())
+    half = float(t.ppf(1.0 - alpha / 2.0, len(values) - 1)) * float(values.std(ddof=1)) / math.sqrt(len(values))
+    return {"delta": mean, "low": mean - half, "high": mean + half, "seeds": len(values)}
+
+
+def resample_seeds(per_seed: np.ndarray, seed: int) -> np.ndarray:
+    """Resample (K,) the seeds of ``per_seed`` (S, K): resample k's value is the mean of column k over S
+    seeds drawn with replacement (NaN where a drawn seed's value is)."""
+    n_seeds, n_resamples = per_seed.shape
+    drawn = np.random.default_rng([seed, 1]).integers(0, n_seeds, size=(n_seeds, n_resamples))
+    return per_seed[drawn, np.arange(n_resamples)].mean(axis=0)
+
+
+def two_level_bootstrap(
+    pairs: Sequence[tuple[ArrayLike, ArrayLike, ArrayLike, ArrayLike]],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, dict]:
+    """Percentile interval of the mean over seeds of the AUC and GAUC deltas, resampling seeds and users.
+
+    ``pairs``: (labels, preds_a, preds_b, users) per training seed, e.g. two methods of the same seed
+    on one test slice. Resample k draws the users once for every seed (the seeds share the test rows),
+    then S seeds with replacement (:func:`resample_seeds`), and averages the drawn seeds' deltas under
+    those users: both the training noise (the seeds' spread) and the test rows' noise are in the
+    interval. Returns, per metric, ``delta`` (the mean of the seeds' deltas), ``low``, ``high``,
+    ``resamples`` and ``per_seed`` (each seed's point delta, in the order of ``pairs``).
+    """
+    if not pairs:
+        raise ValueError("two_level_bootstrap needs at least one pair")
+    _check_resampling(n_resamples, alpha)
+    population = np.unique(np.concatenate([np.asarray(p[3]).reshape(-1) for p in pairs]))
+    draws = [_bootstrap_deltas(*p, n_resamples=n_resamples, seed=seed, population=population) for p in pairs]
+    result = {}
+    for metric, point, resampled in (("auc", 1, 3), ("gauc", 2, 4)):
+        per_seed = [float(d[point]) for d in draws]
+        values = resample_seeds(np.stack([d[resampled] for d in draws]), seed)
+        result[metric] = {**_interval(float(np.mean(per_seed)), values, alpha, metric.upper()), "per_seed": per_seed}
+    return result
 
 
 def pooled_paired_bootstrap(

@@ -18,7 +18,8 @@ from ctl.methods import BASE
 from ctl.report import render, tables, views
 from ctl.report.runs import Run, by_dataset, find_runs
 
-TABLES: tuple[str, ...] = ("overall", "periods", "finetune", "coldstart", "cost", "findings", "regimes")
+TABLES: tuple[str, ...] = ("overall", "periods", "finetune", "coldstart", "cost", "findings", "regimes", "aa",
+                           "population")
 FORMATS: tuple[str, ...] = ("table", "json", "csv", "markdown")
 DEFAULT_BOOTSTRAP = 1000
 #: ctl.data.dataset.ORACLE_FILE, spelled out: importing that module loads torch, which imported data never needs here
@@ -41,6 +42,11 @@ EPILOG = """tables:
              target and method the gain over base with its paired interval and oracle headroom
              share, the winner's margin over the runner-up, CTNet's over the best other method;
              --out also writes regimes_ctnet_vs_base.png and regimes_ctnet_vs_best_other.png
+  aa         A/A calibration (ctl sweep experiment=aa): each test's false-positive rate at the nominal
+             5% on runs of one method that differ only in seed or transfer_seed
+  population CTNet over a population of worlds (ctl sweep experiment=world_population): per method
+             and target the spread of the seed-aware gain over base, the cells above / below 0,
+             and the worlds where CTNet loses, with their knobs
   all        every table the runs allow
 
 examples:
@@ -156,9 +162,17 @@ def _findings(given: Runs, options: Options) -> Built:
     return records, [views.findings_view(records)]
 
 
+def _aa(given: Runs, options: Options) -> Built:
+    # imported here for the same reason as the significance module
+    from ctl.report.aa import aa_records
+
+    records = aa_records(given.runs, options.bootstrap)
+    return records, views.aa_views(records)
+
+
 BUILDERS: dict[str, Callable[[Runs, Options], Built]] = {
     "overall": _overall, "periods": _periods, "finetune": _finetune, "coldstart": _coldstart, "cost": _cost,
-    "findings": _findings,
+    "findings": _findings, "aa": _aa,
 }
 
 
@@ -197,8 +211,8 @@ def evaluate(paths: Sequence[Path], table_names: Sequence[str], bootstrap: int =
         if reason:
             report.notes.append(f"no oracle row{'' if len(groups) == 1 else f' for dataset {dataset}'}: {reason}")
     for table in wanted:
-        if table == "regimes":
-            _add_regimes(report, given, bootstrap, explicit="all" not in table_names)
+        if table in SPANNING:
+            SPANNING[table](report, given, bootstrap, "all" not in table_names)
             continue
         refusals = []
         for dataset in groups:
@@ -236,6 +250,28 @@ def _add_regimes(report: Report, given: dict[str, Runs], bootstrap: int, explici
     report.by_dataset["regimes"] = {"map": records}
 
 
+def _add_population(report: Report, given: dict[str, Runs], bootstrap: int, explicit: bool) -> None:
+    """The population table spans datasets (one per world): built once over all of them."""
+    from ctl.report.population import population_records
+
+    try:
+        records = population_records([g.runs for g in given.values()], bootstrap)
+    except CtlError as exc:
+        if explicit:
+            raise
+        report.notes.append(f"no population table: {exc}")
+        return
+    report.records["population"] = records
+    report.views["population"] = views.population_views(records)
+    report.by_dataset["population"] = {"worlds": records}
+
+
+#: the tables that span datasets, each built once over all of them
+SPANNING: dict[str, Callable[[Report, dict[str, Runs], int, bool], None]] = {
+    "regimes": _add_regimes, "population": _add_population,
+}
+
+
 def all_views(report: Report) -> list[views.View]:
     return [v for table in report.views for v in report.views[table]]
 
@@ -256,7 +292,7 @@ def write_files(report: Report, out: Path) -> list[Path]:
     several = max((len(d) for d in report.by_dataset.values()), default=0) > 1
     for table, datasets in report.by_dataset.items():
         for dataset, records in datasets.items():
-            if table == "regimes":
+            if table in SPANNING:
                 continue
             suffix = f"-{dataset}" if several else ""
             if table == "overall":

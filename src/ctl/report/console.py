@@ -5,6 +5,8 @@ whether the run really beats its base, computed on the predictions the run folde
 
 * the test slice: the paired user-bootstrap 95% intervals of ΔAUC and ΔGAUC and DeLong's p for
   ΔAUC (:func:`ctl.report.significance.compare_paired`, the numbers of ``ctl eval``);
+* what that interval covers (the test slice only) and how far retraining moves the comparison, as
+  the A/A calibration of the world measured it (:mod:`ctl.report.aa_noise`);
 * on a synthetic world, the oracle (the true click probabilities) and the share of base's
   headroom the run covers (:mod:`ctl.report.oracle`);
 * a warning where the validation slices after the transfer periods, taken together, put the
@@ -101,6 +103,7 @@ def _baseline_file(run_dir: Path, metrics: dict, name: str) -> Path | None:
 
 def _test_lines(metrics: dict, run_dir: Path, n_resamples: int) -> list[Text]:
     from ctl.metrics import auc, gauc
+    from ctl.report.aa_noise import noise_text
     from ctl.report.oracle import NoOracle, headroom_share, oracle_probabilities
     from ctl.report.significance import compare_paired, load_predictions, paired_predictions
 
@@ -113,6 +116,7 @@ def _test_lines(metrics: dict, run_dir: Path, n_resamples: int) -> list[Text]:
     result = compare_paired(model.label, model.pred, base, model.user_id, n_resamples)
     lines = [Text(f"test: {method} − base  ΔAUC {_interval(result['auc'])} (DeLong p {result['auc']['p_value']:.2g})  "
                   f"ΔGAUC {_interval(result['gauc'])}  → {_verdict(result)}", style="bold")]
+    lines.append(Text(noise_text(method, metrics["dataset"], metrics["target"]), style="dim"))
     dataset_path = metrics.get("dataset_path")
     try:
         truth = oracle_probabilities(Path(dataset_path) if dataset_path else None, metrics["dataset"], model.row)

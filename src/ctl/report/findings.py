@@ -3,14 +3,17 @@
 Each finding is checked on one or more *parts* (a target domain, a metric, a slice of test rows),
 each part a comparison ``X − Y`` of two methods. For a part, every seed where both methods have
 test predictions gives the point delta ``Δ_s`` on the rows the two share (paired by ``row``) and
-its 95% paired user-bootstrap interval ``[low_s, high_s]`` (:func:`ctl.report.significance.compare_paired`,
-the same resamples as ``ctl eval``'s significance columns). Over the ``n`` paired seeds:
+its 95% paired user-bootstrap interval ``[low_s, high_s]``, which covers the test slice only
+(:func:`ctl.report.significance.compare_paired`, the resamples of ``ctl eval``'s significance table).
+The verdict rests on the part's *interval*: with ``n >= 2`` seeds the seed-aware interval of the mean
+of ``Δ_s`` (:func:`ctl.report.significance.seed_aware`: Student's t over the ``Δ_s``, which counts the
+training noise); with one seed that seed's test-slice interval:
 
-* **holds**: the mean of ``Δ_s`` is > 0 and ``low_s > 0`` in a majority of seeds (more than n/2);
-* **does not hold**: the mean of ``Δ_s`` is < 0 and ``high_s < 0`` in a majority of seeds: the
-  evidence against a claim is held to the standard of the evidence for it;
-* **not shown**: otherwise (no majority of seeds significant on the side of the mean): the runs
-  show neither, e.g. a difference of −0.0002 with every interval across 0;
+* **holds**: the interval lies above 0;
+* **does not hold**: the interval lies below 0: the evidence against a claim is held to the
+  standard of the evidence for it;
+* **not shown**: the interval holds 0: the runs show neither, e.g. a difference of −0.0002, or a
+  gain significant on the test slice in every seed whose seeds disagree by as much;
 * **not measured**: no seed to pair (a method the part needs is missing, or the metric is undefined
   on its rows).
 
@@ -33,8 +36,9 @@ hold*, *not shown*) if every measured part holds (does not hold, is not shown); 
   single transfer period, where no slope exists).
 * **F4** GLU above linear adapters: per target and metric, ``ctnet − ctnet_linear``.
 * **F5** a larger gain on C than on B: per metric, ``D_s = (ctnet − base on C) − (ctnet − base on
-  B)``. The two test slices are independent, so ``D_s``'s interval is ``D_s ± 1.96 √(se_C² + se_B²)``,
-  each ``se`` read off its bootstrap interval as ``(high − low) / (2 · 1.96)``.
+  B)``. The two test slices are independent, so ``D_s``'s test-slice interval is ``D_s ± 1.96
+  √(se_C² + se_B²)``, each ``se`` read off its bootstrap interval as ``(high − low) / (2 · 1.96)``;
+  over >= 2 seeds the part's interval is Student's t over the ``D_s``.
 * **F6** gains on new users and new items: per target, metric and slice (new users, new items of
   :mod:`ctl.report.coldstart`), ``ctnet − base`` on the slice's rows.
 
@@ -53,15 +57,22 @@ import numpy as np
 
 from ctl.errors import CtlError
 from ctl.methods import ADDED_METHODS, BASE, CTNET, is_ctnet_family, method_rank
-from ctl.metrics import cold_start_slices
+from ctl.metrics import cold_start_slices, seed_t_interval
 from ctl.report.coldstart import known_ids
 from ctl.report.records import RECORD_KEYS
 from ctl.report.runs import Run, mean_test
 from ctl.report.significance import (
+    ALPHA,
+    SEEDS_AND_USERS,
+    T_OVER_SEEDS,
+    TEST_SLICE_ONLY,
+    USER_BOOTSTRAP,
     compare_paired,
+    interval,
     paired_predictions,
     read_predictions,
     reference_predictions_path,
+    seed_aware,
 )
 from ctl.report.tables import QUALITY_METRICS, TEST, row_groups
 
@@ -95,10 +106,10 @@ FINDINGS: tuple[tuple[str, str, str], ...] = (
     ("F6", "gains over base on new users and new items",
      "per target, metric and slice (new users, new items): ctnet − base on the slice's rows"),
 )
-GENERIC_RULE = ("holds: mean over seeds > 0 and the 95% paired interval above 0 in a majority of seeds; does not "
-                "hold: mean < 0 and the interval below 0 in a majority of seeds; not shown: otherwise; not "
-                "measured: a method it needs is missing. A finding holds (does not hold, is not shown) when every "
-                "measured part does, mixed otherwise")
+GENERIC_RULE = ("holds: the 95% interval of the mean Δ lies above 0; does not hold: below 0; not shown: it holds "
+                "0; not measured: a method it needs is missing. The interval: over >= 2 seeds Student's t over the "
+                "seeds' Δ (training noise counted); with one seed its paired user bootstrap (test slice only). A "
+                "finding holds (does not hold, is not shown) when every measured part does, mixed otherwise")
 
 
 @dataclass(frozen=True)
@@ -111,17 +122,30 @@ class SeedDelta:
     high: float
 
 
-def rule_verdict(deltas: Sequence[SeedDelta]) -> str:
-    """The verdict of one part from its per-seed deltas (the rule in the module docstring)."""
-    if not deltas:
+def rule_verdict(claim: dict | None) -> str:
+    """The verdict of one part from its interval (:func:`part_interval`; None: nothing measured)."""
+    if claim is None:
         return NOT_MEASURED
-    n = len(deltas)
-    mean = math.fsum(d.delta for d in deltas) / n
-    if mean > 0 and sum(d.low > 0 for d in deltas) > n / 2:
+    if claim["low"] > 0:
         return HOLDS
-    if mean < 0 and sum(d.high < 0 for d in deltas) > n / 2:
+    if claim["high"] < 0:
         return DOES_NOT_HOLD
     return NOT_SHOWN
+
+
+def part_interval(deltas: Sequence[SeedDelta], aware: dict | None = None) -> dict | None:
+    """The interval a part's verdict rests on: ``aware`` (a :func:`ctl.report.significance.seed_aware`
+    metric entry, with ``covers``) where given; else, over >= 2 seeds, Student's t over the seeds'
+    deltas; with one seed, that seed's test-slice interval. None without a seed."""
+    if aware is not None:
+        return aware
+    if not deltas:
+        return None
+    if len(deltas) == 1:
+        (d,) = deltas
+        return {**interval(d.delta, d.low, d.high), "test": USER_BOOTSTRAP, "covers": TEST_SLICE_ONLY}
+    t = seed_t_interval([d.delta for d in deltas], ALPHA)
+    return {**interval(t["delta"], t["low"], t["high"]), "test": T_OVER_SEEDS, "covers": SEEDS_AND_USERS}
 
 
 def combine(verdicts: Sequence[str]) -> str:
@@ -142,15 +166,18 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 
 
 def part(target: str | None, metric: str, compared: str, deltas: Sequence[SeedDelta], slice_name: str = TEST,
-         note: str | None = None, verdict: str | None = None, **extra: object) -> dict:
-    """One part's evidence: the comparison, its per-seed deltas and summary, and its verdict."""
+         note: str | None = None, verdict: str | None = None, aware: dict | None = None, **extra: object) -> dict:
+    """One part's evidence: the comparison, its per-seed deltas, the interval its verdict rests on
+    (:func:`part_interval`, ``aware`` where the seeds' predictions gave one) and its verdict."""
     n = len(deltas)
+    claim = part_interval(deltas, aware)
     return {
         "target": target, "slice": slice_name, "metric": metric, "compared": compared,
         "mean": math.fsum(d.delta for d in deltas) / n if n else None, "seeds": n,
+        "interval": None if claim is None else {k: claim[k] for k in ("delta", "low", "high", "test", "covers")},
         "above": sum(d.low > 0 for d in deltas), "below": sum(d.high < 0 for d in deltas),
         "per_seed": [{"seed": d.seed, "delta": d.delta, "low": d.low, "high": d.high} for d in deltas],
-        **extra, "verdict": verdict or rule_verdict(deltas), "note": note,
+        **extra, "verdict": verdict or rule_verdict(claim), "note": note,
     }
 
 
@@ -160,7 +187,7 @@ class Comparisons:
     def __init__(self, runs: Sequence[Run], n_resamples: int) -> None:
         self.groups = row_groups(runs)
         self.n_resamples = n_resamples
-        self._cache: dict[tuple, tuple[dict[str, list[SeedDelta]], str | None]] = {}
+        self._cache: dict[tuple, tuple[dict[str, list[SeedDelta]], str | None, dict | None]] = {}
 
     def labels(self, target: str) -> list[str]:
         return [label for label, t in self.groups if t == target]
@@ -174,17 +201,30 @@ class Comparisons:
     def deltas(self, x: str, y: str, target: str, slice_name: str = TEST) -> tuple[dict[str, list[SeedDelta]], str | None]:
         """metric -> the seeds' deltas of ``x − y`` on ``target``'s ``slice_name`` rows; and a note
         on what could not be measured (None if nothing was left out)."""
+        found, note, _ = self._evidence(x, y, target, slice_name)
+        return found, note
+
+    def aware(self, x: str, y: str, target: str, metric: str, slice_name: str = TEST) -> dict | None:
+        """The seed-aware interval of ``x − y`` on ``metric`` (:func:`ctl.report.significance.seed_aware`),
+        with what it ``covers``; None without a paired seed."""
+        whole = self._evidence(x, y, target, slice_name)[2]
+        return None if whole is None else {"covers": whole["covers"], **whole[metric]}
+
+    def _evidence(self, x: str, y: str, target: str, slice_name: str) -> tuple[dict[str, list[SeedDelta]], str | None,
+                                                                               dict | None]:
         key = (x, y, target, slice_name)
         if key not in self._cache:
             self._cache[key] = self._compute(x, y, target, slice_name)
         return self._cache[key]
 
-    def _compute(self, x: str, y: str, target: str, slice_name: str) -> tuple[dict[str, list[SeedDelta]], str | None]:
+    def _compute(self, x: str, y: str, target: str, slice_name: str) -> tuple[dict[str, list[SeedDelta]], str | None,
+                                                                              dict | None]:
         found: dict[str, list[SeedDelta]] = {m: [] for m in QUALITY_METRICS}
         if not self.has(x, target) or not self.has(y, target):
             missing = [label for label in (x, y) if not self.has(label, target)]
-            return found, f"no {' or '.join(missing)} runs on {target}"
+            return found, f"no {' or '.join(missing)} runs on {target}", None
         problems = []
+        pairs = []
         for run in self.groups[(x, target)]:
             path = reference_predictions_path(run, self.groups[(y, target)], versus=y)
             if run.predictions is None or path is None or not path.is_file():
@@ -193,11 +233,12 @@ class Comparisons:
                 model, reference = paired_predictions(read_predictions(run.predictions), read_predictions(path),
                                                       f"{x} on {target}, seed {run.seed}", y)
                 keep = self._mask(run, model.user_id, model.item_id, slice_name)
-                result = compare_paired(model.label[keep], model.pred[keep], reference[keep], model.user_id[keep],
-                                        self.n_resamples)
+                pair = (model.label[keep], model.pred[keep], reference[keep], model.user_id[keep])
+                result = compare_paired(*pair, self.n_resamples)
             except (ValueError, CtlError) as exc:
                 problems.append(f"seed {run.seed}: {str(exc).strip()}")
                 continue
+            pairs.append(pair)
             for metric in QUALITY_METRICS:
                 r = result[metric]
                 found[metric].append(SeedDelta(run.seed, r["delta"], r["low"], r["high"]))
@@ -206,7 +247,7 @@ class Comparisons:
             note = "; ".join(problems)
         elif not found["auc"]:
             note = f"no seed where {x} and {y} both have test predictions on {target}"
-        return found, note
+        return found, note, seed_aware(pairs, self.n_resamples) if pairs else None
 
     @staticmethod
     def _mask(run: Run, users: np.ndarray, items: np.ndarray, slice_name: str) -> np.ndarray:
@@ -221,7 +262,8 @@ def _pairwise(cmp: Comparisons, x: str, y: str, slice_name: str = TEST) -> list[
     for target in cmp.targets():
         by_metric, note = cmp.deltas(x, y, target, slice_name)
         for metric in QUALITY_METRICS:
-            parts.append(part(target, metric, f"{x} − {y}", by_metric[metric], slice_name, note))
+            parts.append(part(target, metric, f"{x} − {y}", by_metric[metric], slice_name, note,
+                              aware=cmp.aware(x, y, target, metric, slice_name)))
     return parts
 
 
@@ -244,7 +286,7 @@ def _f1(cmp: Comparisons, paper_only: bool = False) -> list[dict]:
             best = max(sorted(others, key=method_rank), key=means.__getitem__)
             by_metric, note = cmp.deltas(CTNET, best, target)
             parts.append(part(target, metric, f"ctnet − {best}", by_metric[metric], note=note,
-                              best_other=best, baselines=len(others)))
+                              aware=cmp.aware(CTNET, best, target, metric), best_other=best, baselines=len(others)))
     return parts
 
 
@@ -253,7 +295,8 @@ def _f3(cmp: Comparisons) -> list[dict]:
     for target in cmp.targets():
         by_metric, note = cmp.deltas(CTNET, ONCE, target)
         for metric in QUALITY_METRICS:
-            test_verdict = rule_verdict(by_metric[metric])
+            aware = cmp.aware(CTNET, ONCE, target, metric)
+            test_verdict = rule_verdict(part_interval(by_metric[metric], aware))
             periods, gaps = _period_gaps(cmp, target, metric)
             growth = slope(periods, gaps)
             if test_verdict != HOLDS:
@@ -261,6 +304,7 @@ def _f3(cmp: Comparisons) -> list[dict]:
             else:
                 verdict = HOLDS if growth is not None and growth > 0 else MIXED
             parts.append(part(target, metric, "ctnet − ctnet_once", by_metric[metric], note=note, verdict=verdict,
+                              aware=aware,
                               test_verdict=test_verdict, slope=growth,
                               period_gaps=[{"period": p, "gap": g} for p, g in zip(periods, gaps)]))
     return parts

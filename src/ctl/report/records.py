@@ -7,7 +7,9 @@ seed: ``delta`` is the mean of ``value(seed) - base(seed)`` over the seeds both 
 synthetic dataset ``oracle`` is the true click probabilities' value of the same metric and slice,
 and ``headroom_share`` = ``delta / (oracle - base)``. Records of the ``findings`` table use
 ``finding``, ``verdict``, ``rule`` and ``evidence`` (see :mod:`ctl.report.findings`); those of the
-``regimes`` table ``regime``, ``rank``, ``runner_up`` and ``best_other`` (see :mod:`ctl.report.regimes`).
+``regimes`` table ``regime``, ``rank``, ``runner_up`` and ``best_other`` (see :mod:`ctl.report.regimes`);
+those of the ``aa`` table ``aa`` (:mod:`ctl.report.aa`), of the ``population`` table ``population``
+(:mod:`ctl.report.population`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ RECORD_KEYS: tuple[str, ...] = (
     "table", "dataset", "dataset_name", "model", "method", "source", "target", "slice", "period",
     "eval_period", "finetune_periods", "metric", "mean", "std", "n", "seeds", "values", "base",
     "delta", "delta_std", "delta_n", "rows", "significance", "oracle", "headroom_share", "finding", "verdict",
-    "rule", "evidence", "regime", "rank", "runner_up", "best_other",
+    "rule", "evidence", "regime", "rank", "runner_up", "best_other", "aa", "population",
 )
 
 

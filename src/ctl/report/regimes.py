@@ -4,9 +4,10 @@ A *cell* is one world of the map: the runs of one dataset whose config names the
 target knobs (``regime.volume``, ``regime.gap``, ``regime.drift``; set by ``conf/regime/``). Per
 cell, target and method, on the test slice:
 
-* the AUC/GAUC gain over base, the mean over seeds, with the 95% interval of that mean from a
-  paired user bootstrap in which every seed sees the same user resamples
-  (:func:`ctl.metrics.paired_bootstrap_mean`); a gain is *significant* where the interval excludes 0;
+* the AUC/GAUC gain over base, the mean over seeds, with the 95% seed-aware interval of that mean
+  (:func:`ctl.report.significance.seed_aware`: Student's t over the seeds' deltas with >= 2 seeds,
+  the paired user bootstrap of the test slice only with one); a gain is *significant* where the
+  interval excludes 0;
 * the share of base's oracle headroom it captures and the rows the method trained on itself;
 * its rank; the winner (rank 1, base included) carries its margin over the runner-up, and CTNet its
   margin over the best other method (the best of the methods outside the CTNet family, base
@@ -20,17 +21,10 @@ from dataclasses import dataclass
 
 from ctl.errors import CtlError
 from ctl.methods import BASE, CTNET, is_ctnet_family
-from ctl.metrics import paired_bootstrap_mean
 from ctl.report.oracle import OracleSlice, headroom_share
 from ctl.report.records import record
 from ctl.report.runs import Run, mean_test
-from ctl.report.significance import (
-    ALPHA,
-    BOOTSTRAP_SEED,
-    paired_predictions,
-    read_predictions,
-    reference_predictions_path,
-)
+from ctl.report.significance import seed_aware, seed_pairs
 from ctl.report.tables import QUALITY_METRICS, TEST, row_groups
 
 KNOBS: tuple[str, ...] = ("volume", "gap", "drift")
@@ -75,33 +69,20 @@ def cell_of(runs: Sequence[Run]) -> Cell | None:
     return Cell(*(str(v) for v in levels))
 
 
-def _pairs(group: Sequence[Run], reference: Sequence[Run], what: str) -> list[tuple]:
-    """(labels, preds, reference preds, users) per seed both have, rows paired by id."""
-    versus = reference[0].label if reference else BASE
-    pairs = []
-    for run in sorted(group, key=lambda r: r.seed):
-        ref_path = reference_predictions_path(run, reference, versus)
-        if run.predictions is None or ref_path is None or not ref_path.is_file():
-            continue
-        rows, ref_pred = paired_predictions(read_predictions(run.predictions), read_predictions(ref_path),
-                                            f"{what}, seed {run.seed}", versus)
-        pairs.append((rows.label, rows.pred, ref_pred, rows.user_id))
-    return pairs
 
 
 def compare(group: Sequence[Run], reference: Sequence[Run], n_resamples: int, what: str) -> dict | None:
-    """The seed-averaged paired comparison of ``group`` with ``reference``: per metric ``delta``,
-    ``low``, ``high``, ``significant``; plus ``seeds`` and ``resamples``. None without a pair."""
-    pairs = _pairs(group, reference, what)
+    """The seed-aware comparison of ``group`` with ``reference`` (:func:`ctl.report.significance.seed_aware`):
+    per metric ``delta``, ``low``, ``high``, ``significant`` and what the interval ``covers``; plus
+    ``seeds`` and ``resamples``. None without a pair."""
+    versus = reference[0].label if reference else BASE
+    pairs = seed_pairs(group, reference, what, versus)
     if not pairs:
         return None
     try:
-        boot = paired_bootstrap_mean(pairs, n_resamples=n_resamples, seed=BOOTSTRAP_SEED, alpha=ALPHA)
+        return seed_aware(pairs, n_resamples)
     except ValueError as exc:
         raise CtlError(f"{what}: {exc}") from exc
-    return {"seeds": len(pairs), "resamples": n_resamples, "alpha": ALPHA,
-            **{m: {"delta": boot[m]["delta"], "low": boot[m]["low"], "high": boot[m]["high"],
-                   "significant": bool(boot[m]["low"] > 0 or boot[m]["high"] < 0)} for m in QUALITY_METRICS}}
 
 
 def cell_records(runs: Sequence[Run], cell: Cell, oracle: dict[str, tuple[Run, OracleSlice]],
@@ -143,7 +124,7 @@ def _target_records(own: dict[str, list[Run]], cell: Cell, target: str, oracle_v
             comparison = versus(label, BASE) if label != BASE else None
             rec["significance"] = None if comparison is None else {
                 "versus": BASE, "seeds": comparison["seeds"], "resamples": comparison["resamples"],
-                "alpha": comparison["alpha"], **comparison[metric]}
+                "alpha": comparison["alpha"], "covers": comparison["covers"], **comparison[metric]}
             rec["oracle"] = oracle_value.get(metric)
             if label != BASE:
                 rec["headroom_share"] = headroom_share(rec["delta"], rec["base"], rec["oracle"])
@@ -165,7 +146,7 @@ def _margin(comparison: dict | None, other_label: str, metric: str) -> dict:
     """A :func:`compare` result on ``metric``, named by the ``model`` compared with."""
     if comparison is None:
         return {"model": other_label, "delta": None, "low": None, "high": None, "significant": None}
-    return {"model": other_label, **comparison[metric]}
+    return {"model": other_label, "covers": comparison["covers"], **comparison[metric]}
 
 
 def regimes_records(datasets: Sequence[tuple[Sequence[Run], dict]], n_resamples: int) -> list[dict]:

@@ -17,7 +17,7 @@ from ctl.report.views import Cell, View, evidence_text
 #: CSV columns: every record key, lists joined by ";", significance spread over five columns, a
 #: finding's evidence in words.
 CSV_COLUMNS: tuple[str, ...] = tuple(k for k in RECORD_KEYS if k != "significance") + (
-    "sig_versus", "sig_resamples", "sig_tested_seeds", "sig_significant_seeds", "sig_intervals",
+    "sig_versus", "sig_resamples", "sig_tested_seeds", "sig_significant_seeds", "sig_intervals", "sig_seed_aware",
 )
 
 
@@ -79,14 +79,21 @@ def _csv_row(rec: dict) -> dict:
         if rec[key]:
             row[key] = ";".join(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in rec[key].items())
     sig = rec["significance"]
-    if sig and "per_seed" in sig:
+    if sig and "tested_seeds" in sig:
+        aware = sig.get("seed_aware")
         row.update(sig_versus=sig["versus"], sig_resamples=sig["resamples"], sig_tested_seeds=sig["tested_seeds"],
                    sig_significant_seeds=sig["significant_seeds"],
-                   sig_intervals=";".join(f"{s['seed']}:[{s['low']!r},{s['high']!r}]" for s in sig["per_seed"]))
+                   sig_intervals=";".join(f"{s['seed']}:[{s['low']!r},{s['high']!r}]" for s in sig["per_seed"]),
+                   sig_seed_aware=_seed_aware_text(aware) if aware else None)
     elif sig:  # the regimes table: one interval, that of the seeds' mean
         row.update(sig_versus=sig["versus"], sig_resamples=sig["resamples"], sig_tested_seeds=sig["seeds"],
-                   sig_intervals=f"mean:[{sig['low']!r},{sig['high']!r}]")
+                   sig_seed_aware=_seed_aware_text(sig))
     return row
+
+
+def _seed_aware_text(claim: dict) -> str:
+    """``mean:[low,high]`` of a seed-aware interval and what it covers."""
+    return f"mean:[{claim['low']!r},{claim['high']!r}] {claim['covers']}"
 
 
 def records_csv(records: Sequence[dict]) -> str:

@@ -4,8 +4,15 @@ For each run of a method, its ``predictions.parquet`` is joined by ``row`` with 
 seed and target: the ``base`` run's, or else the target base track's that the run recorded
 (``tracks.target``). On the joined rows: a paired bootstrap over users
 (:func:`ctl.metrics.paired_bootstrap`) gives 95% intervals of the AUC and GAUC deltas, and
-DeLong's test (:func:`ctl.metrics.delong_test`) a p-value for the AUC delta. A delta is called
-significant only where its interval excludes 0.
+DeLong's test (:func:`ctl.metrics.delong_test`) a p-value for the AUC delta. Those intervals cover
+the test slice only: they say whether this training of the method beats this training of base.
+
+A claim over >= 2 seeds rests on a *seed-aware* interval of the mean delta over seeds
+(:func:`seed_aware`), which counts the training noise too: Student's t over the per-seed deltas
+(the default, :data:`SEED_TEST`), beside the two-level (seeds x users) bootstrap. The A/A
+calibration (``ctl eval --table aa``, docs/eval.md) measured both: with 3 seeds the bootstrap of
+the seeds is too narrow, the t-interval holds its level. A delta is called significant only where
+its interval excludes 0.
 """
 
 from __future__ import annotations
@@ -20,14 +27,19 @@ import pyarrow.parquet as pq
 
 from ctl.errors import CtlError
 from ctl.methods import BASE
-from ctl.metrics import delong_test, paired_bootstrap
+from ctl.metrics import delong_test, paired_bootstrap, seed_t_interval, two_level_bootstrap
 from ctl.report.runs import Run
-from ctl.report.tables import row_groups
+from ctl.report.tables import QUALITY_METRICS, row_groups
 
 PREDICTION_COLUMNS: tuple[str, ...] = ("row", "user_id", "item_id", "label", "pred")
 ALPHA = 0.05
 # one fixed stream: every method is judged on the same user resamples
 BOOTSTRAP_SEED = 0
+#: what an interval covers: the training noise and the test rows' (>= 2 seeds), or the test rows' alone
+SEEDS_AND_USERS, TEST_SLICE_ONLY = "training seeds and test users", "test slice only"
+#: the seed-aware tests; SEED_TEST is the one verdicts rest on
+T_OVER_SEEDS, TWO_LEVEL, USER_BOOTSTRAP = "t over seeds", "two-level bootstrap", "paired user bootstrap"
+SEED_TEST = T_OVER_SEEDS
 
 
 @dataclass(frozen=True)
@@ -118,12 +130,54 @@ def compare_paired(labels: np.ndarray, preds: np.ndarray, reference: np.ndarray,
                             alpha=ALPHA)
     delong = delong_test(labels, preds, reference)
     result: dict = {"rows": len(labels)}
-    for metric in ("auc", "gauc"):
-        interval = boot[metric]
-        result[metric] = {"delta": interval["delta"], "low": interval["low"], "high": interval["high"],
-                          "significant": bool(interval["low"] > 0 or interval["high"] < 0)}
+    for metric in QUALITY_METRICS:
+        result[metric] = interval(boot[metric]["delta"], boot[metric]["low"], boot[metric]["high"])
     result["auc"].update(p_value=delong["p_value"], z=delong["z"])
     return result
+
+
+def interval(delta: float, low: float, high: float) -> dict:
+    """``delta``, ``low``, ``high`` and ``significant`` (the interval excludes 0)."""
+    return {"delta": delta, "low": low, "high": high, "significant": bool(low > 0 or high < 0)}
+
+
+def seed_aware(pairs: Sequence[tuple], n_resamples: int) -> dict:
+    """The interval of the mean delta over seeds that a claim rests on, per metric (AUC, GAUC).
+
+    ``pairs``: (labels, preds, reference preds, users) per seed, rows paired by id. With >= 2 seeds:
+    :data:`SEED_TEST`'s interval (``covers`` :data:`SEEDS_AND_USERS`), both seed-aware tests kept
+    under their names (``t``, ``two_level``); with one seed: its paired user bootstrap (``covers``
+    :data:`TEST_SLICE_ONLY`). Each metric also holds the seeds' point deltas (``per_seed``).
+    """
+    boot = two_level_bootstrap(pairs, n_resamples=n_resamples, seed=BOOTSTRAP_SEED, alpha=ALPHA)
+    several = len(pairs) >= 2
+    result: dict = {"seeds": len(pairs), "resamples": n_resamples, "alpha": ALPHA,
+                    "covers": SEEDS_AND_USERS if several else TEST_SLICE_ONLY}
+    for metric in QUALITY_METRICS:
+        b = boot[metric]
+        two_level = interval(b["delta"], b["low"], b["high"])
+        if not several:
+            result[metric] = {**two_level, "test": USER_BOOTSTRAP, "per_seed": b["per_seed"]}
+            continue
+        t = seed_t_interval(b["per_seed"], ALPHA)
+        by_test = {T_OVER_SEEDS: interval(t["delta"], t["low"], t["high"]), TWO_LEVEL: two_level}
+        result[metric] = {**by_test[SEED_TEST], "test": SEED_TEST, "t": by_test[T_OVER_SEEDS],
+                          "two_level": two_level, "per_seed": b["per_seed"]}
+    return result
+
+
+def seed_pairs(group: Sequence[Run], reference: Sequence[Run], what: str, versus: str = BASE) -> list[tuple]:
+    """(labels, preds, reference preds, users) per seed of ``group`` that ``reference`` also has, rows
+    paired by id, in seed order; ``what`` names the comparison in refusals."""
+    pairs = []
+    for run in sorted(group, key=lambda r: r.seed):
+        ref_path = reference_predictions_path(run, reference, versus)
+        if run.predictions is None or ref_path is None or not ref_path.is_file():
+            continue
+        rows, ref_pred = paired_predictions(read_predictions(run.predictions), read_predictions(ref_path),
+                                            f"{what}, seed {run.seed}", versus)
+        pairs.append((rows.label, rows.pred, ref_pred, rows.user_id))
+    return pairs
 
 
 def compare_run(run: Run, reference_path: Path, n_resamples: int, versus: str = BASE) -> dict:
@@ -140,8 +194,9 @@ def significance_by_row(runs: Sequence[Run], n_resamples: int, versus: str = BAS
     """(label, target) -> {"auc": summary, "gauc": summary} for every row but ``versus``'s.
 
     Each row is paired, seed by seed, with the ``versus`` row (default: base) of the same target.
-    A summary: ``versus``, ``resamples``, ``alpha``, ``significant_seeds`` (how many seeds'
-    intervals exclude 0), ``tested_seeds`` and ``per_seed`` (each seed's ``delta``, ``low``,
+    A summary: ``versus``, ``resamples``, ``alpha``, ``seed_aware`` (:func:`seed_aware`'s interval of
+    the metric, with its ``covers``), ``significant_seeds`` (how many seeds' test-slice intervals
+    exclude 0), ``tested_seeds`` and ``per_seed`` (each seed's test-slice ``delta``, ``low``,
     ``high``, ``significant``, for AUC also DeLong's ``p_value`` and ``z``). Runs with no
     reference predictions to pair with are left out of ``per_seed``.
     """
@@ -163,11 +218,13 @@ def significance_by_row(runs: Sequence[Run], n_resamples: int, versus: str = BAS
                 compared.append(compare_run(run, reference_path, n_resamples, versus))
         if not compared:
             continue
+        aware = seed_aware(seed_pairs(group, reference_runs, f"{label} on {target}", versus), n_resamples)
         summaries[(label, target)] = {
             metric: {
                 "versus": versus,
                 "resamples": n_resamples,
                 "alpha": ALPHA,
+                "seed_aware": {"seeds": aware["seeds"], "covers": aware["covers"], **aware[metric]},
                 "tested_seeds": len(compared),
                 "significant_seeds": sum(c[metric]["significant"] for c in compared),
                 "per_seed": [{"seed": c["seed"], "rows": c["rows"], **c[metric]} for c in compared],

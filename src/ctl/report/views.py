@@ -41,6 +41,9 @@ class View:
     text_columns: tuple[int, ...] = (0,)
 
 
+#: what the seed-aware intervals are, in a caption (ctl.report.significance.seed_aware)
+SEED_AWARE_WORDS = ("with >= 2 seeds Student's t over the seeds' paired deltas, which counts the training noise; "
+                    "with one seed the paired user bootstrap of the test slice only, which does not")
 HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False}
 METRIC_NAMES = {"auc": "AUC", "gauc": "GAUC", "logloss": "LogLoss"}
 
@@ -123,9 +126,13 @@ def _seeds_text(counts: dict[str, int]) -> str:
 
 
 def _significance_text(sig_by_metric: dict[str, dict | None]) -> str:
-    parts = [f"{METRIC_NAMES[m]} {s['significant_seeds']}/{s['tested_seeds']}"
-             for m, s in sig_by_metric.items() if s is not None]
-    return " · ".join(parts) if parts else "-"
+    """Per metric the seed-aware interval of the mean Δ (``*`` where it excludes 0), then what it covers."""
+    shown = {m: s["seed_aware"] for m, s in sig_by_metric.items() if s is not None and s.get("seed_aware")}
+    if not shown:
+        return "-"
+    lines = [f"{METRIC_NAMES[m]} {interval_text(a)}" for m, a in shown.items()]
+    first = next(iter(shown.values()))
+    return "\n".join([*lines, f"({first['covers']}, {first['seeds']} seed{'s' if first['seeds'] > 1 else ''})"])
 
 
 def _own_rows_cell(index: dict[tuple, dict], label: str, targets: Sequence[str]) -> Cell:
@@ -152,7 +159,7 @@ def overall_view(records: Sequence[dict]) -> View:
     headers.append("own rows")
     headers += [f"{t} headroom" for t in with_oracle]
     if with_sig:
-        headers += [f"{t} significant" if versus == BASE else f"{t} vs {versus}" for t in targets]
+        headers += [f"{t} Δ vs {versus} [95%]" for t in targets]
     head = records[0]
     view = View(title=f"Table 2 — test AUC / GAUC, mean ± std over seeds (Δ vs base) — {dataset_title(records)}, "
                       f"source {head['source']}", headers=headers)
@@ -183,7 +190,8 @@ def overall_view(records: Sequence[dict]) -> View:
         values.append(row_values)
     _embolden_best(view, range(2, 2 + 2 * len(targets)), ["auc", "gauc"] * len(targets), values)
     view.caption = ("own rows: rows the method trained on itself (mean over seeds, per target where they differ); "
-                    f"significant: seeds whose 95% paired-bootstrap interval of the delta vs {versus} excludes 0")
+                    f"Δ vs {versus} [95%]: the mean over seeds of the paired delta and its interval ({SEED_AWARE_WORDS}), "
+                    "* where it excludes 0; each seed's test-slice interval is in the significance table")
     if with_oracle:
         view.caption += ("; oracle: the world's true click probabilities on the test rows, its Δ the base→oracle "
                          "headroom; headroom: each method's share of it, (method − base) / (oracle − base)")
@@ -193,7 +201,7 @@ def overall_view(records: Sequence[dict]) -> View:
 def significance_view(records: Sequence[dict]) -> View:
     """Per method, target and seed: deltas vs base (or the chosen method) with their 95% intervals and DeLong's p."""
     versus = _versus(records)
-    view = View(title=f"Significance vs {versus} on the test slice — {dataset_title(records)}",
+    view = View(title=f"Significance vs {versus} per seed, test slice only — {dataset_title(records)}",
                 headers=["method", "target", "seed", "rows", "ΔAUC", "95% interval", "DeLong p", "ΔGAUC",
                          "95% interval", "verdict"])
     index = _index(records, "model", "target", "metric")
@@ -215,7 +223,10 @@ def significance_view(records: Sequence[dict]) -> View:
                 ])
     resamples = next((r["significance"]["resamples"] for r in records if r["significance"]), 0)
     view.caption = (f"paired bootstrap over users ({resamples} resamples, rows paired by id with {versus} of the "
-                    "same seed); significant only where the interval excludes 0")
+                    "same seed); significant only where the interval excludes 0. These intervals cover the test "
+                    "slice only: whether this training of the method beats this training of "
+                    f"{versus}, not whether training it again would (the training noise; see the seed-aware "
+                    "interval above and ctl eval --table aa)")
     return view
 
 
@@ -369,7 +380,10 @@ def part_text(part: dict) -> str:
     if part["mean"] is None:
         return f"{where} {part['compared']}: {part['verdict']}" + (f" ({part['note']})" if part["note"] else "")
     n = part["seeds"]
-    text = f"{where} {part['compared']} {part['mean']:+.4f} ({part['above']}/{n} seeds above 0, {part['below']}/{n} below)"
+    claim = part.get("interval")
+    bounds = "" if not claim else f" [{claim['low']:+.4f}, {claim['high']:+.4f}] {claim['covers']}"
+    text = (f"{where} {part['compared']} {part['mean']:+.4f}{bounds} (per seed, test slice only: {part['above']}/{n} "
+            f"above 0, {part['below']}/{n} below)")
     if "slope" in part:
         text += ", gap slope " + ("-" if part["slope"] is None else f"{part['slope']:+.4f}/period")
     return f"{text} → {part['verdict']}"
@@ -385,13 +399,14 @@ def findings_view(records: Sequence[dict]) -> View:
     from ctl.report.findings import GENERIC_RULE
 
     view = View(title=f"The paper's findings on these runs — {dataset_title(records)}",
-                headers=["finding", "verdict", "numbers: mean Δ over seeds (seeds whose interval lies above / below 0)",
-                         "rule"],
+                headers=["finding", "verdict", ("numbers: mean Δ over seeds [95% interval, what it covers] (seeds whose "
+                                                "test-slice interval lies above / below 0)"), "rule"],
                 text_columns=(0, 1, 2, 3))
     for rec in records:
         view.rows.append([Cell(rec["finding"]), Cell(rec["verdict"], style=VERDICT_STYLES.get(rec["verdict"], "")),
                           Cell(evidence_text(rec["evidence"], "\n")), Cell(rec["rule"])])
-    view.caption = f"Δ per seed on rows paired by id, 95% paired user-bootstrap intervals; {GENERIC_RULE}"
+    view.caption = (f"Δ per seed on rows paired by id; the interval of the mean: {SEED_AWARE_WORDS}; "
+                    f"{GENERIC_RULE}")
     return view
 
 
@@ -454,9 +469,9 @@ def regimes_views(records: Sequence[dict]) -> list[View]:
                          f"vs {ctnet['best_other']['model']}\n{interval_text(ctnet['best_other'])}"),
                 ])
             view.caption = ("gain = mean over seeds of (method − base) on the test slice, (share of base's oracle "
-                            "headroom); [95% paired user-bootstrap interval of that mean, the same resamples for "
-                            "every seed]; * = the interval excludes 0. Winner = best mean, base included; best other "
-                            "= the best method outside the CTNet family, base included.")
+                            f"headroom); [95% interval of that mean: {SEED_AWARE_WORDS}]; * = the interval excludes "
+                            "0. Winner = best mean, base included; best other = the best method outside the CTNet "
+                            "family, base included.")
             shown.append(view)
     rows = View(title="Regime map — rows each method trained on itself (mean over seeds)",
                 headers=["cell", "target", *_labels(records)], text_columns=(0, 1))
@@ -467,3 +482,82 @@ def regimes_views(records: Sequence[dict]) -> list[View]:
                 rows.rows.append([Cell(cell), Cell(target), *(count_cell(r["mean"] if r else None) for r in own)])
     shown.append(rows)
     return shown
+
+
+def aa_views(records: Sequence[dict]) -> list[View]:
+    """The A/A calibration: per method and target, each test's false-positive rate at the nominal 5%."""
+    from ctl.report.aa import PER_SEED_TESTS
+
+    view = View(title=f"A/A calibration — false positives at the nominal 5% — {dataset_title(records)}",
+                headers=["method", "target", "test", "pairs", "AUC: called / tests", "GAUC: called / tests",
+                         "sd of A/A ΔAUC", "sd of A/A ΔGAUC"], text_columns=(0, 1, 2, 3))
+    index = {(r["model"], r["target"], r["aa"]["test"], r["aa"]["pairs"], r["metric"]): r for r in records}
+    keys = list(dict.fromkeys((r["model"], r["target"], r["aa"]["test"], r["aa"]["pairs"]) for r in records))
+    for model, target, test, pairs in keys:
+        cells = [Cell(model), Cell(target), Cell(test if test in PER_SEED_TESTS else f"{test} (seed-aware)"),
+                 Cell(pairs)]
+        found = [index.get((model, target, test, pairs, m)) for m in ("auc", "gauc")]
+        for rec in found:
+            if rec is None:
+                cells.append(Cell("-"))
+                continue
+            aa = rec["aa"]
+            style = "red" if aa["rate"] > 2 * aa["nominal"] else ""
+            cells.append(Cell(f"{aa['rate']:.0%} ({aa['false_positives']}/{aa['tests']})", style=style))
+        cells += [Cell("-" if rec is None or rec["aa"]["delta_sd"] is None else f"{rec['aa']['delta_sd']:.4f}")
+                  for rec in found]
+        view.rows.append(cells)
+    view.caption = ("every run of a method here differs from the others only in randomness, so every test that calls "
+                    "a difference is wrong; pairs: transfer only = the same seed (shared production tracks), another "
+                    "transfer_seed; seed = another seed; k seeds = two transfer seeds compared over k seeds, paired "
+                    "by seed. Per-seed tests cover the test slice only; the seed-aware ones count the training noise")
+    return [view]
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile of ``values``, linear between order statistics (numpy's default)."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def population_views(records: Sequence[dict]) -> list[View]:
+    """Per method, target and metric the spread over worlds of the seed-aware gain over base, the cells
+    above / below 0; then CTNet's cells below 0 on average, with their worlds' knobs."""
+    from ctl.report.regimes import CTNET
+
+    cells = [r for r in records if r["population"].get("delta") is not None]
+    worlds = sorted({r["population"]["world"] for r in records})
+    summary = View(title=f"Population of {len(worlds)} worlds — test gain over base per (world, target) cell",
+                   headers=["method", "target", "metric", "worlds", "median Δ", "p10 Δ", "p90 Δ", "cells above 0",
+                            "cells below 0"], text_columns=(0, 1, 2))
+    keys = list(dict.fromkeys((r["model"], r["target"], r["metric"]) for r in cells))
+    for model, target, metric in sorted(keys, key=lambda k: (_row_rank({"model": k[0]}), k[1], k[2])):
+        own = [r["population"] for r in cells if (r["model"], r["target"], r["metric"]) == (model, target, metric)]
+        deltas = [p["delta"] for p in own]
+        above, below = sum(p["low"] > 0 for p in own), sum(p["high"] < 0 for p in own)
+        summary.rows.append([Cell(model), Cell(target), Cell(METRIC_NAMES[metric]), Cell(str(len(own))),
+                             Cell(f"{_quantile(deltas, 0.5):+.4f}"), Cell(f"{_quantile(deltas, 0.1):+.4f}"),
+                             Cell(f"{_quantile(deltas, 0.9):+.4f}"), Cell(str(above), style="green" if above else ""),
+                             Cell(str(below), style="red" if below else "")])
+    seeds = sorted({r["population"]["seeds"] for r in cells})
+    summary.caption = (f"Δ of a cell: the mean over its seeds ({'/'.join(map(str, seeds))}) of method − base on the test "
+                       f"slice; above / below 0: the cell's 95% interval ({SEED_AWARE_WORDS}) lies above / below 0")
+    losing = View(title="CTNet's cells below base on average, with their worlds' knobs",
+                  headers=["world", "target", "ΔAUC [95%]", "ΔGAUC [95%]", "knobs"], text_columns=(0, 1, 4))
+    by_cell = {(r["population"]["world"], r["target"], r["metric"]): r for r in cells if r["model"] == CTNET}
+    for world, target in sorted({(w, t) for w, t, _ in by_cell}):
+        auc_rec, gauc_rec = by_cell.get((world, target, "auc")), by_cell.get((world, target, "gauc"))
+        if not any(rec is not None and rec["population"]["delta"] < 0 for rec in (auc_rec, gauc_rec)):
+            continue
+        knobs = (auc_rec or gauc_rec)["population"]["knobs"]
+        losing.rows.append([Cell(str(world)), Cell(target),
+                            *(Cell("-" if rec is None else interval_text(rec["population"]),
+                                   style="red" if rec is not None and rec["population"]["high"] < 0 else "")
+                              for rec in (auc_rec, gauc_rec)),
+                            Cell(", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in knobs.items()))])
+    losing.caption = "* = the interval excludes 0 (red: below base beyond the training and test noise)"
+    return [summary, losing]

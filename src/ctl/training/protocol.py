@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctl.data.dataset import Dataset
 from ctl.data.registry import load_for
+from ctl.data.synthetic.population import with_world
 from ctl.errors import CtlError
 from ctl.io import atomic_copy, atomic_write_json, atomic_write_text, check_writable
 from ctl.run_files import baseline_copy
@@ -65,6 +66,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     if protocol not in PROTOCOLS:
         raise CtlError(f"model.protocol={protocol!r} is unknown; expected one of {', '.join(PROTOCOLS)}")
     run_dir = Path(run_dir)
+    cfg = with_world(cfg)  # world=<i>: the config written below names the world's drawn knobs
     check_writable(run_dir, "the run folder (hydra.run.dir)")
     if not is_rank_zero():  # DDP: rank zero writes the run folder, the others a scratch copy
         run_dir = scratch_run_dir(run_dir)

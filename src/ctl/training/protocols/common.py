@@ -36,8 +36,13 @@ def base_net_of(size: object) -> dict:
 
 
 def run_seed(cfg: DictConfig, target: str) -> int:
-    """The seed of the run's own random stream (independent of the tracks' streams)."""
-    return derived_seed(int(cfg.seed), f"run/{method_label(cfg)}/{target}")
+    """The seed of the run's own random stream (independent of the tracks' streams): ``transfer_seed``'s
+    where set, so runs that share ``seed`` (their production tracks) can differ in this stream alone."""
+    stream = f"run/{method_label(cfg)}/{target}"
+    transfer_seed = cfg.get("transfer_seed")
+    if transfer_seed is not None:
+        stream += f"/transfer{int(transfer_seed)}"
+    return derived_seed(int(cfg.seed), stream)
 
 
 def require_target(schema: Schema, domain: str, method: str) -> None:
