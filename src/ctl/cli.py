@@ -1,4 +1,4 @@
-"""The ``ctl`` console script: ``train | sweep | eval | data | export | score``.
+"""The ``ctl`` console script: ``train | sweep | eval | data | export | score | serve``.
 
 ``train``, ``sweep`` and ``data generate`` are Hydra apps (configs ship in ``ctl/conf``); ``eval``,
 ``data validate`` and ``data describe`` read paths and take plain flags; ``export`` and ``score``
@@ -24,6 +24,7 @@ commands:
   data       generate | import | append | validate | describe datasets
   export     write a run's latest model as a serving artifact (torch.export or ONNX)
   score      score raw-id requests with an artifact
+  serve      answer scoring requests over HTTP, swapping in newly published artifacts
 
 `ctl <command> --help` shows each command's options; train/sweep accept Hydra's --cfg job, -m, ...
 """
@@ -38,7 +39,7 @@ DATA_USAGE = """usage: ctl data <generate|import|append|validate|describe> ...
   describe PATH          per-domain/per-period counts, CTR, users, items, new-item share
 """
 
-COMMANDS = ("train", "sweep", "eval", "data", "export", "score")
+COMMANDS = ("train", "sweep", "eval", "data", "export", "score", "serve")
 
 
 def _fail(message: str) -> None:
@@ -86,6 +87,8 @@ def _run_command(command: str, argv: list[str]) -> None:
             from ctl.serve.cli import export_main, score_main
 
             (export_main if command == "export" else score_main)(argv)
+        elif command == "serve":
+            _serve(argv)
         else:
             _data(argv)
 
@@ -109,6 +112,30 @@ def _data(argv: list[str]) -> None:
         (validate_main if sub == "validate" else describe_main)(rest)
     else:
         _fail(f"unknown data command {sub!r}; expected generate, import, append, validate or describe")
+
+
+def _serve(argv: list[str]) -> None:
+    import argparse
+    import inspect
+
+    from ctl.serve.online.cli import serve_command
+
+    doc = inspect.getdoc(serve_command) or ""
+    parser = argparse.ArgumentParser(prog="ctl serve", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifact_dir", type=Path, metavar="ARTIFACT_DIR")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--watch", action="store_true", help="check the folder for new artifacts")
+    parser.add_argument("--poll-seconds", type=float, default=5.0)
+    parser.add_argument("--verify-key", type=Path, help="refuse artifacts not signed with the key in this file")
+    parser.add_argument("--max-in-flight", type=int, default=64)
+    parser.add_argument("--score-threads", type=int, default=1)
+    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--max-candidates", type=int, default=10_000)
+    parser.add_argument("--max-body-bytes", type=int, default=4 * 2**20)
+    parser.add_argument("--max-connections", type=int, default=1024)
+    serve_command(**vars(parser.parse_args(argv)))
 
 
 def _hydra(config_name: str, argv: list[str], multirun: bool) -> None:

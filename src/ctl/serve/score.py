@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from ctl.errors import CtlError
 from ctl.io import atomic_write_bytes
 from ctl.serve.artifact import Artifact
-from ctl.serve.requests import READABLE, RequestEncoder, Where, read_table
+from ctl.serve.requests import READABLE, Encoded, RequestEncoder, Where, read_table
 
 #: request rows encoded and scored at a time
 DEFAULT_BATCH_ROWS = 65536
@@ -55,6 +55,14 @@ def _write(out: Path, table: pa.Table) -> None:
     atomic_write_bytes(out, sink.getvalue().to_pybytes())
 
 
+def score_encoded(artifact: Artifact, encoded: Encoded) -> np.ndarray:
+    """Click probabilities float32 ``[rows]`` of encoded request rows."""
+    missing = [spec.name for spec in artifact.inputs if spec.name not in encoded.batch]
+    if missing:
+        raise CtlError(f"the artifact's graph takes {missing}, which requests cannot give")
+    return artifact.score([encoded.batch[spec.name] for spec in artifact.inputs])
+
+
 def score_file(artifact: Artifact | Path | str, requests: Path | str, out: Path | str, history: Path | str | None = None,
                batch_rows: int = DEFAULT_BATCH_ROWS, progress: Callable[[int, int], None] | None = None,
                verify_key: Path | str | None = None) -> ScoreReport:
@@ -77,10 +85,7 @@ def score_file(artifact: Artifact | Path | str, requests: Path | str, out: Path 
     parts, where = [], ""
     for start in range(0, max(table.num_rows, 1), batch_rows):
         encoded = encoder.encode(table.slice(start, batch_rows), Where(requests, start))
-        missing = [spec.name for spec in artifact.inputs if spec.name not in encoded.batch]
-        if missing:
-            raise CtlError(f"the artifact's graph takes {missing}, which requests cannot give")
-        parts.append(artifact.score([encoded.batch[spec.name] for spec in artifact.inputs]))
+        parts.append(score_encoded(artifact, encoded))
         unknown.update(encoded.unknown)
         where = encoded.history
         if progress is not None:
