@@ -154,7 +154,7 @@ def create_app(slot: ModelSlot, reloader: Reloader, metrics: ServeMetrics, limit
             message = " ".join(str(exc).split())
             return answer("/score", 422, {"error": message, "problems": [{"field": field_of(message),
                                                                           "problem": message}]}, "bad_request")
-        except Exception:  # noqa: BLE001 (one request's failure must not take the server down)
+        except Exception:
             log.exception("scoring a request failed")
             return answer("/score", 500, {"error": "internal error while scoring; see the server's log"}, "internal")
         finally:

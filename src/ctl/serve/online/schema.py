@@ -26,10 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictInt, St
 from ctl.serve.requests import Where
 
 
-
 def _raw_id(value: object) -> str | int:
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError(f"a raw id is text or an integer, not {type(value).__name__}")
+        # pydantic reports a ValueError as the field's problem (a TypeError would escape as a crash)
+        raise ValueError(f"a raw id is text or an integer, not {type(value).__name__}")  # noqa: TRY004
     return value
 
 

@@ -129,6 +129,6 @@ class Watcher:
         while not self._stop.wait(self.interval):
             try:
                 self.reloader.check()
-            except Exception:  # noqa: BLE001 (the watcher must outlive any one failed check)
+            except Exception:
                 log.exception("checking %s for a new artifact failed; still serving %s", self.reloader.root,
                               self.reloader.slot.current.path)
