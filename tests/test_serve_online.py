@@ -25,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import uvicorn
+
+uvicorn = pytest.importorskip("uvicorn", reason="ctl serve needs ctl[serve] (fastapi, uvicorn, prometheus_client)")
 from fastapi.testclient import TestClient
 
 from ctl.serve.export import export_run

@@ -28,8 +28,13 @@ def serve_command(artifact_dir: Path, host: str = "127.0.0.1", port: int = 8000,
     and past --max-in-flight admitted requests the server answers 503 at once. SIGTERM finishes the
     requests in flight, then exits.
     """
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise CtlError(f"ctl serve needs {exc.name}, which is not installed: pip install 'ctl[serve]'") from None
     import torch
-    import uvicorn
 
     from ctl.serve.online.app import ServeLimits, create_app
     from ctl.serve.online.metrics import ServeMetrics
