@@ -190,7 +190,9 @@ def soak(artifacts: dict[str, Path], folder: Path, body: Path, seconds: float, e
     stop, published = threading.Event(), [0]
 
     def swapper() -> None:
-        while not stop.wait(every):
+        # every `every` seconds while the load runs, none in its last half interval (its swap would land after it)
+        started = time.monotonic()
+        while not stop.wait(every) and time.monotonic() - started <= seconds - every / 2:
             published[0] += 1
             publish(published[0])
 
