@@ -50,20 +50,27 @@ class RecentEvent(BaseModel):
     domain: StrictStr
 
 
-def score_request_model(max_candidates: int, max_recent_events: int) -> type[BaseModel]:
-    """The request's pydantic model, with the server's bounds on its lists."""
+class ScoreRequest(BaseModel):
+    """One user and the candidates to score (see the module docstring)."""
 
-    class ScoreRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        user_id: RawId
-        domain: StrictStr | None = None
-        features: dict[str, RawId] = Field(default_factory=dict)
+    model_config = ConfigDict(extra="forbid")
+    user_id: RawId
+    domain: StrictStr | None = None
+    features: dict[str, RawId] = Field(default_factory=dict)
+    candidates: list[dict[str, RawId]] = Field(min_length=1)
+    recent_events: list[RecentEvent] = Field(default_factory=list)
+    hist_end: StrictInt | None = Field(default=None, ge=0)
+    ts: StrictInt | None = None
+
+
+def score_request_model(max_candidates: int, max_recent_events: int) -> type[ScoreRequest]:
+    """The request's model with the server's bounds on its lists."""
+
+    class BoundedScoreRequest(ScoreRequest):
         candidates: list[dict[str, RawId]] = Field(min_length=1, max_length=max_candidates)
         recent_events: list[RecentEvent] = Field(default_factory=list, max_length=max_recent_events)
-        hist_end: StrictInt | None = Field(default=None, ge=0)
-        ts: StrictInt | None = None
 
-    return ScoreRequest
+    return BoundedScoreRequest
 
 
 class ScoreResponse(BaseModel):
@@ -104,7 +111,7 @@ def _column(values: list) -> pa.Array:
     return pa.array([str(v) for v in values], pa.string())
 
 
-def request_tables(request: BaseModel, required: tuple[str, ...],
+def request_tables(request: ScoreRequest, required: tuple[str, ...],
                    known: tuple[str, ...]) -> tuple[pa.Table, pa.Table | None]:
     """The request as the encoder's rows (one per candidate) and its recent events (None if none).
 

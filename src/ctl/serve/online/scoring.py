@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
-
-from ctl.serve.online.schema import REQUEST, ScoreResponse, request_tables
+from ctl.serve.online.schema import REQUEST, ScoreRequest, ScoreResponse, request_tables
 from ctl.serve.online.state import LoadedModel
 from ctl.serve.score import score_encoded
 
 
-def score_one(model: LoadedModel, request: BaseModel) -> ScoreResponse:
+def score_one(model: LoadedModel, request: ScoreRequest) -> ScoreResponse:
     """The probabilities of the request's candidates, in their order, by ``model`` alone.
 
     Raises:
