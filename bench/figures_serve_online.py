@@ -8,10 +8,11 @@ posts its next request as soon as the last is answered) then posts one user's re
 :data:`CONCURRENCY` for ``SERVE_ONLINE_POINT_SECONDS`` seconds (default 20; ``--quick`` 5):
 p50/p99 latency and requests/s.
 
-The soak (``SERVE_ONLINE_SOAK_SECONDS``, default 120; ``--quick`` 30; 600 for the 10-minute
-soak) runs CTNet in ``--watch`` mode under :data:`SOAK_USERS` users while a new artifact is published
-into the watched folder every ``SERVE_ONLINE_SWAP_SECONDS`` (default 60), alternating the two
-CTNets: failed requests, swaps done and the server's RSS at the start and end.
+The soak (``SERVE_ONLINE_SOAK_SECONDS``, default 60; ``--quick`` 30) runs CTNet in ``--watch``
+mode under :data:`SOAK_USERS` users while a new artifact is published into the watched folder
+every ``SERVE_ONLINE_SWAP_SECONDS`` (default 20; ``--quick`` 10), alternating the two CTNets:
+failed requests, swaps done and the server's RSS at the start and end. The 10-minute soak with a
+swap a minute: ``SERVE_ONLINE_SOAK_SECONDS=600 SERVE_ONLINE_SWAP_SECONDS=60``.
 
 In-process reference: the same request scored without HTTP (encoding + graph call, and the graph
 call alone), the median of :data:`IN_PROCESS_CALLS`. Locust runs on the same machine as the
@@ -220,8 +221,8 @@ def soak(artifacts: dict[str, Path], folder: Path, body: Path, seconds: float, e
 
 def serve_online(quick: bool) -> Figure:
     point = _seconds("SERVE_ONLINE_POINT_SECONDS", 5 if quick else 20)
-    soak_seconds = _seconds("SERVE_ONLINE_SOAK_SECONDS", 30 if quick else 120)
-    every = _seconds("SERVE_ONLINE_SWAP_SECONDS", 10 if quick else 60)
+    soak_seconds = _seconds("SERVE_ONLINE_SOAK_SECONDS", 30 if quick else 60)
+    every = _seconds("SERVE_ONLINE_SWAP_SECONDS", 10 if quick else 20)
     folder = Path(tempfile.mkdtemp(prefix="ctl-serve-online-"))
     artifacts = _artifacts(folder)
     body_file = folder / "request.json"

@@ -29,11 +29,12 @@ import pytest
 uvicorn = pytest.importorskip("uvicorn", reason="ctl serve needs ctl[serve] (fastapi, uvicorn, prometheus_client)")
 from fastapi.testclient import TestClient
 
+from ctl.errors import CtlError
 from ctl.serve.export import export_run
 from ctl.serve.online.app import ServeLimits, create_app
 from ctl.serve.online.metrics import ServeMetrics
 from ctl.serve.online.state import LoadedModel, ModelSlot, load_model
-from ctl.serve.online.watcher import Reloader
+from ctl.serve.online.watcher import Reloader, newest_artifact
 from ctl.serve.requests import requests_from_dataset
 from ctl.serve.score import score_file
 from ctl.training.protocol import run_train
@@ -340,6 +341,20 @@ def test_reload_is_refused_to_clients_off_loopback(artifacts) -> None:
     with TestClient(in_process(artifacts["base"]), client=("203.0.113.7", 5000)) as client:
         answer = client.post("/admin/reload")
     assert answer.status_code == 403 and "203.0.113.7" in answer.json()["error"]
+
+
+def test_the_newest_published_artifact_is_the_visible_folder_whose_name_sorts_last(tmp_path) -> None:
+    for name in ("period-0009", "period-0010", ".period-0011.export-1a2b", "period-0002"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "notes.txt").write_text("not an artifact")
+    assert newest_artifact(tmp_path) == tmp_path / "period-0010"
+    (tmp_path / "period-0010" / "manifest.json").write_text("{}")
+    assert newest_artifact(tmp_path / "period-0010") == tmp_path / "period-0010"  # an artifact itself
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CtlError, match=r"empty holds no manifest.json and no artifact folder: publish one with "
+                                       r"ctl export RUN_DIR out=.*empty/<name>"):
+        newest_artifact(empty)
 
 
 # --- the command ---------------------------------------------------------------------------------------
