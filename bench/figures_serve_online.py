@@ -188,12 +188,13 @@ def soak(artifacts: dict[str, Path], folder: Path, body: Path, seconds: float, e
 
     publish(0)
     server = Server(root, folder / "soak-server.log", "--watch", "--poll-seconds", "1")
-    stop, published = threading.Event(), [0]
+    stop, published, rss_before_swaps = threading.Event(), [0], []
 
     def swapper() -> None:
         # every `every` seconds while the load runs, none in its last half interval (its swap would land after it)
         started = time.monotonic()
         while not stop.wait(every) and time.monotonic() - started <= seconds - every / 2:
+            rss_before_swaps.append(server.rss_mb())
             published[0] += 1
             publish(published[0])
 
@@ -215,7 +216,7 @@ def soak(artifacts: dict[str, Path], folder: Path, body: Path, seconds: float, e
     return {"seconds": seconds, "users": SOAK_USERS, "swap_every_s": every, "published": published[0],
             "swapped": int(swapped), "refused": int(refused), "requests": result["requests"],
             "failed": result["failed"], "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
-            "rss_start_mb": rss_start, "rss_end_mb": rss_end,
+            "rss_start_mb": rss_start, "rss_end_mb": rss_end, "rss_before_each_swap_mb": rss_before_swaps,
             "rss_change": round(rss_end / rss_start - 1, 3) if rss_start else None}
 
 
