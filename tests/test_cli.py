@@ -48,7 +48,7 @@ def test_train_help_lists_the_config_groups_and_keys_with_their_defaults_and_pas
     assert "name: base" in job and "_target_: ctl.models.base.BaseModel" in job
 
 
-COMMANDS = (["train"], ["sweep"], ["eval"], ["export"], ["score"], ["data", "generate"], ["data", "import"],
+COMMANDS = (["train"], ["sweep"], ["eval"], ["export"], ["score"], ["serve"], ["data", "generate"], ["data", "import"],
             ["data", "append"], ["data", "validate"], ["data", "describe"])
 
 

@@ -211,6 +211,51 @@ def score(
     run_score(artifact, requests, out, history, batch_rows, verify_key)
 
 
+def _serve_default(name: str) -> Any:
+    import inspect
+
+    from ctl.serve.online.cli import serve_command
+
+    return inspect.signature(serve_command).parameters[name].default
+
+
+@app.command()
+def serve(
+    artifact_dir: Annotated[Path, typer.Argument(metavar="ARTIFACT_DIR", help="an artifact folder, or a folder of "
+                                                 "published artifacts (the sub-folder that sorts last is served)",
+                                                 show_default=False)],
+    host: Annotated[str, typer.Option(help="the address to listen on")] = _serve_default("host"),
+    port: Annotated[int, typer.Option(help="the port to listen on")] = _serve_default("port"),
+    watch: Annotated[bool, typer.Option(help="check ARTIFACT_DIR for newer artifacts every --poll-seconds")]
+        = _serve_default("watch"),
+    poll_seconds: Annotated[float, typer.Option(help="seconds between two checks with --watch")]
+        = _serve_default("poll_seconds"),
+    verify_key: Annotated[Path | None, typer.Option(help="refuse artifacts not signed with the key in FILE",
+                                                    metavar="FILE", show_default=False)] = None,
+    max_in_flight: Annotated[int, typer.Option(help="admitted requests at most; past them 503 at once")]
+        = _serve_default("max_in_flight"),
+    score_threads: Annotated[int, typer.Option(help="requests scored at a time")] = _serve_default("score_threads"),
+    torch_threads: Annotated[int, typer.Option(help="torch threads of each scoring")] = _serve_default("torch_threads"),
+    max_candidates: Annotated[int, typer.Option(help="candidates of one request at most (413 past it)")]
+        = _serve_default("max_candidates"),
+    max_body_bytes: Annotated[int, typer.Option(help="bytes of one request body at most (413 past it)")]
+        = _serve_default("max_body_bytes"),
+    max_connections: Annotated[int, typer.Option(help="open connections at most (503 past it)")]
+        = _serve_default("max_connections"),
+) -> None:
+    """Answer scoring requests over HTTP with an artifact of ctl export, swapping in newer ones.
+
+    POST /score, GET /healthz, GET /readyz, GET /metrics, POST /admin/reload (loopback clients only).
+    A new artifact is verified and loaded off the request path, then swapped in between requests;
+    one that does not verify is refused in one log line and the current one keeps serving. SIGTERM
+    finishes the requests in flight, then exits. See docs/serving.md."""
+    from ctl.serve.online.cli import serve_command
+
+    _run("serve")
+    serve_command(artifact_dir, host, port, watch, poll_seconds, verify_key, max_in_flight, score_threads,
+                  torch_threads, max_candidates, max_body_bytes, max_connections)
+
+
 @data_app.command("generate", cls=_config_command("generate"), context_settings=HYDRA_COMMAND)
 def data_generate(overrides: Overrides = None) -> None:
     """Write a synthetic world into the cache (e.g. data=synthetic_tiny); extend=k continues it by k periods."""
@@ -298,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 #: what a command line of ctl starts with, except a DDP child's
-FIRST_WORDS = ("train", "sweep", "eval", "export", "score", "data", "-h", "--help", "--install-completion",
+FIRST_WORDS = ("train", "sweep", "eval", "export", "score", "serve", "data", "-h", "--help", "--install-completion",
                "--show-completion")
 
 

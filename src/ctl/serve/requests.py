@@ -106,8 +106,13 @@ class RequestEncoder:
         domain = self.artifact.domain
         return tuple(f.name for f in self.schema.features if domain in f.domains)
 
-    def encode(self, table: pa.Table, file: Where) -> Encoded:
-        """The batch of every row of ``table`` (read from ``file``, for messages)."""
+    def encode(self, table: pa.Table, file: Where, recent: pa.Table | None = None) -> Encoded:
+        """The batch of every row of ``table`` (read from ``file``, for messages).
+
+        ``recent``: events of the rows' one user since the history was written (``item_id``,
+        ``category_id``, ``domain``: raw ids and names, oldest first), appended to the events each
+        row sees of the looked-up history; the rows then must not carry a history of their own.
+        """
         names = table.column_names
         required = self.required_features()
         missing = [name for name in required if name not in names]
@@ -136,7 +141,12 @@ class RequestEncoder:
         encoded.batch["domain"] = domain
         encoded.batch["period"] = torch.full((n,), self.schema.test_period, dtype=torch.int64)
         given = [c for c in HISTORY_COLUMNS if c in names]
-        if given:
+        if recent is not None:
+            if given:
+                raise CtlError(f"{file}: recent events extend the looked-up history; the rows cannot also carry "
+                               f"{given[0]!r}")
+            history, users, visible = self._with_recent(table, file, encoded, recent)
+        elif given:
             if len(given) != len(HISTORY_COLUMNS):
                 absent = [c for c in HISTORY_COLUMNS if c not in names]
                 raise CtlError(f"{file}: column {absent[0]!r} is missing; a history in the request needs all of "
@@ -151,6 +161,35 @@ class RequestEncoder:
             encoded.history = lookup.where
         self._gather(encoded.batch, history, users, visible)
         return encoded
+
+    def _with_recent(self, table: pa.Table, file: Where, encoded: Encoded,
+                     recent: pa.Table) -> tuple[UserHistory, torch.Tensor, np.ndarray]:
+        """One user's visible looked-up events followed by ``recent``, as the history of a user 0 of its own."""
+        lookup = self.history_lookup()
+        users = encoded.batch["user_id"].numpy()
+        if (users != users[0]).any():
+            raise CtlError(f"{file}: recent events belong to one user, but the rows hold several user_id values")
+        visible = lookup.visible(table, file, users)
+        if (visible != visible[0]).any():
+            raise CtlError(f"{file}: recent events follow one visible history, but the rows see different "
+                           "numbers of the user's events")
+        events = Where(Path(f"{file} recent events"))
+        item, bad_items = self.ids.encode(recent.column("item_id"), "item_id", events, "item_id")
+        category, bad_categories = self.ids.encode(recent.column("category_id"), "category_id", events, "category_id")
+        domain = domain_indices(recent.column("domain"), self.schema.domains, events, "domain")
+        encoded.unknown["recent_item_id"] += bad_items
+        encoded.unknown["recent_category_id"] += bad_categories
+        start = int(lookup.starts[int(users[0])])
+        seen = slice(start, start + int(visible[0]))
+        item = np.concatenate([lookup.history.item.numpy()[seen], item])
+        category = np.concatenate([lookup.history.category.numpy()[seen], category])
+        domain = np.concatenate([lookup.history.domain.numpy()[seen], domain])
+        # gathering reads the events' order only; their times are not needed
+        history = UserHistory(np.array([0, item.size]), item, category, domain, np.arange(item.size),
+                              len(self.schema.domains))
+        encoded.history = f"{lookup.where}, plus {recent.num_rows} recent events"
+        n = table.num_rows
+        return history, torch.zeros(n, dtype=torch.int64), np.full(n, item.size, dtype=np.int64)
 
     def _gather(self, batch: dict[str, torch.Tensor], history: UserHistory, users: torch.Tensor,
                 visible: np.ndarray) -> None:

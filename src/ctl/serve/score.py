@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -19,7 +20,7 @@ from ctl.errors import CtlError
 from ctl.serve import DEFAULT_BATCH_ROWS
 from ctl.serve.artifact import Artifact
 from ctl.serve.request_columns import READABLE, Where, count_rows, read_blocks
-from ctl.serve.requests import RequestEncoder
+from ctl.serve.requests import Encoded, RequestEncoder
 from ctl.table_io import write_table
 
 #: rows of a row group of a Parquet output, whatever ``batch_rows`` is: memory holds at most one
@@ -50,6 +51,19 @@ class ScoreReport:
         return lines + list(self.notes)
 
 
+def graph_inputs(artifact: Artifact, encoded: Encoded) -> list[torch.Tensor]:
+    """The tensors the artifact's graph takes, in its order, from encoded request rows."""
+    missing = [spec.name for spec in artifact.inputs if spec.name not in encoded.batch]
+    if missing:
+        raise CtlError(f"the artifact's graph takes {missing}, which requests cannot give")
+    return [encoded.batch[spec.name] for spec in artifact.inputs]
+
+
+def score_encoded(artifact: Artifact, encoded: Encoded) -> np.ndarray:
+    """Click probabilities float32 ``[rows]`` of encoded request rows, in one call of the graph."""
+    return artifact.score(graph_inputs(artifact, encoded))
+
+
 def score_file(artifact: Artifact | Path | str, requests: Path | str, out: Path | str, history: Path | str | None = None,
                batch_rows: int = DEFAULT_BATCH_ROWS, progress: Callable[[int, int], None] | None = None,
                verify_key: Path | str | None = None) -> ScoreReport:
@@ -78,16 +92,14 @@ def score_file(artifact: Artifact | Path | str, requests: Path | str, out: Path 
         nonlocal rows, where
         for block in read_blocks(requests, encoder.text_columns(), batch_rows):
             encoded = encoder.encode(block, Where(requests, rows))
-            missing = [spec.name for spec in artifact.inputs if spec.name not in encoded.batch]
-            if missing:
-                raise CtlError(f"the artifact's graph takes {missing}, which requests cannot give")
+            inputs = graph_inputs(artifact, encoded)
             unknown.update(encoded.unknown)
             rows, where = rows + block.num_rows, encoded.history
             if progress is not None:
                 progress(rows, max(total or 0, rows))
             kept = [name for name in block.column_names
                     if not (pa.types.is_list(block.schema.field(name).type) or name.startswith("history_"))]
-            yield block.select(kept), [encoded.batch[spec.name] for spec in artifact.inputs]
+            yield block.select(kept), inputs
         if rows == 0:
             raise CtlError(f"{requests} holds no request rows")
 
