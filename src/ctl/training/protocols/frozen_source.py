@@ -18,6 +18,7 @@ from ctl.data.dataset import Dataset
 from ctl.errors import CtlError
 from ctl.methods import method_label
 from ctl.models import build_model
+from ctl.models.recent.frozen import FrozenSourceModel
 from ctl.training.callbacks import SourceRefresh
 from ctl.training.checkpoints import check_weights, model_state, optimizer_state_by_name, read_checkpoint
 from ctl.training.fitting import (
@@ -36,6 +37,7 @@ from ctl.training.protocols.common import (
     transfer_periods,
 )
 from ctl.training.task import CTRTask
+from ctl.training.tracks import Track
 
 
 def run_frozen_source(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> dict:
@@ -45,7 +47,7 @@ def run_frozen_source(cfg: DictConfig, dataset: Dataset, target: str, run_dir: P
     seed = run_seed(cfg, target)
     pl.seed_everything(seed, workers=True, verbose=False)
     net = build_model(cfg.model.net, schema)
-    if not callable(getattr(net, "production_parameters", None)):
+    if not isinstance(net, FrozenSourceModel):
         raise CtlError(f"model.net: {type(net).__name__} is no model over a frozen source tower "
                        "(ctl.models.recent.frozen.FrozenSourceModel); model.protocol=frozen_source needs one")
     periods = transfer_periods(schema)
@@ -53,7 +55,7 @@ def run_frozen_source(cfg: DictConfig, dataset: Dataset, target: str, run_dir: P
     task = CTRTask(net, optimizer_from(cfg), datamodule.period_of_epoch, schema.test_period,
                    keep_val_predictions_from=schema.t0)
     mirrors = net.production_parameters()
-    used = (tracks.source,)
+    used: tuple[Track, ...] = (tracks.source,)
     inherited = {"source_tower": f"{tracks.source.path}/checkpoints/period_<t>.ckpt refreshed every period"}
     if mirrors:
         production = tracks.target.checkpoint(schema.t0 - 1)
