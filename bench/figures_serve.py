@@ -4,8 +4,10 @@
 ``base``, ``ctnet`` and ``ctnet_shared`` (the towers share the SIM/ETA attention, the paper's
 section 4.7), each run three ways: ``eager`` (the nn.Module under ``torch.inference_mode``),
 ``torch_export`` (the saved ExportedProgram, as ``ctl score`` runs it) and ``onnx`` (ONNX Runtime,
-CPU provider; left out when ``ctl[serve]`` is not installed). Weights are untrained: latency does
-not depend on them.
+CPU provider; left out when ``ctl[serve]`` is not installed). The methods since the paper
+(:data:`ADDED`: STAR, PEPNet, low-rank transfer, knowledge plug-in, source distillation) run as
+``torch_export`` only, beside base, for their serving cost. Weights are untrained: latency does not
+depend on them.
 
 A request is one user with a lifelong history of L events (L = 1,000 and 10,000: ETA scans all of
 them, SIM searches them through the per-category index) and N candidate items (N = 100, 500), on
@@ -39,16 +41,23 @@ from ctl.data.batcher import BatchAssembler
 from ctl.models import build_model
 from ctl.serve.artifact import OnnxRunner, TorchRunner
 from ctl.serve.export import Probabilities, export_graph, graph_inputs
+from ctl.training.protocols.common import build_transfer_model
 
 MODELS: dict[str, tuple[str, ...]] = {
     "base": ("base",),
     "ctnet": ("ctnet",),
     "ctnet_shared": ("ctnet", "model.net.share_attention=true"),
 }
+#: the methods since the paper: exported graph only (the runtime ``ctl score`` and ``ctl serve`` use)
+ADDED: dict[str, tuple[str, ...]] = {name: (name,) for name in ("star", "pepnet", "lowrank", "plugin", "distill")}
+#: joint models: built for a (source, target) pair, each row scored by its domain's head
+JOINT = ("star", "pepnet")
 CANDIDATES = (100, 500)
 HISTORY_LENGTHS = (1000, 10000)
 BATCH_ROWS = 1024
 WARMUP_CALLS = 5
+#: the target domain the cross-domain models are built for (the lifelong schema's first non-source domain)
+TARGET = "B"
 #: "the same response time" read as: CTNet-shared's p50 at most this multiple of base's
 CLAIM_TOLERANCE = 1.25
 
@@ -86,17 +95,18 @@ def forward_mflop_per_row(wrapped: Probabilities, inputs: list[torch.Tensor]) ->
     return counter.get_total_flops() / inputs[0].shape[0] / 1e6
 
 
-def runners(wrapped: Probabilities, batch: Batch, folder: Path, name: str) -> dict[str, Callable]:
-    """The model's three ways to score a list of input tensors."""
+def runners(wrapped: Probabilities, batch: Batch, folder: Path, name: str, exported_only: bool = False
+            ) -> dict[str, Callable]:
+    """The model's three ways to score a list of input tensors (the exported graph only if ``exported_only``)."""
 
     def eager(inputs: list[torch.Tensor]) -> np.ndarray:
         with torch.inference_mode():
             return wrapped(*inputs).numpy()
 
-    found: dict[str, Callable] = {"eager": eager}
+    found: dict[str, Callable] = {} if exported_only else {"eager": eager}
     export_graph(wrapped, batch, "torch_export", folder / f"{name}.pt2")
     found["torch_export"] = TorchRunner(folder / f"{name}.pt2")
-    if onnx_available():
+    if onnx_available() and not exported_only:
         export_graph(wrapped, batch, "onnx", folder / f"{name}.onnx")
         found["onnx"] = OnnxRunner(folder / f"{name}.onnx", list(wrapped.keys))
     return found
@@ -115,12 +125,14 @@ def serve(quick: bool) -> Figure:
         assembler = lifelong_rows(length)
         requests = {n: one_user_request(assembler, n) for n in CANDIDATES}
         many = assembler.batch(torch.arange(BATCH_ROWS))
-        for name, (model, *overrides) in MODELS.items():
+        for name, (model, *overrides) in {**MODELS, **ADDED}.items():
             torch.manual_seed(0)
             cfg = train_config(f"model={model}", f"model/size={size}", *overrides)
-            net = build_model(cfg.model.net, assembler.schema).eval()
+            net = (build_transfer_model(cfg.model.net, assembler.schema, assembler.schema.source, TARGET)
+                   if name in JOINT else build_model(cfg.model.net, assembler.schema)).eval()
             wrapped = graph_inputs(net, requests[CANDIDATES[0]])
-            for runtime, run in runners(wrapped, requests[CANDIDATES[0]], folder, f"{name}-{length}").items():
+            for runtime, run in runners(wrapped, requests[CANDIDATES[0]], folder, f"{name}-{length}",
+                                        exported_only=name in ADDED).items():
                 cells[name, runtime, length] = run
             for n, batch in [*requests.items(), (BATCH_ROWS, many)]:
                 inputs[name, length, n] = [batch[k] for k in wrapped.keys]
