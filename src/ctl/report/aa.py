@@ -11,8 +11,9 @@ false positive. Per method, target and metric, each test's false-positive rate a
   batch order and adapter init differ) and *seed* (another ``seed``, the same ``transfer_seed``:
   everything trained differs); pairs that differ in both are left out, as they repeat the others;
 * the seed-aware tests (:func:`ctl.report.significance.seed_aware`): for every two transfer seeds
-  ``a`` and ``b``, the runs of ``a`` against those of ``b`` over the seeds both have (>= 2), paired
-  by seed: Student's t over the seeds' deltas and the two-level (seeds x users) bootstrap.
+  ``a`` and ``b`` and every set of >= 2 seeds both have, the runs of ``a`` against those of ``b``
+  over those seeds, paired by seed: Student's t over the seeds' deltas and the two-level (seeds x
+  users) bootstrap; the kind of pair names how many seeds (``2 seeds``, ``3 seeds``).
 
 Base rows (read from the transfer runs' ``baseline`` records) give seed pairs of base itself.
 """
@@ -93,28 +94,35 @@ def _pair_outcomes(group: Sequence[Run], n_resamples: int) -> list[dict]:
 
 
 def _seed_aware_outcomes(group: Sequence[Run], n_resamples: int) -> list[dict]:
-    """Per two transfer seeds over >= 2 shared seeds: per metric the mean delta and what each seed-aware test called."""
+    """Per two transfer seeds and set of >= 2 seeds both have: per metric the mean delta and what each
+    seed-aware test called."""
     by_transfer: dict[int, dict[int, Run]] = {}
     for run in group:
         if transfer_seed(run) is not None and run.predictions is not None:
             by_transfer.setdefault(transfer_seed(run), {})[run.seed] = run
     outcomes = []
     for a, b in itertools.combinations(sorted(by_transfer), 2):
-        seeds = sorted(set(by_transfer[a]) & set(by_transfer[b]))
-        if len(seeds) < 2:
-            continue
-        pairs = []
-        for seed in seeds:
-            first, second = by_transfer[a][seed], by_transfer[b][seed]
-            rows, other = paired_predictions(read_predictions(first.predictions), read_predictions(second.predictions),
-                                             f"{first.method} on {first.target}, seed {seed}", "its replicate")
-            pairs.append((rows.label, rows.pred, other, rows.user_id))
-        aware = seed_aware(pairs, n_resamples)
-        outcomes.append({"kind": f"{len(seeds)} seeds", **{
-            m: {"delta": aware[m]["delta"], "called": {T_OVER_SEEDS: aware[m]["t"]["significant"],
-                                                        TWO_LEVEL: aware[m]["two_level"]["significant"]}}
-            for m in QUALITY_METRICS}})
+        shared = sorted(set(by_transfer[a]) & set(by_transfer[b]))
+        # every set of >= 2 shared seeds: a claim may rest on any of them
+        for seeds in (c for k in range(2, len(shared) + 1) for c in itertools.combinations(shared, k)):
+            outcomes.append(_seed_aware_outcome(by_transfer[a], by_transfer[b], seeds, n_resamples))
     return outcomes
+
+
+def _seed_aware_outcome(first_runs: dict[int, Run], second_runs: dict[int, Run], seeds: Sequence[int],
+                        n_resamples: int) -> dict:
+    """One seed-aware A/A test: the runs of one transfer seed against another's over ``seeds``, paired by seed."""
+    pairs = []
+    for seed in seeds:
+        first, second = first_runs[seed], second_runs[seed]
+        rows, other = paired_predictions(read_predictions(first.predictions), read_predictions(second.predictions),
+                                         f"{first.method} on {first.target}, seed {seed}", "its replicate")
+        pairs.append((rows.label, rows.pred, other, rows.user_id))
+    aware = seed_aware(pairs, n_resamples)
+    return {"kind": f"{len(seeds)} seeds", **{
+        m: {"delta": aware[m]["delta"], "called": {T_OVER_SEEDS: aware[m]["t"]["significant"],
+                                                    TWO_LEVEL: aware[m]["two_level"]["significant"]}}
+        for m in QUALITY_METRICS}}
 
 
 def _record(head: Run, metric: str, test: str, kind: str, outcomes: Sequence[dict]) -> dict:
