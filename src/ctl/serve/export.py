@@ -153,15 +153,35 @@ def load_run_model(run_dir: Path) -> RunModel:
     domain = metrics["target"]
     model = rebuild_trained_model(run, dataset.schema, domain)
     sequences = getattr(model.net, "domain_sequences", None)
-    return RunModel(net=model.net, view=model.view, dataset=dataset, domain=domain, checkpoint=model.checkpoint,
-                    metrics=metrics, domain_sequences=tuple(sequences()) if callable(sequences) else (),
-                    periods=run.periods)
+    loaded = RunModel(net=model.net, view=model.view, dataset=dataset, domain=domain, checkpoint=model.checkpoint,
+                      metrics=metrics, domain_sequences=tuple(sequences()) if callable(sequences) else (),
+                      periods=run.periods)
+    for other in model.domains:
+        if other != domain:
+            run_head(loaded, other)
+    return loaded
+
+
+def run_head(run: RunModel, domain: str) -> None:
+    """Score some test rows of ``domain`` with the eager model, once.
+
+    The graph of a model with a head per domain runs every head on every row (no branch on data),
+    while the eager model on the run's rows runs its domain's head alone: the other heads' caches
+    (ETA's item codes, :mod:`ctl.models.blocks.eta`), which a graph reads as they stand, are filled
+    from the trained weights here.
+    """
+    with torch.no_grad():
+        run.net(_test_batch(run, domain))
 
 
 def trace_batch(run: RunModel, n_rows: int = TRACE_ROWS) -> Batch:
     """A batch of the first ``n_rows`` test rows of the run's domain (all domains' rows if it has none)."""
+    return _test_batch(run, run.domain, n_rows)
+
+
+def _test_batch(run: RunModel, domain: str, n_rows: int = TRACE_ROWS) -> Batch:
     dataset = run.dataset
-    rows = dataset.select([run.domain], [dataset.schema.test_period])
+    rows = dataset.select([domain], [dataset.schema.test_period])
     if rows.size == 0:
         rows = np.arange(dataset.n_rows)
     rows = rows[:n_rows]

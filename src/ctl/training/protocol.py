@@ -49,7 +49,7 @@ from ctl.training.protocols.ctnet import run_ctnet
 from ctl.training.protocols.dual_embedding import run_dual_embedding
 from ctl.training.protocols.finetune import run_finetune
 from ctl.training.protocols.frozen_source import run_frozen_source
-from ctl.training.protocols.joint import run_joint
+from ctl.training.protocols.joint import rebuild_joint, run_joint
 from ctl.training.protocols.source import rebuild_source, run_source
 from ctl.training.protocols.track import run_track
 
@@ -71,7 +71,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "source": Protocol(run_source, rebuild_source),
     "finetune": Protocol(run_finetune, rebuild_own_net),
     "dual_embedding": Protocol(run_dual_embedding, rebuild_transfer_net),
-    "joint": Protocol(run_joint, rebuild_transfer_net),
+    "joint": Protocol(run_joint, rebuild_joint),
     "ctnet": Protocol(run_ctnet, rebuild_own_net),
     "frozen_source": Protocol(run_frozen_source, rebuild_own_net),
 }

@@ -181,14 +181,16 @@ class FinishedRun:
         return checkpoint
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainedModel:
     """A run's latest model as its protocol trained it, in eval mode: the net, the domain view it
-    reads its rows through (None: as they are) and the checkpoint its weights came from."""
+    reads its rows through (None: as they are), the checkpoint its weights came from, and the
+    domains whose rows it scores, each through its own head (empty: the run's domain alone)."""
 
     net: torch.nn.Module
     view: DomainView | None
     checkpoint: Path
+    domains: tuple[str, ...] = ()
 
 
 def loaded(key: str, build: Callable[[], torch.nn.Module], checkpoint: Path,

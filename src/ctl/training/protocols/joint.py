@@ -17,6 +17,7 @@ of a target-only method; ``cost.own.train_rows_by_domain`` says how many of each
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -24,6 +25,7 @@ import torch
 from omegaconf import DictConfig
 
 from ctl.data.dataset import Dataset
+from ctl.data.schema import Schema
 from ctl.errors import CtlError
 from ctl.methods import method_label
 from ctl.training.checkpoints import model_state, read_checkpoint
@@ -36,8 +38,11 @@ from ctl.training.fitting import (
 )
 from ctl.training.inherit import Inheritance
 from ctl.training.protocols.common import (
+    FinishedRun,
     ProductionTracks,
+    TrainedModel,
     build_transfer_model,
+    rebuild_transfer_net,
     require_target,
     run_seed,
     transfer_metrics,
@@ -75,3 +80,8 @@ def run_joint(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     own = {**result.cost, "train_rows_by_domain": {d: int(dataset.select([d], periods).size) for d in domains}}
     return transfer_metrics(cfg, dataset, target, tracks, periods=result.periods, test=result.test,
                             own_cost=own, used=(tracks.source, tracks.target), inherited=inherited)
+
+
+def rebuild_joint(run: FinishedRun, schema: Schema, domain: str) -> TrainedModel:
+    """The joint model of the run's last period; it scores rows of both domains, each through its own head."""
+    return dataclasses.replace(rebuild_transfer_net(run, schema, domain), domains=(schema.source, domain))
