@@ -132,7 +132,10 @@ def build_transfer_model(net: DictConfig | dict, schema: Schema, source: str, ta
     The domains come from the run (``data.domain`` and the dataset's source), not from the model
     config, so one model config serves every target.
     """
-    return build_from_config(net, key, schema=schema, source=source, target=target)
+    model = build_from_config(net, key, schema=schema, source=source, target=target)
+    if not isinstance(model, torch.nn.Module):
+        raise CtlError(f"{key}: {type(model).__name__} is no model (torch.nn.Module)")
+    return model
 
 
 def link_folder(target: Path, link: Path) -> None:

@@ -18,7 +18,9 @@ of a target-only method; ``cost.own.train_rows_by_domain`` says how many of each
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import pytorch_lightning as pl
 import torch
@@ -51,9 +53,24 @@ from ctl.training.protocols.common import (
 from ctl.training.task import CTRTask
 
 
+@runtime_checkable
+class StartsFromProduction(Protocol):
+    """A cross-domain model that says which production parameters it reuses."""
+
+    def init_from(self, source_state: Mapping[str, torch.Tensor],
+                  target_state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]: ...
+
+
+@runtime_checkable
+class JointNet(StartsFromProduction, Protocol):
+    """A joint model: it also names the per-domain sequences its batches must carry."""
+
+    def domain_sequences(self) -> tuple[str, ...]: ...
+
+
 def init_from_production(model: torch.nn.Module, tracks: ProductionTracks, period: int) -> dict:
     """Call ``model.init_from`` with the production models of ``period``; the ``inherited`` record."""
-    if not callable(getattr(model, "init_from", None)):
+    if not isinstance(model, StartsFromProduction):
         raise CtlError(f"{type(model).__name__} has no init_from(source_state, target_state); "
                        "a cross-domain model must say which production parameters it reuses")
     source, target = tracks.source.checkpoint(period), tracks.target.checkpoint(period)
@@ -69,6 +86,9 @@ def run_joint(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     seed = run_seed(cfg, target)
     pl.seed_everything(seed, workers=True, verbose=False)
     model = build_transfer_model(cfg.model.net, schema, schema.source, target)
+    if not isinstance(model, JointNet):
+        raise CtlError(f"model.net: {type(model).__name__} has no domain_sequences(); model.protocol=joint needs a "
+                       "joint model (one head per domain)")
     inherited = {**init_from_production(model, tracks, schema.t0 - 1), "optimizer": f"fresh {optimizer_name(cfg)}"}
     periods = transfer_periods(schema)
     domains = [schema.source, target] if cfg.model.source_rows else [target]
