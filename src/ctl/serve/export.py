@@ -1,10 +1,11 @@
 """``ctl export``: a run's latest model as a serving artifact (:mod:`ctl.serve.artifact`).
 
-The model is rebuilt by the protocol that trained the run (:func:`ctl.training.protocol.rebuild_trained_model`),
-from the run's own ``config.yaml`` and the weights of its last period (for CTNet, the frozen source
-tower of that period is part of them), in eval mode, and traced on some of the dataset's test
-rows. The inputs of the graph are the batch keys the model reads, found by running it once; the
-graph is checked to give the eager model's probabilities on those rows before anything is written. Files go into a hidden
+The model is rebuilt by the protocol that trained the run
+(:func:`ctl.training.protocol.rebuild_trained_model`), from the run's own ``config.yaml`` and the
+weights of its last period (for CTNet, the frozen source tower of that period is part of them), in
+eval mode, and traced on some of the dataset's test rows. The inputs of the graph are the batch
+keys the model reads, found by running it once; the graph is checked to give the eager model's
+probabilities on those rows before anything is written. Files go into a hidden
 staging folder that is renamed to ``out`` once the manifest is written.
 """
 
