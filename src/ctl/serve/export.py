@@ -1,10 +1,11 @@
 """``ctl export``: a run's latest model as a serving artifact (:mod:`ctl.serve.artifact`).
 
-The model is rebuilt from the run's own ``config.yaml`` as its protocol built it, given the
-weights of the run's last period (for CTNet, the frozen source tower of that period is part of
-them), put in eval mode and traced on some of the dataset's test rows. The inputs of the graph
-are the batch keys the model reads, found by running it once; the graph is checked to give the
-eager model's probabilities on those rows before anything is written. Files go into a hidden
+The model is rebuilt by the protocol that trained the run
+(:func:`ctl.training.protocol.rebuild_trained_model`), from the run's own ``config.yaml`` and the
+weights of its last period (for CTNet, the frozen source tower of that period is part of them), in
+eval mode, and traced on some of the dataset's test rows. The inputs of the graph are the batch
+keys the model reads, found by running it once; the graph is checked to give the eager model's
+probabilities on those rows before anything is written. Files go into a hidden
 staging folder that is renamed to ``out`` once the manifest is written.
 """
 
@@ -24,7 +25,7 @@ from ctl.data.batch import Batch, DomainView
 from ctl.data.batcher import BatchAssembler
 from ctl.data.dataset import Dataset, load_dataset
 from ctl.data.id_maps import ID_MAPS_DIR
-from ctl.errors import CtlError, cut, shorten
+from ctl.errors import CtlError, shorten
 from ctl.io import (
     MANIFEST_FILE,
     atomic_write_json,
@@ -47,6 +48,8 @@ from ctl.serve.artifact import (
     require_onnxruntime,
     verify_signature,
 )
+from ctl.training.protocol import rebuild_trained_model
+from ctl.training.protocols.common import FinishedRun
 
 #: test rows the model is traced and checked on
 TRACE_ROWS = 64
@@ -106,24 +109,10 @@ class RunModel:
     periods: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """What export reads of a run folder, each field checked: ``metrics.json``'s record and the
-    model part of ``config.yaml`` (read as plain YAML: nothing in it is resolved or instantiated)."""
-
-    metrics: dict
-    dataset: str
-    dataset_path: Path
-    target: str
-    periods: tuple[int, ...]
-    protocol: str
-    net: dict
-    size: dict
-    source_track: Path | None
-
-
-def read_run(run_dir: Path) -> RunRecord:
-    """The record of the finished run in ``run_dir``; refuses a malformed file in one line naming it and the field."""
+def read_run(run_dir: Path) -> tuple[FinishedRun, dict]:
+    """The finished run in ``run_dir`` as its protocol reads it, and its ``metrics.json`` record, each field
+    export reads checked (``config.yaml`` read as plain YAML: nothing in it is resolved or instantiated);
+    refuses a malformed file in one line naming it and the field."""
     metrics_file, config_file = run_dir / "metrics.json", run_dir / "config.yaml"
     if not run_dir.is_dir():
         raise CtlError(f"{run_dir} is not a folder; pass a run folder written by ctl train")
@@ -140,86 +129,60 @@ def read_run(run_dir: Path) -> RunRecord:
     periods = field(metrics, "periods", list, metrics_file)
     for i, row in enumerate(periods):
         field(mapping(row, metrics_file, f"periods[{i}]"), "period", int, f"{metrics_file}: periods[{i}]")
-    config = mapping(read_yaml(config_file, "export"), config_file)
-    protocol = field(config, "model.protocol", str, config_file)
-    source_track = None
-    if protocol == "source":
-        source_track = Path(field(metrics, "tracks.source", str, metrics_file))
-    return RunRecord(metrics=metrics, dataset=metrics["dataset"], dataset_path=Path(metrics["dataset_path"]),
-                     target=metrics["target"], periods=tuple(int(r["period"]) for r in periods), protocol=protocol,
-                     net=field(config, "model.net", dict, config_file),
-                     size=field(config, "model.size", dict, config_file) if protocol == "source" else {},
-                     source_track=source_track)
-
-
-def _latest_checkpoint(folder: Path, what: str) -> Path:
-    found = sorted((p for p in folder.glob("period_*.ckpt") if p.stem.removeprefix("period_").isdigit()),
-                   key=lambda p: int(p.stem.removeprefix("period_")))
-    if not found:
-        raise CtlError(f"{folder} holds no period_<p>.ckpt: {what} has no checkpoint to export")
-    return found[-1]
-
-
-def _last_period_checkpoint(run_dir: Path, periods: tuple[int, ...]) -> Path:
-    """The checkpoint of the run's last trained period (``metrics.json`` periods)."""
-    if not periods:
-        raise CtlError(f"{run_dir / 'metrics.json'}: periods is empty; the run trained no period to export")
-    checkpoint = run_dir / "checkpoints" / f"period_{max(periods)}.ckpt"
-    if not checkpoint.is_file():
-        raise CtlError(f"{checkpoint} is missing: the run's last period ({max(periods)}, metrics.json periods) has "
-                       "no checkpoint to export")
-    return checkpoint
+    tracks = mapping(metrics.get("tracks", {}), metrics_file, "tracks")
+    run = FinishedRun(folder=run_dir, config=mapping(read_yaml(config_file, "export"), config_file),
+                      periods=tuple(int(r["period"]) for r in periods),
+                      tracks={name: path for name, path in tracks.items() if isinstance(path, str)})
+    return run, metrics
 
 
 def load_run_model(run_dir: Path) -> RunModel:
-    """The latest model of the run in ``run_dir``, built as its protocol built it, in eval mode.
+    """The latest model of the run in ``run_dir``, rebuilt by the protocol that trained it, in eval mode.
 
     The run folder may come from someone else: its model is built from ctl's own classes only
     (:mod:`ctl.models.registry`), its checkpoint read as tensors only.
     """
-    from ctl.models import build_model
-    from ctl.training.checkpoints import load_model_state
-    from ctl.training.protocols.common import base_net_of, build_transfer_model
-
-    run = read_run(run_dir)
-    if not (run.dataset_path / "meta.yaml").is_file():
-        raise CtlError(f"the run's dataset {run.dataset_path} (metrics.json dataset_path) is gone; the artifact "
+    run, metrics = read_run(run_dir)
+    dataset_path = Path(metrics["dataset_path"])
+    if not (dataset_path / "meta.yaml").is_file():
+        raise CtlError(f"the run's dataset {dataset_path} (metrics.json dataset_path) is gone; the artifact "
                        "needs its schema, id maps and test rows: regenerate or import it there")
-    dataset = load_dataset(run.dataset_path, validate=False)
-    if dataset.fingerprint() != run.dataset:
-        raise CtlError(f"the dataset at {run.dataset_path} (fingerprint {dataset.fingerprint()}) is not the one the "
-                       f"run trained on ({shorten(run.dataset)}); it was replaced after the run")
-    schema, domain, protocol = dataset.schema, run.target, run.protocol
-    key = f"{run_dir / 'config.yaml'}: model.net"
-    view = None
-    try:
-        if protocol == "source":
-            assert run.source_track is not None  # read_run sets it for every source run
-            net = build_model(base_net_of(run.size), schema, f"{run_dir / 'config.yaml'}: model.size")
-            view = DomainView(schema, schema.source)
-            checkpoint = _latest_checkpoint(run.source_track / "checkpoints", "the source track")
-        else:
-            if protocol in ("joint", "dual_embedding"):
-                net = build_transfer_model(run.net, schema, schema.source, domain, key)
-            else:
-                net = build_model(run.net, schema, key)
-            checkpoint = _last_period_checkpoint(run_dir, run.periods)
-    except CtlError:
-        raise
-    except Exception as exc:  # noqa: BLE001 (a received config's arguments can fail a constructor in any way)
-        raise CtlError(f"{key}: the model cannot be built from it for the run's dataset ({type(exc).__name__}: "
-                       f"{cut(str(exc), 160)})") from None
-    load_model_state(net, checkpoint, what=f"the model of {checkpoint.name}")
-    net.eval()
-    sequences = getattr(net, "domain_sequences", None)
-    return RunModel(net=net, view=view, dataset=dataset, domain=domain, checkpoint=checkpoint, metrics=run.metrics,
-                    domain_sequences=tuple(sequences()) if callable(sequences) else (), periods=run.periods)
+    dataset = load_dataset(dataset_path, validate=False)
+    if dataset.fingerprint() != metrics["dataset"]:
+        raise CtlError(f"the dataset at {dataset_path} (fingerprint {dataset.fingerprint()}) is not the one the "
+                       f"run trained on ({shorten(metrics['dataset'])}); it was replaced after the run")
+    domain = metrics["target"]
+    model = rebuild_trained_model(run, dataset.schema, domain)
+    sequences = getattr(model.net, "domain_sequences", None)
+    loaded = RunModel(net=model.net, view=model.view, dataset=dataset, domain=domain, checkpoint=model.checkpoint,
+                      metrics=metrics, domain_sequences=tuple(sequences()) if callable(sequences) else (),
+                      periods=run.periods)
+    for other in model.domains:
+        if other != domain:
+            run_head(loaded, other)
+    return loaded
+
+
+def run_head(run: RunModel, domain: str) -> None:
+    """Score some test rows of ``domain`` with the eager model, once.
+
+    The graph of a model with a head per domain runs every head on every row (no branch on data),
+    while the eager model on the run's rows runs its domain's head alone: the other heads' caches
+    (ETA's item codes, :mod:`ctl.models.blocks.eta`), which a graph reads as they stand, are filled
+    from the trained weights here.
+    """
+    with torch.no_grad():
+        run.net(_test_batch(run, domain))
 
 
 def trace_batch(run: RunModel, n_rows: int = TRACE_ROWS) -> Batch:
     """A batch of the first ``n_rows`` test rows of the run's domain (all domains' rows if it has none)."""
+    return _test_batch(run, run.domain, n_rows)
+
+
+def _test_batch(run: RunModel, domain: str, n_rows: int = TRACE_ROWS) -> Batch:
     dataset = run.dataset
-    rows = dataset.select([run.domain], [dataset.schema.test_period])
+    rows = dataset.select([domain], [dataset.schema.test_period])
     if rows.size == 0:
         rows = np.arange(dataset.n_rows)
     rows = rows[:n_rows]

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Checkpoint, RichProgressBar
 
+from ctl.errors import CtlError
 from ctl.io import atomic_link, crash_point
 from ctl.training.checkpoints import load_model_state
 
@@ -126,7 +127,10 @@ class SourceRefresh(pl.Callback):
         self.load(pl_module, period)
 
     def load(self, pl_module: pl.LightningModule, period: int) -> None:
-        tower = pl_module.model.source
+        tower = getattr(pl_module.model, "source", None)
+        if not isinstance(tower, torch.nn.Module):
+            raise CtlError(f"{type(pl_module.model).__name__} has no source tower (a module named source) to load "
+                           "the source model into")
         path = self.source_checkpoint(period)
         load_model_state(tower, path, what=f"the source model of period {period}")
         tower.requires_grad_(False)

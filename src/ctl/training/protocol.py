@@ -21,50 +21,83 @@ output folder (keys: :mod:`ctl.training.protocols.common`). CTNet also writes
 its target base track's predictions beside its own (``baseline_predictions.parquet``, and
 ``baseline_val_predictions.parquet`` where the track has them), so the run folder alone pairs
 the two models row by row, whatever becomes of the track cache.
+
+Each protocol also rebuilds what it trained: :func:`rebuild_trained_model` gives a finished run's
+latest model, built from ctl's own classes as the protocol built it and loaded with the weights
+it scored the test slice with (``ctl export`` serves it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from ctl.data.dataset import Dataset
 from ctl.data.registry import load_for
+from ctl.data.schema import Schema
 from ctl.data.synthetic.population import with_world
 from ctl.errors import CtlError
 from ctl.io import atomic_copy, atomic_write_json, atomic_write_text, check_writable
+from ctl.received import field
 from ctl.run_files import baseline_copy
 from ctl.training.distributed import is_rank_zero, scratch_run_dir
+from ctl.training.protocols.common import FinishedRun, TrainedModel, rebuild_own_net, rebuild_transfer_net
 from ctl.training.protocols.ctnet import run_ctnet
 from ctl.training.protocols.dual_embedding import run_dual_embedding
 from ctl.training.protocols.finetune import run_finetune
 from ctl.training.protocols.frozen_source import run_frozen_source
-from ctl.training.protocols.joint import run_joint
-from ctl.training.protocols.source import run_source
+from ctl.training.protocols.joint import rebuild_joint, run_joint
+from ctl.training.protocols.source import rebuild_source, run_source
 from ctl.training.protocols.track import run_track
 
-__all__ = ["PROTOCOLS", "run_train"]
+__all__ = ["PROTOCOLS", "Protocol", "rebuild_trained_model", "run_train"]
 
-Protocol = Callable[[DictConfig, Dataset, str, Path], dict]
+
+@dataclass(frozen=True)
+class Protocol:
+    """One kind of method: how ``ctl train`` runs it, and how its latest model is rebuilt from a finished run."""
+
+    #: (config, dataset, target domain, run folder) -> the run's metrics
+    run: Callable[[DictConfig, Dataset, str, Path], dict]
+    #: (the finished run, the dataset's schema, the target domain) -> its latest model, in eval mode
+    rebuild: Callable[[FinishedRun, Schema, str], TrainedModel]
+
 
 PROTOCOLS: dict[str, Protocol] = {
-    "track": run_track,
-    "source": run_source,
-    "finetune": run_finetune,
-    "dual_embedding": run_dual_embedding,
-    "joint": run_joint,
-    "ctnet": run_ctnet,
-    "frozen_source": run_frozen_source,
+    "track": Protocol(run_track, rebuild_own_net),
+    "source": Protocol(run_source, rebuild_source),
+    "finetune": Protocol(run_finetune, rebuild_own_net),
+    "dual_embedding": Protocol(run_dual_embedding, rebuild_transfer_net),
+    "joint": Protocol(run_joint, rebuild_joint),
+    "ctnet": Protocol(run_ctnet, rebuild_own_net),
+    "frozen_source": Protocol(run_frozen_source, rebuild_own_net),
 }
+
+
+def protocol_of(name: object, key: str) -> Protocol:
+    """The protocol ``name`` (``model.protocol``, named ``key`` in the refusal of an unknown one)."""
+    if not isinstance(name, str) or name not in PROTOCOLS:
+        raise CtlError(f"{key}={name!r} is unknown; expected one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def rebuild_trained_model(run: FinishedRun, schema: Schema, domain: str) -> TrainedModel:
+    """The latest model of the finished ``run`` on ``schema``'s dataset, built by the protocol that trained it.
+
+    The run folder may come from someone else: its model is built from ctl's own classes only
+    (:mod:`ctl.models.registry`), its checkpoints read as tensors only.
+    """
+    config_file = run.folder / "config.yaml"
+    protocol = protocol_of(field(run.config, "model.protocol", str, config_file), f"{config_file}: model.protocol")
+    return protocol.rebuild(run, schema, domain)
 
 
 def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the method of ``cfg`` under its protocol; returns the run's metrics (also written)."""
-    protocol = str(cfg.model.protocol)
-    if protocol not in PROTOCOLS:
-        raise CtlError(f"model.protocol={protocol!r} is unknown; expected one of {', '.join(PROTOCOLS)}")
+    protocol = protocol_of(str(cfg.model.protocol), "model.protocol")
     run_dir = Path(run_dir)
     cfg = with_world(cfg)  # world=<i>: the config written below names the world's drawn knobs
     check_writable(run_dir, "the run folder (hydra.run.dir)")
@@ -74,7 +107,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict:
     dataset = load_for(cfg.data, cfg.home, progress=bool(cfg.progress))
     domain = str(cfg.data.domain)
     dataset.schema.domain_index(domain)
-    metrics = PROTOCOLS[protocol](cfg, dataset, domain, run_dir)
+    metrics = protocol.run(cfg, dataset, domain, run_dir)
     target_track = (metrics.get("tracks") or {}).get("target")
     if metrics.get("baseline") and target_track:
         for name in ("predictions.parquet", "val_predictions.parquet"):

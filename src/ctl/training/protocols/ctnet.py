@@ -17,6 +17,7 @@ from ctl.data.dataset import Dataset
 from ctl.errors import CtlError
 from ctl.methods import method_label
 from ctl.models import build_model
+from ctl.models.ctnet import CTNet
 from ctl.training.callbacks import SourceRefresh
 from ctl.training.checkpoints import load_model_state, optimizer_state_by_name
 from ctl.training.fitting import (
@@ -44,6 +45,9 @@ def run_ctnet(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     seed = run_seed(cfg, target)
     pl.seed_everything(seed, workers=True, verbose=False)
     net = build_model(cfg.model.net, schema)
+    if not isinstance(net, CTNet):
+        raise CtlError(f"model.net: {type(net).__name__} is no CTNet (ctl.models.ctnet.CTNet); model.protocol=ctnet "
+                       "needs one")
     production = tracks.target.checkpoint(schema.t0 - 1)
     checkpoint = load_model_state(net.target, production, what=f"the target model of period {schema.t0 - 1}")
     periods = transfer_periods(schema)

@@ -54,15 +54,14 @@ class SourceEmbeddingRefresh(pl.Callback):
         self.loaded_period: int | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not callable(getattr(pl_module.model, "load_source_embeddings", None)):
-            raise CtlError(f"{type(pl_module.model).__name__} has no load_source_embeddings(source_state)")
+        _embedding_loader(pl_module)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         period = self.period_of_epoch(trainer.current_epoch)
         if period == self.loaded_period:
             # resumed inside this period: the checkpoint holds the tables as trained since its start
             return
-        pl_module.model.load_source_embeddings(model_state(read_checkpoint(self.source_checkpoint(period))))
+        _embedding_loader(pl_module)(model_state(read_checkpoint(self.source_checkpoint(period))))
         self.loaded_period = period
 
     def state_dict(self) -> dict:
@@ -70,6 +69,14 @@ class SourceEmbeddingRefresh(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.loaded_period = state_dict.get("loaded_period")
+
+
+def _embedding_loader(pl_module: pl.LightningModule) -> Callable[[dict], object]:
+    """The trained model's ``load_source_embeddings``; refused if it has none."""
+    load = getattr(pl_module.model, "load_source_embeddings", None)
+    if not callable(load):
+        raise CtlError(f"{type(pl_module.model).__name__} has no load_source_embeddings(source_state)")
+    return load
 
 
 def run_dual_embedding(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> dict:

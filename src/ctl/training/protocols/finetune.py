@@ -21,9 +21,11 @@ the checkpoint it was copied from.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 
 from ctl.data.dataset import Dataset
@@ -76,7 +78,7 @@ def run_finetune(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) 
                                has_target=target_period is not None)
     track_of = {"source": (tracks.source, source_period), "target": (tracks.target, target_period)}
     checkpoints = {origin: track.checkpoint(period) for origin, (track, period) in track_of.items()
-                   if origin in origins.values()}
+                   if period is not None and origin in origins.values()}
     read = {origin: read_checkpoint(path) for origin, path in checkpoints.items()}
     inheritance = assemble_state(model, origins, {o: model_state(c) for o, c in read.items()},
                                  {o: str(p) for o, p in checkpoints.items()})
@@ -108,7 +110,7 @@ def run_finetune(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) 
                             pre_transfer_periods=[r for r in result.periods if r["period"] < schema.t0])
 
 
-def _inherited_optimizer_state(model, origins: dict[str, str], checkpoints: dict[str, dict],
+def _inherited_optimizer_state(model: torch.nn.Module, origins: Mapping[str, str], checkpoints: dict[str, dict],
                                paths: dict[str, Path]) -> dict:
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     by_origin = {origin: optimizer_state_by_name(c, names, paths[origin]) for origin, c in checkpoints.items()}

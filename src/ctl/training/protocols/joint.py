@@ -17,13 +17,17 @@ of a target-only method; ``cost.own.train_rows_by_domain`` says how many of each
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
 from ctl.data.dataset import Dataset
+from ctl.data.schema import Schema
 from ctl.errors import CtlError
 from ctl.methods import method_label
 from ctl.training.checkpoints import model_state, read_checkpoint
@@ -36,8 +40,11 @@ from ctl.training.fitting import (
 )
 from ctl.training.inherit import Inheritance
 from ctl.training.protocols.common import (
+    FinishedRun,
     ProductionTracks,
+    TrainedModel,
     build_transfer_model,
+    rebuild_transfer_net,
     require_target,
     run_seed,
     transfer_metrics,
@@ -46,9 +53,24 @@ from ctl.training.protocols.common import (
 from ctl.training.task import CTRTask
 
 
+@runtime_checkable
+class StartsFromProduction(Protocol):
+    """A cross-domain model that says which production parameters it reuses."""
+
+    def init_from(self, source_state: Mapping[str, torch.Tensor],
+                  target_state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]: ...
+
+
+@runtime_checkable
+class JointNet(StartsFromProduction, Protocol):
+    """A joint model: it also names the per-domain sequences its batches must carry."""
+
+    def domain_sequences(self) -> tuple[str, ...]: ...
+
+
 def init_from_production(model: torch.nn.Module, tracks: ProductionTracks, period: int) -> dict:
     """Call ``model.init_from`` with the production models of ``period``; the ``inherited`` record."""
-    if not callable(getattr(model, "init_from", None)):
+    if not isinstance(model, StartsFromProduction):
         raise CtlError(f"{type(model).__name__} has no init_from(source_state, target_state); "
                        "a cross-domain model must say which production parameters it reuses")
     source, target = tracks.source.checkpoint(period), tracks.target.checkpoint(period)
@@ -64,6 +86,9 @@ def run_joint(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     seed = run_seed(cfg, target)
     pl.seed_everything(seed, workers=True, verbose=False)
     model = build_transfer_model(cfg.model.net, schema, schema.source, target)
+    if not isinstance(model, JointNet):
+        raise CtlError(f"model.net: {type(model).__name__} has no domain_sequences(); model.protocol=joint needs a "
+                       "joint model (one head per domain)")
     inherited = {**init_from_production(model, tracks, schema.t0 - 1), "optimizer": f"fresh {optimizer_name(cfg)}"}
     periods = transfer_periods(schema)
     domains = [schema.source, target] if cfg.model.source_rows else [target]
@@ -75,3 +100,8 @@ def run_joint(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) -> 
     own = {**result.cost, "train_rows_by_domain": {d: int(dataset.select([d], periods).size) for d in domains}}
     return transfer_metrics(cfg, dataset, target, tracks, periods=result.periods, test=result.test,
                             own_cost=own, used=(tracks.source, tracks.target), inherited=inherited)
+
+
+def rebuild_joint(run: FinishedRun, schema: Schema, domain: str) -> TrainedModel:
+    """The joint model of the run's last period; it scores rows of both domains, each through its own head."""
+    return dataclasses.replace(rebuild_transfer_net(run, schema, domain), domains=(schema.source, domain))

@@ -20,17 +20,23 @@ from omegaconf import DictConfig
 from ctl.data.batch import DomainView
 from ctl.data.batcher import RowBatcher
 from ctl.data.dataset import Dataset
+from ctl.data.schema import Schema
 from ctl.models import build_model
 from ctl.training.checkpoints import load_model_state
 from ctl.training.fitting import write_predictions
 from ctl.training.protocols.common import (
+    FinishedRun,
     ProductionTracks,
+    TrainedModel,
     base_net,
+    base_net_of,
+    loaded,
     require_target,
     transfer_metrics,
     transfer_periods,
 )
 from ctl.training.task import StageMetrics
+from ctl.training.tracks import Track
 
 PREDICTION_KEYS: tuple[str, ...] = ("row", "user_id", "item_id", "label")
 
@@ -83,3 +89,12 @@ def run_source(cfg: DictConfig, dataset: Dataset, target: str, run_dir: Path) ->
                           f"each transfer period t; the test slice is scored by period {last}'s"}
     return transfer_metrics(cfg, dataset, target, tracks, periods=periods, test={"period": schema.test_period, **values},
                             own_cost=own, used=(tracks.source,), inherited=inherited)
+
+
+def rebuild_source(run: FinishedRun, schema: Schema, domain: str) -> TrainedModel:
+    """The model that scored the run's test slice: the source track's model of the last transfer
+    period, at the run's ``model.size``, reading rows through the source domain's view."""
+    size, key = run.model_field("size"), run.key("size")
+    checkpoint = Track(run.track("source"), "base").checkpoint(schema.test_period - 1)
+    return loaded(key, lambda: build_model(base_net_of(size), schema, key), checkpoint,
+                  view=DomainView(schema, schema.source))
