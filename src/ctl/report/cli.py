@@ -212,7 +212,7 @@ def evaluate(paths: Sequence[Path], table_names: Sequence[str], bootstrap: int =
             report.notes.append(f"no oracle row{'' if len(groups) == 1 else f' for dataset {dataset}'}: {reason}")
     for table in wanted:
         if table in SPANNING:
-            SPANNING[table](report, given, bootstrap, "all" not in table_names)
+            SPANNING[table].add(table, report, given, bootstrap, "all" not in table_names)
             continue
         refusals = []
         for dataset in groups:
@@ -233,42 +233,46 @@ def evaluate(paths: Sequence[Path], table_names: Sequence[str], bootstrap: int =
     return report
 
 
-def _add_regimes(report: Report, given: dict[str, Runs], bootstrap: int, explicit: bool) -> None:
-    """The regimes table spans datasets (one per cell): built once over all of them."""
+def _regimes_records(given: dict[str, Runs], bootstrap: int) -> list[dict]:
+    """One cell per dataset of the regime map."""
     # imported here: it loads torch (through ctl.metrics), which --help and --bootstrap 0 do not need
     from ctl.report.regimes import regimes_records
 
-    try:
-        records = regimes_records([(g.runs, g.oracle) for g in given.values()], bootstrap)
-    except CtlError as exc:
-        if explicit:
-            raise
-        report.notes.append(f"no regimes table: {exc}")
-        return
-    report.records["regimes"] = records
-    report.views["regimes"] = views.regimes_views(records)
-    report.by_dataset["regimes"] = {"map": records}
+    return regimes_records([(g.runs, g.oracle) for g in given.values()], bootstrap)
 
 
-def _add_population(report: Report, given: dict[str, Runs], bootstrap: int, explicit: bool) -> None:
-    """The population table spans datasets (one per world): built once over all of them."""
+def _population_records(given: dict[str, Runs], bootstrap: int) -> list[dict]:
+    """One world per dataset of the population."""
     from ctl.report.population import population_records
 
-    try:
-        records = population_records([g.runs for g in given.values()], bootstrap)
-    except CtlError as exc:
-        if explicit:
-            raise
-        report.notes.append(f"no population table: {exc}")
-        return
-    report.records["population"] = records
-    report.views["population"] = views.population_views(records)
-    report.by_dataset["population"] = {"worlds": records}
+    return population_records([g.runs for g in given.values()], bootstrap)
 
 
-#: the tables that span datasets, each built once over all of them
-SPANNING: dict[str, Callable[[Report, dict[str, Runs], int, bool], None]] = {
-    "regimes": _add_regimes, "population": _add_population,
+@dataclass(frozen=True)
+class Spanning:
+    """A table built once over every dataset given: its records, how they are shown, its ``by_dataset`` key."""
+
+    records: Callable[[dict[str, Runs], int], list[dict]]
+    shown: Callable[[list[dict]], list[views.View]]
+    key: str
+
+    def add(self, table: str, report: Report, given: dict[str, Runs], bootstrap: int, explicit: bool) -> None:
+        try:
+            records = self.records(given, bootstrap)
+        except CtlError as exc:
+            if explicit:
+                raise
+            report.notes.append(f"no {table} table: {exc}")
+            return
+        report.records[table] = records
+        report.views[table] = self.shown(records)
+        report.by_dataset[table] = {self.key: records}
+
+
+#: the tables that span datasets (regimes: one cell per dataset; population: one world per dataset)
+SPANNING: dict[str, Spanning] = {
+    "regimes": Spanning(_regimes_records, views.regimes_views, "map"),
+    "population": Spanning(_population_records, views.population_views, "worlds"),
 }
 
 
