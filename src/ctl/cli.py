@@ -88,8 +88,9 @@ def config_defaults(config_name: str) -> tuple[list[tuple[str, list[str]]], list
     for key, value in ((str(k), v) for k, v in plain.items()):
         if key in group_roots and isinstance(value, dict):
             # a group's own keys are listed by `--cfg job`; keep the ones the top-level config adds
+            own = _own_keys(config_name, key)
             keys += [(f"{key}.{k}", _shown(v)) for k, v in value.items() if not isinstance(v, dict | list)
-                     and k in _own_keys(config_name, key)]
+                     and k in own]
         elif not isinstance(value, dict | list):
             keys.append((key, _shown(value)))
     return sorted(groups), keys
@@ -211,12 +212,16 @@ def score(
     run_score(artifact, requests, out, history, batch_rows, verify_key)
 
 
-def _serve_default(name: str) -> Any:
+def _serve_defaults() -> dict[str, Any]:
+    """``serve_command``'s defaults, so its signature stays the one place they are written."""
     import inspect
 
     from ctl.serve.online.cli import serve_command
 
-    return inspect.signature(serve_command).parameters[name].default
+    return {name: p.default for name, p in inspect.signature(serve_command).parameters.items()}
+
+
+SERVE = _serve_defaults()
 
 
 @app.command()
@@ -224,24 +229,24 @@ def serve(
     artifact_dir: Annotated[Path, typer.Argument(metavar="ARTIFACT_DIR", help="an artifact folder, or a folder of "
                                                  "published artifacts (the sub-folder that sorts last is served)",
                                                  show_default=False)],
-    host: Annotated[str, typer.Option(help="the address to listen on")] = _serve_default("host"),
-    port: Annotated[int, typer.Option(help="the port to listen on")] = _serve_default("port"),
+    host: Annotated[str, typer.Option(help="the address to listen on")] = SERVE["host"],
+    port: Annotated[int, typer.Option(help="the port to listen on")] = SERVE["port"],
     watch: Annotated[bool, typer.Option(help="check ARTIFACT_DIR for newer artifacts every --poll-seconds")]
-        = _serve_default("watch"),
+        = SERVE["watch"],
     poll_seconds: Annotated[float, typer.Option(help="seconds between two checks with --watch")]
-        = _serve_default("poll_seconds"),
+        = SERVE["poll_seconds"],
     verify_key: Annotated[Path | None, typer.Option(help="refuse artifacts not signed with the key in FILE",
                                                     metavar="FILE", show_default=False)] = None,
     max_in_flight: Annotated[int, typer.Option(help="admitted requests at most; past them 503 at once")]
-        = _serve_default("max_in_flight"),
-    score_threads: Annotated[int, typer.Option(help="requests scored at a time")] = _serve_default("score_threads"),
-    torch_threads: Annotated[int, typer.Option(help="torch threads of each scoring")] = _serve_default("torch_threads"),
+        = SERVE["max_in_flight"],
+    score_threads: Annotated[int, typer.Option(help="requests scored at a time")] = SERVE["score_threads"],
+    torch_threads: Annotated[int, typer.Option(help="torch threads of each scoring")] = SERVE["torch_threads"],
     max_candidates: Annotated[int, typer.Option(help="candidates of one request at most (413 past it)")]
-        = _serve_default("max_candidates"),
+        = SERVE["max_candidates"],
     max_body_bytes: Annotated[int, typer.Option(help="bytes of one request body at most (413 past it)")]
-        = _serve_default("max_body_bytes"),
+        = SERVE["max_body_bytes"],
     max_connections: Annotated[int, typer.Option(help="open connections at most (503 past it)")]
-        = _serve_default("max_connections"),
+        = SERVE["max_connections"],
 ) -> None:
     """Answer scoring requests over HTTP with an artifact of ctl export, swapping in newer ones.
 
