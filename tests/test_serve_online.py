@@ -348,6 +348,10 @@ def test_the_newest_published_artifact_is_the_visible_folder_whose_name_sorts_la
         (tmp_path / name).mkdir()
     (tmp_path / "notes.txt").write_text("not an artifact")
     assert newest_artifact(tmp_path) == tmp_path / "period-0010"
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    outside.mkdir()
+    (tmp_path / "period-9999").symlink_to(outside, target_is_directory=True)  # a link out of the folder
+    assert newest_artifact(tmp_path) == tmp_path / "period-0010"
     (tmp_path / "period-0010" / "manifest.json").write_text("{}")
     assert newest_artifact(tmp_path / "period-0010") == tmp_path / "period-0010"  # an artifact itself
     empty = tmp_path / "empty"

@@ -33,7 +33,8 @@ def newest_artifact(root: Path) -> Path:
         return root
     if not root.is_dir():
         raise CtlError(f"{root} is not a folder; pass an artifact of ctl export or a folder of them")
-    published = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # a link could lead out of the published folder: only real sub-folders are served
+    published = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
     if not published:
         raise CtlError(f"{root} holds no {MANIFEST_FILE} and no artifact folder: publish one with "
                        f"ctl export RUN_DIR --out {root}/<name>")
