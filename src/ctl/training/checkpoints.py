@@ -11,15 +11,17 @@ import logging
 import pickle
 import re
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
-from torch.serialization import MAP_LOCATION
 
 from ctl.errors import CtlError, cut, shorten
 from ctl.io import atomic_write
 from ctl.models.blocks.embeddings import GrowingEmbedding, grow_table
+
+if TYPE_CHECKING:
+    from torch.serialization import MAP_LOCATION
 
 MODEL_PREFIX = "model."
 
