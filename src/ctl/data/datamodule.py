@@ -20,6 +20,7 @@ group at a time (:mod:`ctl.data.streaming`; the dataset may be index-only, from
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -28,6 +29,9 @@ from torch.utils.data import DataLoader
 from ctl.data.batcher import BatchAssembler, RowBatcher
 from ctl.data.dataset import Dataset
 from ctl.data.streaming import ParquetRowStream
+
+if TYPE_CHECKING:
+    from pytorch_lightning.loops.progress import _ProcessedTracker
 
 
 class ContinualDataModule(pl.LightningDataModule):
@@ -174,7 +178,8 @@ class ContinualDataModule(pl.LightningDataModule):
         loop = self.trainer.fit_loop if self.trainer is not None else None
         if loop is None or not loop.restarting:
             return 0
-        return loop.epoch_loop.batch_progress.current.processed
+        # Declared a _ReadyCompletedTracker, the batch progress's tracker is always a _ProcessedTracker.
+        return cast("_ProcessedTracker", loop.epoch_loop.batch_progress.current).processed
 
     def val_dataloader(self) -> RowBatcher:
         # Lightning's sanity check runs before epoch 0's training; both validate epoch 0's next slice.

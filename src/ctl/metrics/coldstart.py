@@ -60,7 +60,8 @@ def slice_metrics(labels: ArrayLike, preds: ArrayLike, users: ArrayLike, mask: n
         raise ValueError(f"mask must be a bool array of shape {labels_np.shape}, got {mask.dtype} {mask.shape}")
     labels_in, preds_in, users_in = labels_np[mask], preds_np[mask], users_np[mask]
     positives = int(labels_in.sum())
-    result = {"rows": int(mask.sum()), "positives": positives, "auc": None, "gauc": None}
+    result: dict[str, int | float | None] = {"rows": int(mask.sum()), "positives": positives, "auc": None,
+                                             "gauc": None}
     if 0 < positives < len(labels_in):
         result["auc"] = auc(preds_in, labels_in)
         try:

@@ -18,6 +18,7 @@ that float32 cannot hold exactly (one extra argsort).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import torch
@@ -55,6 +56,18 @@ def _as_numpy(values: ArrayLike, name: str) -> np.ndarray:
     if array.dtype == object:
         raise ValueError(f"{name} must be a numeric array, got dtype object")
     return array
+
+
+@overload
+def check_binary_inputs(
+    preds: ArrayLike, labels: ArrayLike, users: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+@overload
+def check_binary_inputs(
+    preds: ArrayLike, labels: ArrayLike, users: None = None
+) -> tuple[np.ndarray, np.ndarray, None]: ...
 
 
 def check_binary_inputs(
@@ -262,6 +275,10 @@ class GAUC(torchmetrics.Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    # states added by add_state: lists of batches here (compute may also meet them concatenated)
+    preds: list[torch.Tensor]
+    labels: list[torch.Tensor]
+    users: list[torch.Tensor]
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from omegaconf import DictConfig
 
@@ -13,4 +15,5 @@ def build_model(net: DictConfig | dict, schema: Schema, key: str = "model.net") 
     (:mod:`ctl.models.registry`); ``key`` names the config in refusals."""
     from ctl.models.registry import build_from_config
 
-    return build_from_config(net, key, schema=schema)
+    # The registry's classes that take a schema are all modules (BackboneConfig takes none: refused).
+    return cast(torch.nn.Module, build_from_config(net, key, schema=schema))

@@ -164,7 +164,7 @@ class Backbone(nn.Module):
         if length <= self.eta.k:
             eta_out = self.eta_attention(candidate, whole, mask)
         else:
-            codes = self.eta.item_codes(self.embeddings.tables["item_id"].weight)
+            codes = self.eta.item_codes(self.embeddings.table("item_id").weight)
             event_codes = codes.index_select(0, item.reshape(-1)).view(*item.shape, -1)
             index, picked = self.eta(codes.index_select(0, batch["item_id"]), event_codes, mask)
             events = self.embeddings.embed_sequence(gather_events(item, index), gather_events(category, index))

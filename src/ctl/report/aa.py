@@ -83,7 +83,7 @@ def _pair_outcomes(group: Sequence[Run], n_resamples: int) -> list[dict]:
         rows, other = paired_predictions(read_predictions(a.predictions), read_predictions(b.predictions), what,
                                          "its replicate")
         result = compare_paired(rows.label, rows.pred, other, rows.user_id, n_resamples)
-        outcome = {"kind": TRANSFER_ONLY if a.seed == b.seed else SEED}
+        outcome: dict[str, object] = {"kind": TRANSFER_ONLY if a.seed == b.seed else SEED}
         for metric in QUALITY_METRICS:
             called = {USER_BOOTSTRAP: result[metric]["significant"]}
             if metric == "auc":
@@ -98,8 +98,8 @@ def _seed_aware_outcomes(group: Sequence[Run], n_resamples: int) -> list[dict]:
     seed-aware test called."""
     by_transfer: dict[int, dict[int, Run]] = {}
     for run in group:
-        if transfer_seed(run) is not None and run.predictions is not None:
-            by_transfer.setdefault(transfer_seed(run), {})[run.seed] = run
+        if (transfer := transfer_seed(run)) is not None and run.predictions is not None:
+            by_transfer.setdefault(transfer, {})[run.seed] = run
     outcomes = []
     for a, b in itertools.combinations(sorted(by_transfer), 2):
         shared = sorted(set(by_transfer[a]) & set(by_transfer[b]))

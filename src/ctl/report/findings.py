@@ -315,7 +315,7 @@ def _period_gaps(cmp: Comparisons, target: str, metric: str) -> tuple[list[int],
     if not cmp.has(CTNET, target) or not cmp.has(ONCE, target):
         return [], []
     def by_seed(label: str) -> dict[int, dict[int, float]]:
-        return {run.seed: {r["period"]: r.get(metric) for r in run.periods if r.get(metric) is not None}
+        return {run.seed: {r["period"]: value for r in run.periods if (value := r.get(metric)) is not None}
                 for run in cmp.groups[(label, target)]}
 
     continual, once = by_seed(CTNET), by_seed(ONCE)

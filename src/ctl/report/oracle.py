@@ -142,12 +142,14 @@ def _base_by_seed(records: Sequence[dict], target: str, slice_name: str, metric:
 
 
 def oracle_record(table: str, head: Run, slice_name: str, metric: str, value: float | None,
-                  base_by_seed: dict[int, float], seeds: Sequence[int], **keys: object) -> dict:
+                  base_by_seed: dict[int, float], seeds: Sequence[int], *, period: int | None = None,
+                  eval_period: int | None = None, rows: int | None = None) -> dict:
     """The oracle's record: ``value`` for every seed of the row (one slice, so no spread: ``std``
     None), its ``delta`` the headroom over base paired by seed."""
     from ctl.report.records import record
 
-    rec = record(table, head, slice_name, metric, {s: value for s in seeds}, base_by_seed, **keys)
+    rec = record(table, head, slice_name, metric, {s: value for s in seeds}, base_by_seed, period=period,
+                 eval_period=eval_period, rows=rows)
     rec["std"] = None
     rec["oracle"] = value
     return rec

@@ -31,7 +31,9 @@ def world_of(runs: Sequence[Run]) -> int | None:
     if len(named) > 1:
         raise CtlError(f"the runs of dataset {runs[0].dataset} name different worlds ({sorted(map(str, named))}); "
                        "one dataset is one world of the population")
-    return int(next(iter(named)))
+    world = next(iter(named))
+    assert world is not None  # the one name is not None: {None} returned above
+    return int(world)
 
 
 def world_knobs(run: Run, target: str) -> dict[str, object]:

@@ -54,14 +54,15 @@ def record(
     ``by_seed``/``base_by_seed``: seed -> value (None = undefined, left out); ``period``,
     ``eval_period``, ``rows`` and ``significance`` fill the keys of the same names.
     """
-    seeds = sorted(s for s, v in by_seed.items() if v is not None)
-    values = [float(by_seed[s]) for s in seeds]
+    defined = {s: v for s, v in by_seed.items() if v is not None}
+    seeds = sorted(defined)
+    values = [float(defined[s]) for s in seeds]
     mean, std = mean_std(values)
-    base_by_seed = base_by_seed or {}
-    paired = [s for s in seeds if base_by_seed.get(s) is not None]
-    deltas = [float(by_seed[s]) - float(base_by_seed[s]) for s in paired]
+    base_defined = {s: v for s, v in (base_by_seed or {}).items() if v is not None}
+    paired = [s for s in seeds if s in base_defined]
+    deltas = [float(defined[s]) - float(base_defined[s]) for s in paired]
     delta, delta_std = mean_std(deltas)
-    base_mean, _ = mean_std([float(base_by_seed[s]) for s in paired])
+    base_mean, _ = mean_std([float(base_defined[s]) for s in paired])
     row = dict.fromkeys(RECORD_KEYS)
     row.update(
         table=table, dataset=head.dataset, dataset_name=head.dataset_name, model=head.label, method=head.method,

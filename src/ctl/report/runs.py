@@ -318,9 +318,10 @@ def find_runs(paths: Sequence[Path]) -> RunSet:
             raise CtlError(f"{root} does not exist; pass run or sweep folders (outputs/..., multirun/...)")
         for metrics_path in _metrics_files(root):
             content = _read_json(metrics_path)
-            kind = content.get("kind") if isinstance(content, dict) else None
+            metrics = content if isinstance(content, dict) else {}
+            kind = metrics.get("kind")
             if kind == "run":
-                metrics_by_path[metrics_path.parent] = content
+                metrics_by_path[metrics_path.parent] = metrics
             elif kind == "track":
                 tracks += 1
             else:

@@ -11,7 +11,7 @@ The cold-start table reads predictions and the dataset: see :mod:`ctl.report.col
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ctl.errors import CtlError
 from ctl.methods import BASE, method_rank
@@ -133,8 +133,8 @@ def finetune_records(runs: Sequence[Run]) -> list[dict]:
     return records
 
 
-def _cost_values(group: Sequence[Run], read: Callable[[Run], float]) -> dict[int, float]:
-    return {run.seed: read(run) for run in group}
+def _cost_values(group: Sequence[Run], metric: str) -> dict[int, float]:
+    return {run.seed: getattr(run.cost, metric) for run in group}
 
 
 def cost_records(runs: Sequence[Run], serving: Mapping[str, float | None] | None = None) -> list[dict]:
@@ -151,7 +151,7 @@ def cost_records(runs: Sequence[Run], serving: Mapping[str, float | None] | None
                                   _test_values(base, metric) if base else None))
         for metric in COST_METRICS:
             records.append(record("cost", group[0], TEST, metric,
-                                  _cost_values(group, lambda run, m=metric: getattr(run.cost, m))))
+                                  _cost_values(group, metric)))
         if serving.get(label) is not None:
             base_flops = serving.get(BASE)
             records.append(record("cost", group[0], TEST, SERVING_METRIC, {run.seed: serving[label] for run in group},

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from ctl.methods import BASE, method_rank
 
@@ -85,7 +86,7 @@ def _embolden_best(view: View, columns: Sequence[int], metrics: Sequence[str], v
     bounds = sorted({0, *view.sections, len(view.rows)})
     for start, end in itertools.pairwise(bounds):
         for j, (column, metric) in enumerate(zip(columns, metrics)):
-            candidates = [(values[i][j], i) for i in range(start, end) if values[i][j] is not None]
+            candidates = [(value, i) for i in range(start, end) if (value := values[i][j]) is not None]
             if len(candidates) < 2:
                 continue
             pick = max if HIGHER_IS_BETTER[metric] else min
@@ -105,7 +106,7 @@ def _index(records: Sequence[dict], *keys: str) -> dict[tuple, dict]:
     return {tuple(r[k] for k in keys): r for r in records}
 
 
-def _labels(records: Sequence[dict], order: Callable[[dict], object] | None = None) -> list[str]:
+def _labels(records: Sequence[dict], order: Callable[[dict], Any] | None = None) -> list[str]:
     seen: dict[str, dict] = {}
     for rec in records:
         seen.setdefault(rec["model"], rec)
@@ -211,7 +212,8 @@ def significance_view(records: Sequence[dict]) -> View:
             gauc_sig = (index.get((label, t, "gauc")) or {}).get("significance")
             if not auc_sig:
                 continue
-            for a, g in zip(auc_sig["per_seed"], gauc_sig["per_seed"]):
+            # a row's significance covers AUC and GAUC alike (significance.significance_by_row)
+            for a, g in zip(auc_sig["per_seed"], cast(dict, gauc_sig)["per_seed"]):
                 verdict = [f"{name} {'higher' if s['delta'] > 0 else 'lower'}"
                            for name, s in (("AUC", a), ("GAUC", g)) if s["significant"]]
                 view.rows.append([
@@ -309,6 +311,7 @@ def coldstart_views(records: Sequence[dict]) -> list[View]:
                 a, g = index.get((label, name, "auc")), index.get((label, name, "gauc"))
                 if a is None:
                     continue
+                g = cast(dict, g)  # a slice's records hold every quality metric (coldstart_records)
                 view.rows.append([
                     Cell(label), Cell(name), count_cell(a["rows"]), _seeds_cell(a),
                     Cell(_number(a["mean"])), Cell(_number(a["base"])), Cell("-" if a["delta"] is None else "",
@@ -338,7 +341,7 @@ def cost_view(records: Sequence[dict]) -> View:
     view = View(title=f"Cost beside quality (means over seeds) — {dataset_title(records)}",
                 headers=["method", "target", "seeds", "own rows", "own wall s", "own CPU s", "total rows",
                          "total wall s", "total CPU s", "serving MFLOP/row", "AUC", "GAUC"])
-    values = []
+    values: list[list[float | None]] = []
     for t in _targets(records):
         view.sections.append(len(view.rows))
         for label in _labels(records):
@@ -552,7 +555,7 @@ def population_views(records: Sequence[dict]) -> list[View]:
         auc_rec, gauc_rec = by_cell.get((world, target, "auc")), by_cell.get((world, target, "gauc"))
         if not any(rec is not None and rec["population"]["delta"] < 0 for rec in (auc_rec, gauc_rec)):
             continue
-        knobs = (auc_rec or gauc_rec)["population"]["knobs"]
+        knobs = cast(dict, auc_rec or gauc_rec)["population"]["knobs"]  # one of them is below base (above)
         losing.rows.append([Cell(str(world)), Cell(target),
                             *(Cell("-" if rec is None else interval_text(rec["population"]),
                                    style="red" if rec is not None and rec["population"]["high"] < 0 else "")

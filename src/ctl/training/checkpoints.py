@@ -11,6 +11,7 @@ import logging
 import pickle
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
@@ -18,6 +19,9 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 from ctl.errors import CtlError, cut, shorten
 from ctl.io import atomic_write
 from ctl.models.blocks.embeddings import GrowingEmbedding, grow_table
+
+if TYPE_CHECKING:
+    from torch.serialization import MAP_LOCATION
 
 MODEL_PREFIX = "model."
 
@@ -40,10 +44,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # Lightning's resume reads through here: the same tensors-only load and refusal as ctl's own reads
         if weights_only is False:
             raise ValueError("AtomicCheckpointIO loads tensors and plain data only (weights_only=True)")
-        return load_checkpoint(Path(path), map_location="cpu" if map_location is None else map_location)
+        # Typed as Lightning's reader is: what the file holds, which Lightning's restore takes as a mapping.
+        return cast(dict, load_checkpoint(Path(path), map_location="cpu" if map_location is None else map_location))
 
 
-def load_checkpoint(path: Path, map_location: object = "cpu") -> object:
+def load_checkpoint(path: Path, map_location: MAP_LOCATION = "cpu") -> object:
     """``torch.load`` of tensors and plain data only; a file holding anything else is refused unread.
 
     Raises:
@@ -204,7 +209,8 @@ def resume_point(path: Path, identity: dict, module: torch.nn.Module, fit_key: s
         problem, foreign = f"it cannot be read ({exc.__class__.__name__}: {exc})", True
     if problem is None:
         log.warning("resuming from %s", path)
-        threads = checkpoint[fit_key].get("threads")
+        # a checkpoint with no problem is a mapping (_resume_problem found the fit's identity in it)
+        threads = cast(dict, checkpoint)[fit_key].get("threads")
         if threads != torch.get_num_threads():
             log.warning("%s was written with %s torch threads, this process has %s: the resumed metrics may differ "
                         "in the last digits from an uninterrupted run (set OMP_NUM_THREADS=%s to match)",
@@ -227,7 +233,9 @@ NO_IDENTITY = "it records no fit identity (not written by ctl)"
 
 def _resume_problem(checkpoint: object, identity: dict, module: torch.nn.Module, path: Path,
                     fit_key: str) -> str | None:
-    saved = checkpoint.get(fit_key, {}).get("identity") if isinstance(checkpoint, dict) else None
+    if not isinstance(checkpoint, dict):
+        return NO_IDENTITY
+    saved = checkpoint.get(fit_key, {}).get("identity")
     if saved is None:
         return NO_IDENTITY
     difference = first_difference(saved, identity)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -168,8 +169,8 @@ def prepare(continuation: Continuation, task: CTRTask, datamodule, callbacks: li
         if saved is not None and hasattr(callback, "load_state_dict"):
             callback.load_state_dict(saved)
         if isinstance(callback, SourceRefresh):  # the source model the last period was validated with
-            keep = not callback.refresh and callback.loaded_period is not None
-            callback.load(task, callback.loaded_period if keep else last)
+            loaded = callback.loaded_period
+            callback.load(task, loaded if not callback.refresh and loaded is not None else last)
     keep_from = task.keep_val_predictions_from
     record, predictions = revalidate(task, datamodule.eval_batches(last + 1),
                                      keep_from is not None and last >= keep_from)
@@ -273,7 +274,7 @@ def continuation_of_run(cfg: DictConfig, dataset: Dataset, run_dir: Path) -> Con
                        "it cannot be continued (train it again on the longer dataset)")
     saved = _saved_config(check_weights(read_checkpoint(checkpoint), checkpoint), checkpoint)
     if saved is not None:
-        difference = first_difference(_comparable(saved), _comparable(OmegaConf.to_container(cfg, resolve=True)))
+        difference = first_difference(_comparable(saved), _comparable(cast(dict, OmegaConf.to_container(cfg, resolve=True))))
         if difference is not None:
             raise CtlError(f"continue_from={earlier} was trained with another configuration ({difference}); "
                            "continue it with its own overrides (only the dataset may grow)")

@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -109,7 +110,7 @@ def make_datamodule(cfg: DictConfig, dataset: Dataset, train_domains: Sequence[s
 
 def run_identity(cfg: DictConfig, dataset: Dataset) -> dict:
     """What a run's fit computes: its resolved config without :data:`RUN_ONLY_KEYS`, and the dataset."""
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = cast(dict, OmegaConf.to_container(cfg, resolve=True))
     return {"config": {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}, "dataset": dataset.fingerprint()}
 
 

@@ -155,7 +155,9 @@ class CTRTask(pl.LightningModule):
         self._unchecked_steps.append((self.current_epoch, batch_idx, self.global_step + 1))
         # Only on the steps Lightning writes to its logger: a log call costs about 2 ms on CPU (it
         # moves Lightning's whole result collection), a sixth of a small model's step.
-        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+        # Lightning's logger connector sets log_every_n_steps on the trainer; Trainer does not declare it.
+        every = self.trainer.log_every_n_steps  # type: ignore[attr-defined]
+        if (self.global_step + 1) % max(1, every) == 0:
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False,
                      batch_size=batch["label"].shape[0])
         return loss

@@ -18,6 +18,7 @@ import duckdb
 import numpy as np
 
 from ctl.data.importer.asof import create_item_values, item_value, item_values_joins
+from ctl.data.importer.engine import one_row
 from ctl.data.importer.histories import HISTORY_ORDER, build_history
 from ctl.data.importer.idmaps import map_table
 from ctl.data.importer.periods import cut_periods, layout
@@ -45,6 +46,7 @@ def feature_vocab(feature: FeatureSpec, dense_size: int) -> int:
     if feature.constant:
         return 2
     if feature.kind == "bucket":
+        assert feature.boundaries is not None  # parse_spec refuses a bucket feature without boundaries
         return len(feature.boundaries) + 2
     if feature.hash_buckets is not None:
         return feature.hash_buckets
@@ -111,10 +113,10 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     counts: dict[str, int] = {}
     time = spec.time
     if time.end is not None:
-        counts["after_end"] = con.execute("SELECT count(*) FROM records WHERE ts >= ?", [time.end]).fetchone()[0]
+        counts["after_end"] = one_row(con, "SELECT count(*) FROM records WHERE ts >= ?", [time.end])[0]
     kept = "TRUE" if time.end is None else f"ts < {int(time.end)}"
     shown = "TRUE" if time.start is None else f"ts >= {int(time.start)}"
-    counts["history_only"] = con.execute(f"SELECT count(*) FROM records WHERE {kept} AND NOT ({shown})").fetchone()[0]
+    counts["history_only"] = one_row(con, f"SELECT count(*) FROM records WHERE {kept} AND NOT ({shown})")[0]
     cut = cut_periods(con, time, f"{kept} AND {shown}")
     say(f"numbering ids and cutting {cut.n_periods} periods")
     _encode(con, spec, cut.expression, shown, kept, place)
@@ -136,6 +138,7 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
               "FALSE AS sampled, e.seq, -1 AS j FROM encoded e JOIN visible v ON v.seq = e.seq WHERE e.period >= 0")]
     if spec.implicit:
         say("sampling negatives")
+        assert spec.label.negatives is not None  # parse_spec refuses a label with neither column nor negatives
         counts["negatives"], counts["negatives_unavailable"] = sample_negatives(
             con, column["user_id"], column["item_id"], spec.label.negatives, spec.label.seed, spec.label.exclude)
         parts.append(_negative_rows(con, spec, column, carried))
@@ -179,7 +182,7 @@ def assemble(con: duckdb.DuckDBPyConnection, spec: ImportSpec, dense_sizes: dict
     return Assembled(
         schema=schema,
         n_rows=sum(per_domain.values()),
-        n_events=con.execute("SELECT count(*) FROM history").fetchone()[0],
+        n_events=one_row(con, "SELECT count(*) FROM history")[0],
         rows_per_domain={name: int(per_domain.get(i, 0)) for i, name in enumerate(spec.domains.names)},
         spans=cut.spans,
         counts=counts,

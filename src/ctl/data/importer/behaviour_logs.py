@@ -26,6 +26,7 @@ from pathlib import Path
 
 import duckdb
 
+from ctl.data.importer.engine import one_row
 from ctl.data.importer.errors import InputError
 from ctl.data.importer.idmaps import SLOTS, map_table
 from ctl.data.importer.records import Values, domain_index
@@ -66,6 +67,7 @@ def stage_behaviour_logs(con: duckdb.DuckDBPyConnection, spec: ImportSpec, paths
     into ``paths``, ``place``: ``line 7`` / ``row 7``) from ``paths``; returns the counts of events
     left out (``on_bad_rows: skip``, and after ``time.end``)."""
     logs = spec.behaviour_logs
+    assert logs is not None  # import_dataset stages behaviour-log files only with a behaviour_logs section
     columns = (logs.user, logs.item, logs.time, logs.domain)
     skipped: Counter = Counter()
     con.execute("CREATE TABLE behaviour (user_raw VARCHAR, item_raw VARCHAR, domain TINYINT, ts BIGINT, seq BIGINT, "
@@ -96,10 +98,10 @@ def stage_behaviour_logs(con: duckdb.DuckDBPyConnection, spec: ImportSpec, paths
             skipped[f"behaviour {checks[code][0]}: {checks[code][1]}"] += n
         kept = "refusal IS NULL" + ("" if spec.time.end is None else f" AND ts < {int(spec.time.end)}")
         if spec.time.end is not None:
-            after = con.execute(f"SELECT count(*) FROM staged WHERE refusal IS NULL AND ts >= {int(spec.time.end)}"
-                                ).fetchone()[0]
+            after = one_row(con, "SELECT count(*) FROM staged WHERE refusal IS NULL AND ts >= "
+                                 f"{int(spec.time.end)}")[0]
             skipped["behaviour events after end"] += after
-        start = con.execute("SELECT count(*) FROM behaviour").fetchone()[0]
+        start = one_row(con, "SELECT count(*) FROM behaviour")[0]
         con.execute(f"""INSERT INTO behaviour SELECT user_raw, item_raw, domain, ts,
                         {FIRST_SEQ + start} + row_number() OVER (ORDER BY place) - 1, {index}, '{where} ' || place
                         FROM staged WHERE {kept} ORDER BY place""")
@@ -109,7 +111,7 @@ def stage_behaviour_logs(con: duckdb.DuckDBPyConnection, spec: ImportSpec, paths
 
 def locate_event(con: duckdb.DuckDBPyConnection, paths: Sequence[Path], seq: int) -> tuple[str, str]:
     """The file and place of the behaviour event ``seq`` (as ``RecordTable.locate`` gives a record's)."""
-    index, place = con.execute("SELECT input, place FROM behaviour WHERE seq = ?", [seq]).fetchone()
+    index, place = one_row(con, "SELECT input, place FROM behaviour WHERE seq = ?", [seq])
     return str(paths[index]), place
 
 
@@ -139,6 +141,6 @@ def add_behaviour_events(con: duckdb.DuckDBPyConnection, spec: ImportSpec, colum
 
 def behaviour_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """After the history is built: the logs' events in it, and those left out for their user."""
-    total = con.execute("SELECT count(*) FROM behaviour").fetchone()[0]
-    added = con.execute(f"SELECT count(*) FROM history WHERE seq >= {FIRST_SEQ}").fetchone()[0]
+    total = one_row(con, "SELECT count(*) FROM behaviour")[0]
+    added = one_row(con, f"SELECT count(*) FROM history WHERE seq >= {FIRST_SEQ}")[0]
     return {"behaviour events": int(added), "behaviour events of users without records": int(total - added)}

@@ -119,13 +119,13 @@ def import_dataset(
             events join the history and never become rows.
     """
     out = Path(out).expanduser()
-    inputs = [Path(p).expanduser() for p in inputs]
+    input_files = [Path(p).expanduser() for p in inputs]
     if out.exists():
         raise CtlError(f"{out}: a dataset (or file) already exists there; choose a new folder")
-    if not inputs:
+    if not input_files:
         raise CtlError("no input files given (inputs=[a.csv,b.parquet])")
-    behaviour = [Path(p).expanduser() for p in behaviour]
-    if bool(behaviour) != (spec.behaviour_logs is not None):
+    behaviour_files = [Path(p).expanduser() for p in behaviour]
+    if bool(behaviour_files) != (spec.behaviour_logs is not None):
         raise CtlError("behaviour-log files go with a schema's behaviour_logs section: give both or neither")
     if max_rows is not None and max_rows < 1:
         raise CtlError(f"max_rows must be >= 1 or null, got {max_rows}")
@@ -135,18 +135,19 @@ def import_dataset(
     folder.mkdir(parents=True)
     con = connect(staging / "work", memory_limit, threads)
     try:
-        table = RecordTable(con, spec, events=any(reader_kind(path, spec) == "event_lines" for path in inputs))
-        described = _read(con, spec, inputs, table, max_rows, staging / "work", block_bytes, log)
-        logged = stage_behaviour_logs(con, spec, behaviour) if behaviour else {}
+        events = any(reader_kind(path, spec) == "event_lines" for path in input_files)
+        table = RecordTable(con, spec, events=events)
+        described = _read(con, spec, input_files, table, max_rows, staging / "work", block_bytes, log)
+        logged = stage_behaviour_logs(con, spec, behaviour_files) if behaviour_files else {}
 
         def locate(seq: int) -> tuple[str, str]:
-            return locate_event(con, behaviour, seq) if seq >= FIRST_SEQ else table.locate(seq)
+            return locate_event(con, behaviour_files, seq) if seq >= FIRST_SEQ else table.locate(seq)
 
-        sizes = number_ids(con, spec, locate, behaviour_items() if behaviour else None)
+        sizes = number_ids(con, spec, locate, behaviour_items() if behaviour_files else None)
         built = assemble(con, spec, sizes, folder, table.derived_places(), log)
         counts = {"records": table.rows, **built.counts,
                   **{f"skipped {reason}": int(n) for reason, n in sorted(table.skipped.items())}}
-        if behaviour:
+        if behaviour_files:
             counts.update({**behaviour_counts(con), **{f"skipped {k}": int(n) for k, n in sorted(logged.items())}})
         provenance = {
             "importer": IMPORTER_VERSION,
@@ -154,8 +155,8 @@ def import_dataset(
             "schema_origin": spec.origin,
             "schema": spec.raw,
             "inputs": described,
-            **({"behaviour_inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in behaviour]}
-               if behaviour else {}),
+            **({"behaviour_inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in behaviour_files]}
+               if behaviour_files else {}),
             "counts": counts,
             "periods": list(built.spans),
             "id_maps": _write_id_maps(con, spec, folder),

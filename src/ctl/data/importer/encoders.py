@@ -63,4 +63,6 @@ def register_hash(con: duckdb.DuckDBPyConnection) -> None:
     def hashed(text: pa.Array, buckets: pa.Array) -> pa.Array:
         return pa.array(hashed_ids(text, int(pc.min(buckets).as_py())))
 
-    con.create_function(HASH_FUNCTION, hashed, ["VARCHAR", "BIGINT"], "BIGINT", type="arrow")
+    # The stub wants a PythonUDFType, whose module moved between duckdb 1.x and 2.x; both take its name.
+    con.create_function(  # type: ignore[call-overload]
+        HASH_FUNCTION, hashed, ["VARCHAR", "BIGINT"], "BIGINT", type="arrow")

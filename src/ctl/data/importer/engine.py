@@ -11,6 +11,7 @@ memory). The folder is deleted with the staging folder.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import duckdb
 
@@ -39,6 +40,12 @@ def connect(folder: Path, memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int
     _hash_macros(con)
     register_hash(con)
     return con
+
+
+def one_row(con: duckdb.DuckDBPyConnection, query: str, parameters: list | None = None) -> tuple:
+    """The first row of ``query``, one that always has a row (an aggregate such as ``count(*)``, or a
+    lookup of a row known to exist)."""
+    return cast(tuple, con.execute(query, parameters).fetchone())
 
 
 def _hash_macros(con: duckdb.DuckDBPyConnection) -> None:

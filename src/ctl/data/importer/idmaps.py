@@ -12,6 +12,7 @@ from __future__ import annotations
 import duckdb
 
 from ctl.data.importer.encoders import HASH_FUNCTION
+from ctl.data.importer.engine import one_row
 from ctl.data.importer.errors import InputError
 from ctl.data.importer.records import staged_name
 from ctl.data.importer.spec import ImportSpec
@@ -49,9 +50,10 @@ def number_ids(con: duckdb.DuckDBPyConnection, spec: ImportSpec, locate, extra_i
             CREATE TABLE {map_table(i)} AS
             SELECT raw, row_number() OVER (ORDER BY first)::INTEGER AS id, first
             FROM (SELECT raw, min(first) AS first FROM ({' UNION ALL '.join(sources)}) GROUP BY raw)""")
-        sizes[feature.name] = con.execute(f"SELECT count(*) FROM {map_table(i)}").fetchone()[0]
+        sizes[feature.name] = one_row(con, f"SELECT count(*) FROM {map_table(i)}")[0]
         if feature.vocab is not None and sizes[feature.name] > feature.vocab - 1:
-            raw, first = con.execute(f"SELECT raw, first FROM {map_table(i)} WHERE id = ?", [feature.vocab]).fetchone()
+            # ids are 1..size, and size >= vocab here
+            raw, first = one_row(con, f"SELECT raw, first FROM {map_table(i)} WHERE id = ?", [feature.vocab])
             file, where = locate(int(first // SLOTS))
             if first % SLOTS == 0:
                 raise InputError(file, f"value {raw!r} is distinct value {feature.vocab} of feature {feature.name!r}, "

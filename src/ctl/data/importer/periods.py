@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
+from ctl.data.importer.engine import one_row
 from ctl.data.importer.schema_yaml import TimeConfig
 from ctl.data.importer.spec import PERIOD_UNITS
 from ctl.errors import CtlError
@@ -50,11 +51,11 @@ def _month(seconds: int) -> int:
 
 def cut_periods(con: duckdb.DuckDBPyConnection, spec: TimeConfig, shown: str) -> PeriodCut:
     """The period of the ``records`` matching the SQL condition ``shown``, and every period's span."""
-    n, low, high = con.execute(f"SELECT count(*), min(ts), max(ts) FROM records WHERE {shown}").fetchone()
+    n, low, high = one_row(con, f"SELECT count(*), min(ts), max(ts) FROM records WHERE {shown}")
     if n == 0:
         raise CtlError("no records remain to cut into periods (check time.start/time.end and the inputs)")
     if spec.period_column is not None:
-        first, last = con.execute(f"SELECT min(period_value), max(period_value) FROM records WHERE {shown}").fetchone()
+        first, last = one_row(con, f"SELECT min(period_value), max(period_value) FROM records WHERE {shown}")
         return PeriodCut(f"(period_value - {first})",
                          tuple(f"{spec.period_column} = {p}" for p in range(first, last + 1)))
     if spec.periods is not None:
@@ -74,8 +75,12 @@ def cut_periods(con: duckdb.DuckDBPyConnection, spec: TimeConfig, shown: str) ->
         return PeriodCut(expression, tuple(
             f"{np.datetime64((first + p) * months - _EPOCH_MONTH, 'M')}-01 .. "
             f"{np.datetime64((first + p + 1) * months - _EPOCH_MONTH, 'M')}-01" for p in range(count)))
-    count, unit = re.fullmatch(r"(\d+)\s*([a-z]+)", spec.period).groups()
-    seconds = int(count) * PERIOD_UNITS[unit]
+    # _check_time gave exactly one of period, period_column and periods, and refused any other period
+    assert spec.period is not None
+    length = re.fullmatch(r"(\d+)\s*([a-z]+)", spec.period)
+    assert length is not None
+    amount, unit = length.groups()
+    seconds = int(amount) * PERIOD_UNITS[unit]
     count = (high - origin) // seconds + 1
     return PeriodCut(f"((ts - {origin}) // {seconds})",
                      tuple(f"{_iso(origin + p * seconds)} .. {_iso(origin + (p + 1) * seconds)}" for p in range(count)))

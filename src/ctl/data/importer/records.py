@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import duckdb
 
+from ctl.data.importer.engine import one_row
 from ctl.data.importer.errors import InputError
 from ctl.data.importer.sources import Source, sql_text
-from ctl.data.importer.spec import DomainSpec, ImportSpec
+from ctl.data.importer.spec import DomainSpec, FeatureSpec, ImportSpec
 from ctl.errors import CtlError, shorten
 
 _FLOATS = ("FLOAT", "DOUBLE", "REAL")
@@ -114,11 +115,23 @@ def _counted_boundaries(number: str, boundaries: tuple[float, ...]) -> str:
     return " + ".join(f"CAST({number} >= {float(b)!r} AS INTEGER)" for b in boundaries)
 
 
+def _not_a_number(feature: FeatureSpec) -> Callable[[str], str]:
+    """The detail of a bucket ``feature``'s refused value."""
+    return lambda v: f"value {v} is not a number (feature {feature.name!r} is a bucket)"
+
+
+def _empty(feature: FeatureSpec) -> Callable[[str], str]:
+    """The detail of ``feature``'s refused empty value (``missing: error``)."""
+    return lambda v: (f"is empty; feature {feature.name!r} needs a value on the rows of {list(feature.domains)} "
+                      "(or set missing: absent)")
+
+
 def domain_index(domains: DomainSpec, values: Values, column: str) -> str:
     """SQL of the domain index of input ``column`` (null where it names no domain)."""
     if domains.values is not None:
         cases = " ".join(f"WHEN {sql_text(raw)} THEN {i}" for i, raw in enumerate(domains.values))
         return f"(CASE {values.text(column)} {cases} END)"
+    assert domains.boundaries is not None  # parse_spec: boundaries where no values are given
     number = values.number(column)
     return f"(CASE WHEN {number} IS NOT NULL THEN {_counted_boundaries(number, domains.boundaries)} END)"
 
@@ -162,9 +175,9 @@ class RecordTable:
         checks.append(Check(column, "empty", f"NOT {values.present(column)}",
                             lambda v: "is empty; every record needs a domain"))
         if spec.domains.values is not None:
+            known = list(spec.domains.values)
             checks.append(Check(column, "unknown domain", f"{domain} IS NULL",
-                                lambda v: f"value {v} is not one of the domain values {list(spec.domains.values)} "
-                                          "(domains.values)"))
+                                lambda v: f"value {v} is not one of the domain values {known} (domains.values)"))
         else:
             checks.append(Check(column, "not a number", f"{domain} IS NULL",
                                 lambda v: f"value {v} is not a number (domains.boundaries cut it)"))
@@ -200,20 +213,21 @@ class RecordTable:
             if feature.constant:
                 selected[staged_name(i)] = f"CASE WHEN {carrier} THEN 1 ELSE 0 END"
                 continue
-            present = values.present(feature.column)
+            input_column = feature.column
+            assert input_column is not None  # parse_spec: a feature that is not constant names its column
+            present = values.present(input_column)
             if feature.kind == "bucket":
-                number = values.number(feature.column)
-                checks.append(Check(feature.column, "not a number", f"{carrier} AND {present} AND {number} IS NULL",
-                                    lambda v, f=feature: f"value {v} is not a number (feature {f.name!r} is a bucket)"))
+                assert feature.boundaries is not None  # parse_spec refuses a bucket feature without boundaries
+                number = values.number(input_column)
+                checks.append(Check(input_column, "not a number", f"{carrier} AND {present} AND {number} IS NULL",
+                                    _not_a_number(feature)))
                 counted = _counted_boundaries(number, feature.boundaries)
                 selected[staged_name(i)] = f"CASE WHEN {carrier} AND {number} IS NOT NULL THEN 1 + {counted} ELSE 0 END"
             else:
-                selected[staged_name(i)] = (f"CASE WHEN {carrier} THEN {values.text(feature.column)} END"
-                                            if carrier != "TRUE" else values.text(feature.column))
+                selected[staged_name(i)] = (f"CASE WHEN {carrier} THEN {values.text(input_column)} END"
+                                            if carrier != "TRUE" else values.text(input_column))
             if feature.missing == "error":
-                checks.append(Check(feature.column, "empty", f"{carrier} AND NOT {present}",
-                                    lambda v, f=feature: f"is empty; feature {f.name!r} needs a value on the rows of "
-                                                         f"{list(f.domains)} (or set missing: absent)"))
+                checks.append(Check(input_column, "empty", f"{carrier} AND NOT {present}", _empty(feature)))
         if spec.sequences.column is not None:
             text = f"coalesce({values.text(spec.sequences.column)}, '')"
             separator = sql_text(spec.sequences.separator)
@@ -235,16 +249,18 @@ class RecordTable:
         select, checks = self._select(values, input_index)
         verb = "INSERT INTO checked" if self._checks else "CREATE TABLE checked AS"
         try:
-            added = self.con.execute(f"{verb} SELECT {select} FROM ({source.relation})").fetchone()[0]
+            added = one_row(self.con, f"{verb} SELECT {select} FROM ({source.relation})")[0]
         except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.NotImplementedException) as exc:
             raise source.read_error(exc) from None
+        first_line = 1 if source.text is None else source.text.first_line
         if source.kind == "csv":
+            assert source.text is not None  # a CSV source is read through its text file (sources._csv)
             if added == 0:
-                raise InputError(str(source.file), "has a header but no data rows" if source.text.first_line > 1
+                raise InputError(str(source.file), "has a header but no data rows" if first_line > 1
                                  else "has no data rows")
-            source.text.verify(added + source.text.first_line - 1)
+            source.text.verify(added + first_line - 1)
         if added:
-            self._firsts[input_index] = (self.rows, 1 if source.text is None else source.text.first_line)
+            self._firsts[input_index] = (self.rows, first_line)
         self.rows += added
         self._checks, self._sources[input_index] = checks, source
         _, line, event = self.places("rowid")
@@ -254,16 +270,16 @@ class RecordTable:
             line, event, code = refused
             check = self._checks[code]
             j = values.index[check.column]
-            place = f"row_number() OVER () + {source.text.first_line - 1}" if source.kind == "csv" else "line"
-            raw = self.con.execute(f"SELECT v{j} FROM (SELECT *, {place} AS place FROM ({source.relation})) "
-                                   "WHERE place = ? AND event = ?", [line, event]).fetchone()[0]
+            place = f"row_number() OVER () + {first_line - 1}" if source.kind == "csv" else "line"
+            raw = one_row(self.con, f"SELECT v{j} FROM (SELECT *, {place} AS place FROM ({source.relation})) "
+                                    "WHERE place = ? AND event = ?", [line, event])[0]
             raise InputError(str(source.file), check.detail(_raw(raw)), where=source.where(line, event),
                              column=check.column)
         return source.lines if source.kind == "event_lines" else added
 
     def locate(self, seq: int) -> tuple[str, str]:
         """The file and the place (``line 4``, ``row 9``, ``line 3, event 2``) of the kept record ``seq``."""
-        index, line, event = self.con.execute("SELECT input, line, event FROM records WHERE seq = ?", [seq]).fetchone()
+        index, line, event = one_row(self.con, "SELECT input, line, event FROM records WHERE seq = ?", [seq])
         return str(self._sources[index].file), self._sources[index].where(line, event)
 
     def places(self, position: str) -> tuple[str, str, str]:

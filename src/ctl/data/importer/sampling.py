@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import duckdb
 
+from ctl.data.importer.engine import one_row
+
 MAX_ROUNDS = 32
 #: ``label.exclude`` values: which of a user's items are never their negatives
 EXCLUDE_RULES = ("past", "all")
@@ -76,7 +78,7 @@ def sample_negatives(con: duckdb.DuckDBPyConnection, user: str, item: str, per_p
         con.execute(f"""CREATE OR REPLACE TABLE pending AS SELECT p.* FROM pending p SEMI JOIN
                         (SELECT c.seq, c.j FROM candidate c SEMI JOIN seen s ON {touched}) r
                         ON r.seq = p.seq AND r.j = p.j""")
-        if con.execute("SELECT count(*) FROM pending").fetchone()[0] == 0:
+        if one_row(con, "SELECT count(*) FROM pending")[0] == 0:
             break
-    unavailable = con.execute("SELECT count(*) FROM pending").fetchone()[0]
-    return con.execute("SELECT count(*) FROM drawn").fetchone()[0], unavailable
+    unavailable = one_row(con, "SELECT count(*) FROM pending")[0]
+    return one_row(con, "SELECT count(*) FROM drawn")[0], unavailable

@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ctl.data.importer.engine import one_row
 from ctl.data.importer.errors import InputError
 from ctl.data.importer.schema_yaml import CsvConfig, EventLinesConfig
 from ctl.data.importer.spec import ImportSpec
@@ -196,7 +197,11 @@ def _header(path: Path, fmt: CsvConfig) -> list[str]:
 
 def _csv(path: Path, fmt: CsvConfig, needed: tuple[str, ...], limit: int | None, work: Path,
          block_bytes: int | None) -> Source:
-    names = _header(path, fmt) if fmt.header else list(fmt.column_names)
+    if fmt.header:
+        names = _header(path, fmt)
+    else:
+        assert fmt.column_names is not None  # parse_spec requires column_names when header is false
+        names = list(fmt.column_names)
     if fmt.header and not names:
         raise InputError(str(path), "the header line is empty", where="line 1")
     _refuse_missing(path, needed, names, fmt.delimiter)
@@ -246,7 +251,7 @@ def _event_lines(con: duckdb.DuckDBPyConnection, path: Path, fmt: EventLinesConf
                     f"FROM {_read_csv(text.read, ['line'], False, _LINE_DELIMITER, '', block_bytes)}")
     except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
         raise text.refusal(exc) from None
-    lines = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    lines = one_row(con, f"SELECT count(*) FROM {table}")[0]
     text.verify(lines)
     short = con.execute(f"SELECT rowid + 1, len(fields), text FROM {table} WHERE len(fields) < {keys} "
                         "ORDER BY rowid LIMIT 1").fetchone()

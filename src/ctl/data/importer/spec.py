@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import yaml
@@ -37,7 +38,7 @@ from ctl.data.importer.schema_yaml import (
     SequencesConfig,
     TimeConfig,
 )
-from ctl.data.schema import ID_FEATURES, NAME_PATTERN
+from ctl.data.schema import ID_FEATURES, NAME_PATTERN, FeatureKind
 from ctl.errors import shorten
 
 #: Calendar period names, and the fixed-length units a period like ``6d`` may use (in seconds).
@@ -74,7 +75,7 @@ class FeatureSpec:
 
     name: str
     column: str | None
-    kind: str
+    kind: FeatureKind
     dim: int
     vocab: int | None
     hash_buckets: int | None
@@ -233,6 +234,7 @@ def _domains(cfg: DomainsConfig, fail) -> DomainSpec:
         if cfg.names is not None:
             raise fail("domains.names")("goes with boundaries; with values, name the domains in the mapping")
     else:
+        assert boundaries is not None  # given, since values is not (refused above otherwise)
         raws, names = None, tuple(cfg.names or ())
         if len(names) != len(boundaries) + 1:
             raise fail("domains.names")(f"needs {len(boundaries) + 1} names for {len(boundaries)} boundaries, "
@@ -408,7 +410,7 @@ def parse_spec(data: Mapping, origin: str) -> ImportSpec:
         features=features,
         on_bad_rows=cfg.on_bad_rows.value,
         origin=origin,
-        raw=raw,
+        raw=cast(dict, raw),  # a mapping: _typed refused anything else
         behaviour_logs=cfg.behaviour_logs,
     )
 

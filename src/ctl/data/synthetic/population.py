@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -111,7 +112,7 @@ def with_world(cfg: DictConfig) -> DictConfig:
     if generator is None:
         raise CtlError(f"world={index}: data={cfg.data.get('name')} has no generator; a population of worlds "
                        "is drawn around a synthetic world (data=synthetic, ...)")
-    plain = OmegaConf.to_container(generator, resolve=True)
+    plain = cast(dict, OmegaConf.to_container(generator, resolve=True))  # a generator config is a mapping
     drawn = copy.deepcopy(cfg)
     with open_dict(drawn):  # a drawn knob may be one the world's config leaves at its default
         drawn.data.generator = OmegaConf.merge(drawn.data.generator,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import cast
 
 import numpy as np
 from rich.progress import Progress
@@ -349,6 +350,7 @@ class Simulation:
         item = np.empty(n_rows, dtype=np.int64)
         for pool, mask in ((recent_pool, wants_recent), (old_pool, ~wants_recent)):
             if mask.any():
+                assert pool is not None  # a missing pool's rows were all sent to the other one above
                 item[mask] = pool.sample(category[mask], item_uniform[mask])
 
         click_rng = stream(w.seed, f"clicks/{name}", period)
@@ -409,16 +411,20 @@ class Simulation:
     def _click_slice(self, block: _Block, lo: int, hi: int) -> np.ndarray:
         """Draw the labels of ``block[lo:hi]`` under the current recent-behaviour summaries;
         returns the click mask ``[hi - lo]``."""
+        static_logit, noise, uniform = block.static_logit, block.noise, block.uniform
+        # drawn with the block and cleared by finish(), after its last slice
+        assert static_logit is not None and noise is not None and uniform is not None
         user, item = block.user[lo:hi], block.item[lo:hi]
         recent_affinity = _rowwise_dot(self.recent[user], self.items.latent[item])
-        logit = block.static_logit[lo:hi] + self.specs[block.domain].recent_weight * recent_affinity
+        logit = static_logit[lo:hi] + self.specs[block.domain].recent_weight * recent_affinity
         if block.oracle_logit is not None:
             block.oracle_logit[lo:hi] = logit
         if block.source_view_logit is not None:
+            assert block.source_static_logit is not None  # drawn with source_view_logit (with_logits)
             block.source_view_logit[lo:hi] = (
                 block.source_static_logit[lo:hi] + self.specs[self.source].recent_weight * recent_affinity
             )
-        clicked = block.uniform[lo:hi] < _sigmoid(logit + block.noise[lo:hi])
+        clicked = uniform[lo:hi] < _sigmoid(logit + noise[lo:hi])
         block.label[lo:hi] = clicked
         return clicked
 
@@ -481,7 +487,9 @@ class Simulation:
         period = np.concatenate([np.full(b.user.size, b.period, dtype=np.int16) for b in blocks])
         test_period = self.world.n_periods - 1
         click_prob = np.concatenate([
-            marginal_click_prob(b.oracle_logit, self.world.click_noise) if b.period == test_period
+            # the test period's blocks keep their oracle logits (keep_oracle)
+            marginal_click_prob(cast(np.ndarray, b.oracle_logit), self.world.click_noise)
+            if b.period == test_period
             else np.full(b.user.size, np.nan)
             for b in blocks
         ])

@@ -12,7 +12,7 @@ from ctl.data.batch import Batch
 from ctl.data.schema import Schema
 from ctl.models.backbone import Backbone, BackboneConfig
 from ctl.models.baselines.joint import DomainPair, domain_sequence, orthogonality_gap, own_domain_logits
-from ctl.models.baselines.reuse import head_layers, reuse_parameters, same_names
+from ctl.models.baselines.reuse import Origin, head_layers, reuse_parameters, same_names
 from ctl.models.blocks import MlpHead, TargetAttention
 
 
@@ -171,7 +171,9 @@ class DASL(nn.Module):
     ) -> dict[str, list[str]]:
         """Each domain's backbone and head <- its production model (head widened); the rest fresh."""
         plan = {}
-        for name, part, origin in (("source", self.source, "source"), ("target", self.target, "target")):
+        parts: tuple[tuple[str, DaslDomain, Origin], ...] = (("source", self.source, "source"),
+                                                             ("target", self.target, "target"))
+        for name, part, origin in parts:
             plan.update(same_names(f"{name}.backbone.", part.backbone, origin, state_prefix="backbone."))
             plan.update(head_layers(f"{name}.tower.", part.tower, origin, widen_input=True))
         return reuse_parameters(self, plan, source_state, target_state)

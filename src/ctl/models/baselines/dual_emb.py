@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import nn
@@ -56,8 +57,13 @@ class DualEmbedding(nn.Module):
         self.source_tables = nn.ModuleDict()
         for name in ID_FEATURES:
             self.source_tables[name] = GrowingEmbedding(schema.feature(name).vocab, self.backbone.embeddings.dim(name))
-        extra_dim = sum(table.embedding_dim for table in self.source_tables.values())
+        extra_dim = sum(self.source_table(name).embedding_dim for name in self.source_tables)
         self.tower = MlpHead(self.backbone.out_dim + extra_dim, backbone.mlp_dims)
+
+    def source_table(self, name: str) -> GrowingEmbedding:
+        """The extra table of the id feature ``name``."""
+        # nn.ModuleDict is typed as holding any module; this one holds GrowingEmbeddings only.
+        return cast(GrowingEmbedding, self.source_tables[name])
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """``{"logits": [B]}``."""
@@ -73,7 +79,7 @@ class DualEmbedding(nn.Module):
             key = f"{BASE_TABLES}.{name}.weight"
             if key not in source_state:
                 raise ValueError(f"DualEmbedding: the source state has no {key!r}")
-            table = self.source_tables[name].weight
+            table = self.source_table(name).weight
             if tuple(source_state[key].shape) != tuple(table.shape):
                 raise ValueError(
                     f"DualEmbedding: the source state's {key!r} is {tuple(source_state[key].shape)}, "
@@ -81,8 +87,8 @@ class DualEmbedding(nn.Module):
                 )
         with torch.no_grad():
             for name in ID_FEATURES:
-                self.source_tables[name].weight.copy_(source_state[f"{BASE_TABLES}.{name}.weight"])
-                self.source_tables[name].init_seed.copy_(source_state[f"{BASE_TABLES}.{name}.init_seed"])
+                self.source_table(name).weight.copy_(source_state[f"{BASE_TABLES}.{name}.weight"])
+                self.source_table(name).init_seed.copy_(source_state[f"{BASE_TABLES}.{name}.init_seed"])
 
     def init_from(
         self, source_state: Mapping[str, torch.Tensor], target_state: Mapping[str, torch.Tensor]

@@ -11,7 +11,7 @@ from ctl.data.batch import Batch
 from ctl.data.schema import Schema
 from ctl.models.backbone import Backbone, BackboneConfig
 from ctl.models.baselines.joint import DomainPair, DomainTower, own_domain_logits
-from ctl.models.baselines.reuse import mlp_layers, reuse_parameters, same_names, tower_layers
+from ctl.models.baselines.reuse import Origin, mlp_layers, reuse_parameters, same_names, tower_layers
 from ctl.models.blocks import MLP
 
 
@@ -169,8 +169,10 @@ class PLE(nn.Module):
     ) -> dict[str, list[str]]:
         """Backbone <- target; level-l experts <- layer l (source experts: the source's); towers <- own."""
         plan = same_names("backbone.", self.backbone, "target", state_prefix="backbone.")
+        origin_of_group: tuple[tuple[str, Origin], ...] = (("source", "source"), ("target", "target"),
+                                                           ("shared", "target"))
         for index, level in enumerate(self.levels):
-            for group, origin in (("source", "source"), ("target", "target"), ("shared", "target")):
+            for group, origin in origin_of_group:
                 for k, expert in enumerate(getattr(level, f"{group}_experts")):
                     plan.update(mlp_layers(f"levels.{index}.{group}_experts.{k}.", expert, origin, index))
         plan.update(tower_layers("source_tower.", self.source_tower, "source", self.n_levels))

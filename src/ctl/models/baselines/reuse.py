@@ -126,7 +126,7 @@ def reuse_parameters(
         raise ValueError(f"reuse_parameters: the plan names {unknown[0]!r}, which the model does not have")
     states = {"source": source_state, "target": target_state}
     report: dict[str, list[str]] = {"copied_from_source": [], "copied_from_target": [], "fresh": []}
-    tensors = dict(model.named_parameters())
+    tensors: dict[str, torch.Tensor] = dict(model.named_parameters())
     tensors.update(model.named_buffers())
     with torch.no_grad():
         for name, tensor in tensors.items():

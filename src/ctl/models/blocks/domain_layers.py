@@ -8,6 +8,8 @@ model runs a domain's path over every row of a batch and keeps each row's own do
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,7 +40,10 @@ class PartitionedNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, domain: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, dim] normalised as domain ``domain``; ``rows`` bool [B]: the rows its statistics come from."""
-        norm = self.domains[domain]
+        norm = cast(nn.BatchNorm1d, self.domains[domain])
+        # built with BatchNorm1d's defaults: running statistics kept (and counted), a momentum of 0.1
+        assert norm.running_mean is not None and norm.running_var is not None
+        assert norm.momentum is not None and norm.num_batches_tracked is not None
         mean, var = norm.running_mean, norm.running_var
         if self.training and rows is not None:
             n = int(rows.sum())
@@ -79,7 +84,10 @@ class StarLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, domain: int) -> torch.Tensor:
         """x [B, in_dim] -> [B, out_dim] through domain ``domain``'s layer."""
-        bias = None if self.shared_bias is None else self.shared_bias + self.domain_biases[domain]
+        bias = None
+        if self.shared_bias is not None:
+            assert self.domain_biases is not None  # made together with shared_bias (bias=True)
+            bias = self.shared_bias + self.domain_biases[domain]
         return F.linear(x, self.shared_weight * self.domain_weights[domain], bias)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import cast
 
 import torch
 from torch import nn
@@ -53,6 +54,8 @@ class GrowingEmbedding(nn.Embedding):
     buffer ``init_seed``: :func:`grow_table` extends a trained table (a checkpoint of a smaller
     vocabulary) with the rows a table of the larger vocabulary started with.
     """
+
+    init_seed: torch.Tensor
 
     def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
         seed = int(torch.randint(0, 2**62, ()).item())
@@ -105,9 +108,14 @@ class FeatureEmbeddings(nn.Module):
             dim = embed_dim if embed_dim is not None else feature.dim
             self.tables[feature.name] = GrowingEmbedding(feature.vocab, dim)
 
+    def table(self, name: str) -> GrowingEmbedding:
+        """The embedding table of the feature ``name``."""
+        # nn.ModuleDict is typed as holding any module; this one holds GrowingEmbeddings only.
+        return cast(GrowingEmbedding, self.tables[name])
+
     def dim(self, name: str) -> int:
         """Embedding dim of the feature ``name``."""
-        return self.tables[name].embedding_dim
+        return self.table(name).embedding_dim
 
     @property
     def out_dim(self) -> int:

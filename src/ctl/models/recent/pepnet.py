@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from ctl.models.baselines.joint import DomainPair, own_domain_logits
 from ctl.models.baselines.reuse import (
     PRODUCTION_LOGIT,
     PRODUCTION_MLP,
+    Origin,
     Plan,
     Reuse,
     reuse_parameters,
@@ -100,10 +102,12 @@ class PEPNet(nn.Module):
                   target_state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
         """Backbone, tower and logit <- the target model; each domain's normalisation <- its own model."""
         plan: Plan = same_names("backbone.", self.backbone, "target", state_prefix="backbone.")
+        origins: tuple[tuple[int, Origin], ...] = ((SOURCE, "source"), (TARGET, "target"))
         for i in range(len(self.linears)):
             plan[f"linears.{i}.weight"] = Reuse("target", f"{PRODUCTION_MLP}.linears.{i}.weight")
-            for domain, origin in ((SOURCE, "source"), (TARGET, "target")):
-                for key in self.norms[i].domains[domain].state_dict():
+            norm = cast(PartitionedNorm, self.norms[i])
+            for domain, origin in origins:
+                for key in norm.domains[domain].state_dict():
                     plan[f"norms.{i}.domains.{domain}.{key}"] = Reuse(origin, f"{PRODUCTION_MLP}.norms.{i}.{key}")
         plan.update(same_names("logit.", self.logit, "target", state_prefix=f"{PRODUCTION_LOGIT}."))
         return reuse_parameters(self, plan, source_state, target_state)

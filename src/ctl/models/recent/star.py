@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from ctl.models.baselines.joint import DomainPair, own_domain_logits
 from ctl.models.baselines.reuse import (
     PRODUCTION_LOGIT,
     PRODUCTION_MLP,
+    Origin,
     Plan,
     Reuse,
     reuse_parameters,
@@ -64,8 +66,9 @@ class STAR(nn.Module):
         self.domain_embedding = nn.Embedding(2, domain_dim)
         self.auxiliary = nn.Sequential(nn.Linear(domain_dim + self.backbone.out_dim, width),
                                        nn.LeakyReLU(LEAKY_SLOPE), nn.Linear(width, 1))
-        nn.init.zeros_(self.auxiliary[-1].weight)
-        nn.init.zeros_(self.auxiliary[-1].bias)
+        auxiliary_out = cast(nn.Linear, self.auxiliary[-1])
+        nn.init.zeros_(auxiliary_out.weight)
+        nn.init.zeros_(auxiliary_out.bias)
 
     def domain_sequences(self) -> tuple[str, ...]:
         """No per-domain sequences: the backbone reads the row's own short and long sequences."""
@@ -92,10 +95,11 @@ class STAR(nn.Module):
                   target_state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
         """Backbone <- the target model; each domain's weights, normalisation and logit <- its own model."""
         plan: Plan = same_names("backbone.", self.backbone, "target", state_prefix="backbone.")
-        for domain, origin in ((SOURCE, "source"), (TARGET, "target")):
+        origins: tuple[tuple[int, Origin], ...] = ((SOURCE, "source"), (TARGET, "target"))
+        for domain, origin in origins:
             for i in range(len(self.layers)):
                 plan[f"layers.{i}.domain_weights.{domain}"] = Reuse(origin, f"{PRODUCTION_MLP}.linears.{i}.weight")
-                for key in self.norms[i].domains[domain].state_dict():
+                for key in cast(PartitionedNorm, self.norms[i]).domains[domain].state_dict():
                     plan[f"norms.{i}.domains.{domain}.{key}"] = Reuse(origin, f"{PRODUCTION_MLP}.norms.{i}.{key}")
             plan[f"logit.domain_weights.{domain}"] = Reuse(origin, f"{PRODUCTION_LOGIT}.weight")
             plan[f"logit.domain_biases.{domain}"] = Reuse(origin, f"{PRODUCTION_LOGIT}.bias")

@@ -56,7 +56,7 @@ def run_frozen_source(cfg: DictConfig, dataset: Dataset, target: str, run_dir: P
                    keep_val_predictions_from=schema.t0)
     mirrors = net.production_parameters()
     used: tuple[Track, ...] = (tracks.source,)
-    inherited = {"source_tower": f"{tracks.source.path}/checkpoints/period_<t>.ckpt refreshed every period"}
+    inherited: dict[str, str | list[str]] = {"source_tower": f"{tracks.source.path}/checkpoints/period_<t>.ckpt refreshed every period"}
     if mirrors:
         production = tracks.target.checkpoint(schema.t0 - 1)
         checkpoint = check_weights(read_checkpoint(production), production)
